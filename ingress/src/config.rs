@@ -1,0 +1,88 @@
+//! Ingress configuration.
+
+use serde::{Deserialize, Serialize};
+use tunnel_kit::config::{self, ConfigError, Validate};
+
+/// Settings of one ingress node. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngressConfig {
+    /// Public HTTP listen address.
+    pub listen: String,
+    /// NATS server URL(s), comma-separated.
+    pub nats_url: String,
+    /// Public domain: requests for `<name>.<domain>` go to tunnel `<name>`.
+    pub domain: String,
+    /// Scheme sent as `X-Forwarded-Proto` (`https` behind a TLS-terminating load balancer).
+    pub public_scheme: String,
+    /// Seconds to wait for the tunnel's answer before 504.
+    pub request_timeout_secs: u64,
+    /// Largest request body carried, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Largest total size of request header names and values, in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query), in bytes (414 above).
+    pub max_uri_bytes: usize,
+    /// Publish an audit event per request to the `AUDIT` stream.
+    pub audit: bool,
+    /// Identifier of this node in NATS inboxes and logs.
+    pub node_id: String,
+    /// `text` or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            domain: "localhost".into(),
+            public_scheme: "http".into(),
+            request_timeout_secs: 30,
+            max_body_bytes: 512 << 10,
+            max_header_bytes: 64 << 10,
+            max_uri_bytes: 8 << 10,
+            audit: true,
+            node_id: "ing1".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Validate for IngressConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        config::check_socket_addr("listen", &self.listen)?;
+        config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
+        config::check_range("max_body_bytes", self.max_body_bytes, 0..=(900 << 10))?;
+        config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
+        config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
+        config::check_log_format(&self.log_format)?;
+        if self.domain.is_empty() || self.domain.starts_with('.') || self.domain.contains(['/', ':', ' ']) {
+            return Err(ConfigError::invalid("domain", "must be a host name such as tunnel.example.com"));
+        }
+        if !matches!(self.public_scheme.as_str(), "http" | "https") {
+            return Err(ConfigError::invalid("public_scheme", "must be \"http\" or \"https\""));
+        }
+        if self.node_id.is_empty() || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ConfigError::invalid("node_id", "must be letters, digits and '-'"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        IngressConfig::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_domain_is_named() {
+        let config = IngressConfig { domain: "http://x".into(), ..IngressConfig::default() };
+        let err = config.validate().expect_err("invalid");
+        assert!(err.to_string().contains("`domain`"), "{err}");
+    }
+}

@@ -1,0 +1,44 @@
+//! The ingress: the public HTTP front of http-tunnel.
+//!
+//! A public request is routed to a tunnel by its Host (`<name>.<domain>`) or its path
+//! (`/t/<name>/…`), checked against the limits, turned into a MessagePack
+//! [`TunnelRequest`](tunnel_schemas::events::TunnelRequest) and sent as a NATS request on the
+//! tunnel's subject. The session-host holding the tunnel answers; ingress turns the answer back
+//! into an HTTP response. Ingress keeps no state: run as many as the load needs.
+//!
+//! Requests that name no tunnel reach the operational routes (`/healthz`, `/readyz`,
+//! `/metrics`) or get a 404 `no_tunnel_name` page.
+
+pub mod config;
+mod error_page;
+mod headers;
+mod proxy;
+mod request_id;
+mod routing;
+
+use axum::Router;
+use tunnel_kit::telemetry::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IngressConfig;
+pub use error_page::ERROR_HEADER;
+
+/// Serves public requests on `listener` until `shutdown` is cancelled, then drains open
+/// connections.
+pub async fn run(
+    listener: TcpListener,
+    nats: async_nats::Client,
+    config: IngressConfig,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    let ops = tunnel_kit::ops::router(metrics, nats.clone()).fallback(no_tunnel_name);
+    let app = Router::new().fallback(proxy::handle).with_state(proxy::Proxy::new(nats, config, ops));
+    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
+}
+
+async fn no_tunnel_name(headers: axum::http::HeaderMap) -> axum::response::Response {
+    let id = request_id::request_id(&headers);
+    error_page::error_response(tunnel_schemas::ErrorCode::NoTunnelName, &id, error_page::wants_json(&headers))
+}

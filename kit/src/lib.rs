@@ -1,0 +1,18 @@
+//! The service kit shared by the http-tunnel servers (ingress, session-host, auditor).
+//!
+//! Each server is a library with a `run` function plus a thin `main`; this crate holds what those
+//! mains have in common, so it is written once:
+//!
+//! - [`config`]: layered configuration (defaults < TOML file < environment < flags), validated;
+//! - [`telemetry`]: tracing and the Prometheus recorder;
+//! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
+//! - [`shutdown`]: SIGINT/SIGTERM handling;
+//! - [`nats`]: connecting to NATS with a per-component inbox prefix;
+//! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain.
+
+pub mod config;
+pub mod nats;
+pub mod ops;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,36 @@
+//! Connecting to NATS.
+
+use std::time::Duration;
+
+/// Why NATS could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {source}")]
+pub struct ConnectError {
+    url: String,
+    #[source]
+    source: async_nats::ConnectError,
+}
+
+/// Connects to `url` (comma-separated list) as `name`, with replies under `inbox_prefix`, and
+/// logs connection events.
+///
+/// # Errors
+/// [`ConnectError`] when no server answers within the connection timeout.
+pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_nats::Client, ConnectError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(inbox_prefix)
+        .ping_interval(Duration::from_secs(10))
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::SlowConsumer(_) => metrics::counter!("nats_slow_consumer_total").increment(1),
+                other => tracing::warn!(event = %other, "nats event"),
+            }
+        })
+        .connect(servers)
+        .await
+        .map_err(|source| ConnectError { url: crate::config::redact_url(url), source })
+}

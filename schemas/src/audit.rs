@@ -1,0 +1,41 @@
+//! Audit events: one per public request, published to the `AUDIT` stream.
+//!
+//! They hold no header values, query strings or bodies, so no secret (token, cookie,
+//! `Authorization`) ever lands in the audit trail by default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// Subject kind of a completed public request (`audit.<name>.req`).
+pub const KIND_REQUEST: &str = "req";
+
+/// The record of one public request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestAudit {
+    /// Protocol version of the publisher.
+    pub v: u16,
+    /// Request id (`X-Request-Id`).
+    pub request_id: String,
+    /// Tunnel name.
+    pub tunnel: String,
+    /// Method token.
+    pub method: String,
+    /// Path without the query string (queries often carry tokens).
+    pub path: String,
+    /// Status returned to the public client.
+    pub status: u16,
+    /// Error code when the tunnel, not the local service, produced the status.
+    #[serde(default)]
+    pub error: Option<ErrorCode>,
+    /// Request body bytes received from the public client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the public client.
+    pub bytes_out: u64,
+    /// Time from request head received to response head ready, in microseconds.
+    pub duration_us: u64,
+    /// Public client address.
+    pub remote_addr: String,
+    /// Unix time of arrival in milliseconds.
+    pub at_ms: u64,
+}

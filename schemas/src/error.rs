@@ -1,0 +1,186 @@
+//! Typed error codes shared by every component.
+//!
+//! The wire carries an [`ErrorCode`], never free text alone; the public HTTP error page shows the
+//! code's [`ErrorCode::as_str`] and [`ErrorCode::message`].
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, as seen by the public client or by the tunnel client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request's host or path names no tunnel.
+    NoTunnelName,
+    /// No tunnel client is connected under that name.
+    TunnelOffline,
+    /// The tunnel client disconnected while the request was in flight.
+    TunnelDisconnected,
+    /// The local service refused or reset the connection, or could not be resolved.
+    UpstreamUnreachable,
+    /// The local service answered with something that is not valid HTTP.
+    UpstreamBadResponse,
+    /// No answer arrived within the configured time.
+    UpstreamTimeout,
+    /// The request body exceeds the configured limit.
+    BodyTooLarge,
+    /// The request headers exceed the configured limit.
+    HeadersTooLarge,
+    /// The request URI exceeds the configured limit.
+    UriTooLong,
+    /// The request cannot be carried (a malformed header, an unsupported upgrade).
+    BadRequest,
+    /// The requested tunnel name is held by another client.
+    NameInUse,
+    /// The requested tunnel name is not a valid DNS label.
+    InvalidName,
+    /// The requested tunnel name is reserved by the operator.
+    ReservedName,
+    /// The peer speaks another protocol version.
+    ProtocolVersion,
+    /// A frame could not be decoded or came out of order.
+    BadFrame,
+    /// A frame exceeds [`crate::MAX_FRAME_BYTES`].
+    FrameTooLarge,
+    /// The peer did not complete the handshake in time.
+    HandshakeTimeout,
+    /// Another session resumed this tunnel; this one is closed.
+    SessionReplaced,
+    /// The server is shutting down; reconnect to another one.
+    GoingAway,
+    /// The message bus or a dependency is unavailable.
+    Unavailable,
+    /// An unexpected internal failure (details are in the server log).
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for exhaustive tests and documentation.
+    pub const ALL: [ErrorCode; 21] = [
+        Self::NoTunnelName,
+        Self::TunnelOffline,
+        Self::TunnelDisconnected,
+        Self::UpstreamUnreachable,
+        Self::UpstreamBadResponse,
+        Self::UpstreamTimeout,
+        Self::BodyTooLarge,
+        Self::HeadersTooLarge,
+        Self::UriTooLong,
+        Self::BadRequest,
+        Self::NameInUse,
+        Self::InvalidName,
+        Self::ReservedName,
+        Self::ProtocolVersion,
+        Self::BadFrame,
+        Self::FrameTooLarge,
+        Self::HandshakeTimeout,
+        Self::SessionReplaced,
+        Self::GoingAway,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The stable snake_case identifier shown to users and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoTunnelName => "no_tunnel_name",
+            Self::TunnelOffline => "tunnel_offline",
+            Self::TunnelDisconnected => "tunnel_disconnected",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamBadResponse => "upstream_bad_response",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::BodyTooLarge => "body_too_large",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::BadRequest => "bad_request",
+            Self::NameInUse => "name_in_use",
+            Self::InvalidName => "invalid_name",
+            Self::ReservedName => "reserved_name",
+            Self::ProtocolVersion => "protocol_version",
+            Self::BadFrame => "bad_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::SessionReplaced => "session_replaced",
+            Self::GoingAway => "going_away",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status a public client receives for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::NoTunnelName => 404,
+            Self::TunnelOffline
+            | Self::TunnelDisconnected
+            | Self::UpstreamUnreachable
+            | Self::UpstreamBadResponse => 502,
+            Self::UpstreamTimeout => 504,
+            Self::BodyTooLarge => 413,
+            Self::HeadersTooLarge => 431,
+            Self::UriTooLong => 414,
+            Self::BadRequest | Self::InvalidName | Self::BadFrame | Self::FrameTooLarge => 400,
+            Self::NameInUse | Self::ReservedName => 409,
+            Self::ProtocolVersion => 426,
+            Self::HandshakeTimeout => 408,
+            Self::SessionReplaced => 409,
+            Self::GoingAway | Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// A short human explanation, safe to show to anyone.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NoTunnelName => "This address does not name a tunnel.",
+            Self::TunnelOffline => "No tunnel is online under this name.",
+            Self::TunnelDisconnected => "The tunnel client disconnected before it answered.",
+            Self::UpstreamUnreachable => "The tunnel client could not reach its local service.",
+            Self::UpstreamBadResponse => "The local service sent an invalid HTTP response.",
+            Self::UpstreamTimeout => "The local service did not answer in time.",
+            Self::BodyTooLarge => "The request body is too large.",
+            Self::HeadersTooLarge => "The request headers are too large.",
+            Self::UriTooLong => "The request URI is too long.",
+            Self::BadRequest => "The request cannot be carried through the tunnel.",
+            Self::NameInUse => "The tunnel name is in use by another client.",
+            Self::InvalidName => {
+                "Tunnel names are 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'."
+            }
+            Self::ReservedName => "The tunnel name is reserved.",
+            Self::ProtocolVersion => "The client and server speak different protocol versions; upgrade the tunnel client.",
+            Self::BadFrame => "A protocol frame could not be decoded.",
+            Self::FrameTooLarge => "A protocol frame is too large.",
+            Self::HandshakeTimeout => "The handshake did not complete in time.",
+            Self::SessionReplaced => "Another session resumed this tunnel.",
+            Self::GoingAway => "The server is shutting down; reconnect.",
+            Self::Unavailable => "The service is temporarily unavailable.",
+            Self::Internal => "An internal error occurred.",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_name_matches_as_str() {
+        for code in ErrorCode::ALL {
+            let encoded = crate::encode(&code);
+            let name: String = crate::decode(&encoded, 64).expect("decodes as a string");
+            assert_eq!(name, code.as_str());
+        }
+    }
+
+    #[test]
+    fn statuses_are_errors() {
+        for code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.http_status()), "{code}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Frames on the WebSocket between the `tunnel` client and a session-host.
+//!
+//! Each WebSocket binary message holds exactly one frame. The client opens with [`Hello`]; the
+//! host answers [`Welcome`] or [`HostFrame::Refused`] and closes. Afterwards the host sends
+//! [`HostFrame::Request`]s, each on a fresh stream id, and the client answers each stream once,
+//! with [`ClientFrame::Response`] or [`ClientFrame::Failure`]. Streams are independent: answers
+//! may come in any order.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::events::Failure;
+
+/// Identifies one request/response exchange on a WebSocket, chosen by the host.
+pub type StreamId = u32;
+
+/// Path of the session-host's WebSocket endpoint.
+pub const CONNECT_PATH: &str = "/v1/connect";
+
+/// The client's opening frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
+    pub v: u16,
+    /// Requested tunnel name; a random one is allocated when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Secret from an earlier [`Welcome`], to take the name back on reconnect.
+    #[serde(default)]
+    pub resume_secret: Option<String>,
+    /// Client software and version, for logs (`tunnel/0.1.0`).
+    #[serde(default)]
+    pub agent: String,
+}
+
+/// The host's acceptance of a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version the host speaks.
+    pub v: u16,
+    /// The tunnel name granted.
+    pub name: String,
+    /// The public URL of the tunnel.
+    pub url: String,
+    /// Session id, for logs and support.
+    pub session: String,
+    /// Secret to present in a later [`Hello`] to resume this name.
+    pub resume_secret: String,
+}
+
+/// Frames the client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// Opens the session.
+    Hello(Hello),
+    /// The answer on `stream`: an encoded [`TunnelReply`](crate::events::TunnelReply), relayed
+    /// to the requester as is.
+    Reply {
+        /// Stream being answered.
+        stream: StreamId,
+        /// The encoded reply event.
+        reply: Bytes,
+    },
+    /// The client is leaving for good: release the name now instead of keeping it for a resume.
+    Bye,
+}
+
+/// Frames the host sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostFrame {
+    /// The session is open.
+    Welcome(Welcome),
+    /// The session is refused or ended; the host closes the socket after this frame.
+    Refused(Failure),
+    /// A public request to forward: an encoded [`TunnelRequest`](crate::events::TunnelRequest),
+    /// relayed from NATS as is, so the host never re-encodes bodies.
+    Request {
+        /// Stream to answer on.
+        stream: StreamId,
+        /// The encoded request event.
+        request: Bytes,
+    },
+}

@@ -1,0 +1,74 @@
+//! The http-tunnel wire contract.
+//!
+//! Everything that crosses a process boundary is defined here and nowhere else:
+//!
+//! - [`names`]: tunnel names (DNS labels), validation and random generation;
+//! - [`subjects`]: every NATS subject and queue group, built by a function;
+//! - [`http`]: the HTTP request and response heads carried through the tunnel;
+//! - [`events`]: the MessagePack events exchanged over NATS between ingress and session-host;
+//! - [`frames`]: the MessagePack frames exchanged over the client's WebSocket;
+//! - [`audit`]: the audit events published to the `AUDIT` stream;
+//! - [`error`]: the typed error codes every component reports.
+//!
+//! Every message is encoded with [`encode`] as a MessagePack *map* (field names on the wire), so a
+//! field added later with `#[serde(default)]` is read by old and new peers alike, and bodies are
+//! MessagePack `bin`, never arrays of integers.
+
+pub mod audit;
+pub mod error;
+pub mod events;
+pub mod frames;
+pub mod http;
+pub mod names;
+pub mod subjects;
+
+pub use error::ErrorCode;
+
+/// Version of the client↔session-host protocol and of the NATS events.
+///
+/// A peer that speaks another version is refused with [`ErrorCode::ProtocolVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest WebSocket frame a peer may send (16 MiB); larger frames close the connection.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a valid MessagePack encoding of the expected message.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+    /// The message is larger than the receiver accepts.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the refused message.
+        size: usize,
+        /// Limit it exceeded.
+        limit: usize,
+    },
+}
+
+/// Encodes a message as a MessagePack map.
+///
+/// Serializing the contract's own types cannot fail: they hold no maps with non-string keys and
+/// no types that refuse serialization.
+pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    // Writing into a Vec is infallible and every type in this crate serializes.
+    message
+        .serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map())
+        .unwrap_or_else(|e| unreachable!("wire types always serialize: {e}"));
+    buf
+}
+
+/// Decodes a message, refusing input larger than `limit` bytes before parsing it.
+///
+/// # Errors
+/// [`DecodeError::TooLarge`] when `bytes` exceeds `limit`, [`DecodeError::Malformed`] when the bytes
+/// are not the expected message.
+pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge { size: bytes.len(), limit });
+    }
+    Ok(rmp_serde::from_slice(bytes)?)
+}

@@ -1,0 +1,64 @@
+//! Every NATS subject and queue group of the system.
+//!
+//! Request subjects (`tun.>`) and audit subjects (`audit.>`) are disjoint on purpose: a stream
+//! that captured a request subject would answer requests with a PubAck.
+
+use crate::names::TunnelName;
+
+/// Subject of request heads for `name`; session-hosts holding the tunnel subscribe in
+/// [`tunnel_queue_group`].
+pub fn tunnel_requests(name: &TunnelName) -> String {
+    format!("tun.{name}.req")
+}
+
+/// Queue group of the hosts serving `name`, so a request is answered once even while a session
+/// moves between hosts.
+pub fn tunnel_queue_group(name: &TunnelName) -> String {
+    format!("tun.{name}")
+}
+
+/// Session-control subject of `name` (takeover notices).
+pub fn tunnel_control(name: &TunnelName) -> String {
+    format!("tun.{name}.ctl")
+}
+
+/// Subjects captured by the `AUDIT` stream.
+pub const AUDIT_SUBJECTS: &str = "audit.>";
+
+/// Name of the JetStream stream holding audit events.
+pub const AUDIT_STREAM: &str = "AUDIT";
+
+/// Name of the KV bucket holding tunnel leases.
+pub const LEASES_BUCKET: &str = "tunnel_leases";
+
+/// Subject of an audit event of `kind` for `name`.
+pub fn audit(name: &TunnelName, kind: &str) -> String {
+    format!("audit.{name}.{kind}")
+}
+
+/// KV key of the lease on `name`.
+pub fn lease_key(name: &TunnelName) -> String {
+    format!("t.{name}")
+}
+
+/// Inbox prefix of one component instance, so subject permissions can be narrow
+/// (`_INBOX.<component>.<node>.>`).
+pub fn inbox_prefix(component: &str, node: &str) -> String {
+    format!("_INBOX.{component}.{node}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_audit_subjects_are_disjoint() {
+        let name = TunnelName::parse("demo").expect("valid");
+        assert_eq!(tunnel_requests(&name), "tun.demo.req");
+        assert_eq!(audit(&name, "req"), "audit.demo.req");
+        assert!(!tunnel_requests(&name).starts_with("audit."));
+        assert_eq!(tunnel_control(&name), "tun.demo.ctl");
+        assert_eq!(tunnel_queue_group(&name), "tun.demo");
+        assert_eq!(lease_key(&name), "t.demo");
+    }
+}

@@ -1,0 +1,156 @@
+//! Tunnel-name leases in the JetStream KV bucket [`LEASES_BUCKET`].
+//!
+//! A lease maps a name to the session holding it and the hash of its resume secret. `create`
+//! makes reservation atomic (of two racing clients exactly one wins); renewals are CAS updates on
+//! the observed revision, so a session that lost its name learns it at its next renewal. The
+//! bucket's `max_age` expires a lease that nobody renews: a crashed host frees its names after
+//! one TTL.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tunnel_schemas::names::TunnelName;
+use tunnel_schemas::subjects::{LEASES_BUCKET, lease_key};
+
+/// The lease store.
+#[derive(Clone)]
+pub struct Leases {
+    kv: kv::Store,
+}
+
+/// What the bucket stores per name.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    session: String,
+    host: String,
+    secret_hash: String,
+}
+
+/// A lease held by a session.
+#[derive(Debug)]
+pub struct Lease {
+    /// The name held.
+    pub name: TunnelName,
+    /// The resume secret (plain; only its hash is stored).
+    pub secret: String,
+    /// Whether a resume secret took the name back.
+    pub resumed: bool,
+    key: String,
+    record: Bytes,
+    revision: u64,
+}
+
+/// Why a lease operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another client holds the name (or the resume secret is wrong).
+    #[error("name in use")]
+    InUse,
+    /// The lease was taken over or expired.
+    #[error("lease lost")]
+    Lost,
+    /// JetStream did not answer.
+    #[error("lease store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Leases {
+    /// Opens the bucket, creating it with `ttl` as its `max_age` when absent.
+    ///
+    /// # Errors
+    /// [`LeaseError::Unavailable`] when JetStream refuses.
+    pub async fn open(js: &jetstream::Context, ttl: Duration) -> Result<Self, LeaseError> {
+        let config = kv::Config {
+            bucket: LEASES_BUCKET.into(),
+            description: "tunnel name leases".into(),
+            history: 1,
+            max_age: ttl,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let kv = match js.get_key_value(LEASES_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js.create_key_value(config).await.map_err(unavailable)?,
+        };
+        Ok(Self { kv })
+    }
+
+    /// Takes `name` for `session`: creates the lease, or takes it over when `resume_secret`
+    /// matches the stored hash.
+    ///
+    /// # Errors
+    /// [`LeaseError::InUse`] when another client holds the name.
+    pub async fn acquire(
+        &self,
+        name: TunnelName,
+        resume_secret: Option<&str>,
+        session: &str,
+        host: &str,
+    ) -> Result<Lease, LeaseError> {
+        let key = lease_key(&name);
+        let secret = resume_secret.map_or_else(new_secret, str::to_owned);
+        let record = Bytes::from(tunnel_schemas::encode(&LeaseRecord {
+            session: session.to_owned(),
+            host: host.to_owned(),
+            secret_hash: hash(&secret),
+        }));
+        let created = self.kv.create(&key, record.clone()).await;
+        let (revision, resumed) = match created {
+            Ok(revision) => (revision, false),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let Some(secret) = resume_secret else { return Err(LeaseError::InUse) };
+                let entry = self.kv.entry(&key).await.map_err(unavailable)?.ok_or(LeaseError::InUse)?;
+                let held: LeaseRecord = tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
+                if held.secret_hash != hash(secret) {
+                    return Err(LeaseError::InUse);
+                }
+                let revision = self.kv.update(&key, record.clone(), entry.revision).await.map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision { LeaseError::InUse } else { unavailable(e) }
+                })?;
+                (revision, true)
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(Lease { name, secret, resumed, key, record, revision })
+    }
+
+    /// Renews `lease`, resetting its age.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when it was taken over or expired.
+    pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
+        match self.kv.update(&lease.key, lease.record.clone(), lease.revision).await {
+            Ok(revision) => {
+                lease.revision = revision;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Releases `lease` if it is still the current one.
+    pub async fn release(&self, lease: &Lease) {
+        if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {
+            tracing::debug!(error = %e, "lease not released (already taken over or expired)");
+        }
+    }
+}
+
+fn new_secret() -> String {
+    let mut bytes = [0_u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LeaseError {
+    LeaseError::Unavailable(e.to_string())
+}

@@ -1,0 +1,79 @@
+//! The session-host: holds the `tunnel` clients' WebSockets and answers the tunnels' NATS
+//! requests by relaying them over those sockets.
+//!
+//! A client connects to [`CONNECT_PATH`](tunnel_schemas::frames::CONNECT_PATH) and sends a hello;
+//! the host reserves the tunnel name with a lease in JetStream KV ([`leases`]), subscribes to the
+//! tunnel's request subject in the tunnel's queue group and welcomes the client ([`session`]).
+//! Each NATS request is relayed as a frame on a fresh stream id, each reply frame published to
+//! the request's reply subject. Apart from its sockets the host keeps no state: clients may land
+//! on any host.
+
+pub mod config;
+mod hub;
+pub mod leases;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tunnel_kit::telemetry::PrometheusHandle;
+use tunnel_schemas::MAX_FRAME_BYTES;
+use tunnel_schemas::frames::CONNECT_PATH;
+
+pub use config::HostConfig;
+
+/// Initial WebSocket read and write buffer per session: small, so idle sessions stay cheap.
+const SOCKET_BUFFER_BYTES: usize = 8 << 10;
+/// Time sessions get to close after shutdown starts.
+const SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The lease bucket could not be opened.
+    #[error(transparent)]
+    Leases(#[from] leases::LeaseError),
+}
+
+/// Serves clients on `listener` until `shutdown` is cancelled, then closes every session with
+/// `going_away` and waits for them.
+///
+/// # Errors
+/// [`HostError`] when the lease bucket cannot be opened.
+pub async fn run(
+    listener: TcpListener,
+    nats: async_nats::Client,
+    config: HostConfig,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), HostError> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let leases = leases::Leases::open(&js, config.lease_ttl()).await?;
+    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone() });
+    let sessions = TaskTracker::new();
+    let app = Router::new()
+        .route(CONNECT_PATH, get(connect))
+        .with_state((hub, sessions.clone()))
+        .merge(tunnel_kit::ops::router(metrics, nats));
+    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
+    sessions.close();
+    if tokio::time::timeout(SESSION_GRACE, sessions.wait()).await.is_err() {
+        tracing::warn!("sessions still open after the grace period");
+    }
+    Ok(())
+}
+
+async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
+        .on_upgrade(move |socket| sessions.track_future(session::run(hub, socket)))
+}

@@ -1,0 +1,394 @@
+//! One client session: the handshake, then relaying requests from NATS to the WebSocket and
+//! replies back, until the client leaves, another session takes the tunnel over, or the host
+//! shuts down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Subject, Subscriber};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tunnel_schemas::events::{Control, Failure, TunnelReply};
+use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
+use tunnel_schemas::names::{NameError, TunnelName};
+use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode, subjects};
+
+use crate::hub::Hub;
+use crate::leases::{Lease, LeaseError};
+
+/// Frames queued for the WebSocket writer; a full queue makes the session wait (back-pressure).
+const WRITE_QUEUE: usize = 1024;
+/// Attempts at a free random name before giving up.
+const RANDOM_NAME_ATTEMPTS: usize = 8;
+/// Time the writer gets to flush the last frames after the session ends.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+
+type WsStream = SplitStream<WebSocket>;
+
+/// Runs one session on `socket` to its end.
+pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
+    let (sink, mut stream) = socket.split();
+    let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream)).await {
+        Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
+        Ok(Err(failure)) => Ending::Refused(failure),
+        Ok(Ok(hello)) => match Session::open(&hub, hello, out.clone()).await {
+            Err(failure) => Ending::Refused(failure),
+            Ok(session) => {
+                let span = tracing::info_span!("session", tunnel = %session.lease.name, session = %session.id);
+                tracing::Instrument::instrument(session.serve(stream), span).await
+            }
+        },
+    };
+    if let Ending::Refused(failure) = &ending {
+        tracing::info!(code = %failure.code, detail = %failure.detail, "session refused or ended");
+        let _ = out.send(Message::Binary(encode(&HostFrame::Refused(failure.clone())).into())).await;
+    }
+    let _ = out.send(Message::Close(Some(close_frame(&ending)))).await;
+    drop(out);
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        tracing::debug!("websocket writer did not finish in time");
+    }
+}
+
+/// How a session ended.
+enum Ending {
+    /// The client closed the socket or said goodbye.
+    ClientLeft,
+    /// The session ends with an error sent to the client.
+    Refused(Failure),
+}
+
+fn close_frame(ending: &Ending) -> CloseFrame {
+    let (code, reason) = match ending {
+        Ending::ClientLeft => (close_code::NORMAL, ""),
+        Ending::Refused(failure) => (
+            match failure.code {
+                ErrorCode::GoingAway => close_code::AWAY,
+                ErrorCode::BadFrame | ErrorCode::ProtocolVersion => close_code::PROTOCOL,
+                ErrorCode::FrameTooLarge => close_code::SIZE,
+                ErrorCode::Internal | ErrorCode::Unavailable => close_code::ERROR,
+                _ => close_code::POLICY,
+            },
+            failure.code.as_str(),
+        ),
+    };
+    CloseFrame { code, reason: reason.into() }
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut frames: mpsc::Receiver<Message>) {
+    while let Some(frame) = frames.recv().await {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        // Batch what is already queued into one flush.
+        while let Ok(frame) = frames.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn read_hello(stream: &mut WsStream) -> Result<Hello, Failure> {
+    loop {
+        match next_frame(stream).await? {
+            Incoming::Frame(ClientFrame::Hello(hello)) => return Ok(hello),
+            Incoming::Frame(_) => return Err(Failure::new(ErrorCode::BadFrame, "the first frame must be a hello")),
+            Incoming::Alive => {}
+            Incoming::Closed => return Err(Failure::new(ErrorCode::BadFrame, "closed before hello")),
+        }
+    }
+}
+
+/// What the client's side of the socket produced.
+enum Incoming {
+    /// A protocol frame.
+    Frame(ClientFrame),
+    /// A ping or pong: the client is alive.
+    Alive,
+    /// The client closed the socket.
+    Closed,
+}
+
+async fn next_frame(stream: &mut WsStream) -> Result<Incoming, Failure> {
+    match stream.next().await {
+        None | Some(Ok(Message::Close(_))) => Ok(Incoming::Closed),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Incoming::Alive),
+        Some(Ok(Message::Text(_))) => Err(Failure::new(ErrorCode::BadFrame, "text frames are not part of the protocol")),
+        Some(Ok(Message::Binary(bytes))) => {
+            tunnel_schemas::decode(&bytes, MAX_FRAME_BYTES).map(Incoming::Frame).map_err(|e| match e {
+                DecodeError::TooLarge { .. } => Failure::new(ErrorCode::FrameTooLarge, e.to_string()),
+                DecodeError::Malformed(_) => Failure::new(ErrorCode::BadFrame, e.to_string()),
+            })
+        }
+        Some(Err(e)) => {
+            // tungstenite reports an oversized message as a capacity error.
+            let code = if e.to_string().contains("too long") { ErrorCode::FrameTooLarge } else { ErrorCode::BadFrame };
+            Err(Failure::new(code, e.to_string()))
+        }
+    }
+}
+
+/// An open session.
+struct Session {
+    hub: Arc<Hub>,
+    id: String,
+    lease: Lease,
+    out: mpsc::Sender<Message>,
+    requests: Subscriber,
+    control: Subscriber,
+    pending: HashMap<StreamId, Pending>,
+    next_stream: StreamId,
+    last_seen: Instant,
+}
+
+/// A request relayed to the client and not yet answered.
+struct Pending {
+    reply: Subject,
+    deadline: Instant,
+}
+
+impl Session {
+    async fn open(hub: &Arc<Hub>, hello: Hello, out: mpsc::Sender<Message>) -> Result<Self, Failure> {
+        if hello.v != PROTOCOL_VERSION {
+            return Err(Failure::new(
+                ErrorCode::ProtocolVersion,
+                format!("client speaks protocol {}, this server speaks {PROTOCOL_VERSION}", hello.v),
+            ));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let lease = acquire(hub, &hello, &id).await?;
+        let name = &lease.name;
+        let nats = &hub.nats;
+        let requests = nats
+            .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        let control = nats
+            .subscribe(subjects::tunnel_control(name))
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        let mut session = Self {
+            hub: hub.clone(),
+            id,
+            lease,
+            out,
+            requests,
+            control,
+            pending: HashMap::new(),
+            next_stream: 0,
+            last_seen: Instant::now(),
+        };
+        // The renewal's PubAck travels on the same connection after the SUBs, so once it is
+        // back the server routes the tunnel's requests here: only then is the client told.
+        session.hub.leases.renew(&mut session.lease).await.map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        if session.lease.resumed {
+            let takeover = Control::Takeover { session: session.id.clone() };
+            if let Err(e) = nats.publish(subjects::tunnel_control(&session.lease.name), encode(&takeover).into()).await {
+                tracing::warn!(error = %e, "takeover notice not published");
+            }
+        }
+        let welcome = Welcome {
+            v: PROTOCOL_VERSION,
+            name: session.lease.name.to_string(),
+            url: hub.config.url_of(session.lease.name.as_str()),
+            session: session.id.clone(),
+            resume_secret: session.lease.secret.clone(),
+        };
+        session.send(HostFrame::Welcome(welcome)).await?;
+        tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, "session open");
+        Ok(session)
+    }
+
+    async fn serve(mut self, mut stream: WsStream) -> Ending {
+        metrics::gauge!("host_sessions").increment(1.0);
+        let mut renew = tokio::time::interval(self.hub.config.renew_interval());
+        renew.reset();
+        let ping_interval = self.hub.config.ping_interval();
+        let mut ping = tokio::time::interval(ping_interval);
+        ping.reset();
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut release = false;
+        let ending = loop {
+            let step = tokio::select! {
+                () = self.hub.shutdown.cancelled() => Err(Failure::new(ErrorCode::GoingAway, "host shutting down")),
+                message = self.requests.next() => match message {
+                    Some(message) => self.relay_request(message).await,
+                    None => Err(Failure::new(ErrorCode::Unavailable, "request subscription ended")),
+                },
+                incoming = next_frame(&mut stream) => match incoming {
+                    Ok(Incoming::Frame(frame)) => self.on_frame(frame, &mut release).await,
+                    Ok(Incoming::Alive) => {
+                        self.last_seen = Instant::now();
+                        Ok(())
+                    }
+                    Ok(Incoming::Closed) => break Ending::ClientLeft,
+                    Err(failure) => Err(failure),
+                },
+                Some(message) = self.control.next() => self.on_control(&message.payload),
+                _ = renew.tick() => match self.hub.leases.renew(&mut self.lease).await {
+                    Ok(()) => Ok(()),
+                    Err(LeaseError::Lost | LeaseError::InUse) => Err(Failure::new(ErrorCode::SessionReplaced, "lease lost")),
+                    Err(LeaseError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, "lease renewal failed; retrying");
+                        Ok(())
+                    }
+                },
+                _ = ping.tick() => self.keepalive(ping_interval).await,
+                _ = sweep.tick() => {
+                    self.expire_pending().await;
+                    Ok(())
+                }
+            };
+            if release {
+                break Ending::ClientLeft;
+            }
+            if let Err(failure) = step {
+                break Ending::Refused(failure);
+            }
+        };
+        self.close(&ending, release).await;
+        metrics::gauge!("host_sessions").decrement(1.0);
+        ending
+    }
+
+    async fn relay_request(&mut self, message: async_nats::Message) -> Result<(), Failure> {
+        let Some(reply) = message.reply else { return Ok(()) };
+        if self.pending.len() >= self.hub.config.max_inflight_per_session {
+            metrics::counter!("host_requests_refused_total").increment(1);
+            self.answer(reply, ErrorCode::Unavailable, "too many requests in flight").await;
+            return Ok(());
+        }
+        self.next_stream = self.next_stream.wrapping_add(1);
+        let stream = self.next_stream;
+        let deadline = Instant::now() + self.hub.config.request_timeout();
+        self.pending.insert(stream, Pending { reply, deadline });
+        self.send(HostFrame::Request { stream, request: message.payload }).await
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame, release: &mut bool) -> Result<(), Failure> {
+        self.last_seen = Instant::now();
+        match frame {
+            ClientFrame::Reply { stream, reply } => {
+                match self.pending.remove(&stream) {
+                    Some(pending) => self.publish(pending.reply, reply).await,
+                    None => tracing::debug!(stream, "reply for an unknown or expired stream"),
+                }
+                Ok(())
+            }
+            ClientFrame::Bye => {
+                *release = true;
+                Ok(())
+            }
+            ClientFrame::Hello(_) => Err(Failure::new(ErrorCode::BadFrame, "hello after the handshake")),
+        }
+    }
+
+    fn on_control(&self, payload: &Bytes) -> Result<(), Failure> {
+        match tunnel_schemas::decode::<Control>(payload, MAX_FRAME_BYTES) {
+            Ok(Control::Takeover { session }) if session != self.id => {
+                Err(Failure::new(ErrorCode::SessionReplaced, format!("session {session} resumed the tunnel")))
+            }
+            Ok(Control::Takeover { .. }) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable control message");
+                Ok(())
+            }
+        }
+    }
+
+    async fn keepalive(&mut self, interval: Duration) -> Result<(), Failure> {
+        if self.last_seen.elapsed() > interval * 3 {
+            return Err(Failure::new(ErrorCode::HandshakeTimeout, "client stopped answering pings"));
+        }
+        self.out
+            .send(Message::Ping(Bytes::new()))
+            .await
+            .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
+    }
+
+    async fn expire_pending(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<StreamId> =
+            self.pending.iter().filter(|(_, pending)| pending.deadline <= now).map(|(stream, _)| *stream).collect();
+        for stream in expired {
+            if let Some(pending) = self.pending.remove(&stream) {
+                self.answer(pending.reply, ErrorCode::UpstreamTimeout, "client did not answer in time").await;
+            }
+        }
+    }
+
+    /// Ends the session: no more requests reach it, every pending request fails at once, and
+    /// the lease is released when the client said goodbye (kept for a resume otherwise).
+    async fn close(&mut self, ending: &Ending, release: bool) {
+        if let Err(e) = self.requests.unsubscribe().await {
+            tracing::debug!(error = %e, "unsubscribe failed");
+        }
+        let _ = self.control.unsubscribe().await;
+        let (code, detail) = match ending {
+            Ending::Refused(failure) if failure.code == ErrorCode::GoingAway => (ErrorCode::GoingAway, "host shutting down"),
+            _ => (ErrorCode::TunnelDisconnected, "tunnel client disconnected"),
+        };
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            self.answer(pending.reply, code, detail).await;
+        }
+        if release {
+            self.hub.leases.release(&self.lease).await;
+        }
+        tracing::info!(released = release, "session closed");
+    }
+
+    async fn send(&self, frame: HostFrame) -> Result<(), Failure> {
+        self.out
+            .send(Message::Binary(encode(&frame).into()))
+            .await
+            .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
+    }
+
+    async fn answer(&self, reply: Subject, code: ErrorCode, detail: &str) {
+        let failure = TunnelReply::Failure(Failure::new(code, detail));
+        self.publish(reply, encode(&failure).into()).await;
+    }
+
+    async fn publish(&self, subject: Subject, payload: Bytes) {
+        if let Err(e) = self.hub.nats.publish(subject, payload).await {
+            tracing::warn!(error = %e, "reply not published");
+        }
+    }
+}
+
+async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failure> {
+    let refused = |e: LeaseError, name: &TunnelName| match e {
+        LeaseError::InUse => Failure::new(ErrorCode::NameInUse, format!("{name} is held by another client")),
+        LeaseError::Lost | LeaseError::Unavailable(_) => Failure::new(ErrorCode::Unavailable, e.to_string()),
+    };
+    if let Some(requested) = &hello.name {
+        let name = TunnelName::parse(requested).map_err(|e| match e {
+            NameError::Invalid(_) => Failure::new(ErrorCode::InvalidName, e.to_string()),
+            NameError::Reserved(_) => Failure::new(ErrorCode::ReservedName, e.to_string()),
+        })?;
+        return hub
+            .leases
+            .acquire(name.clone(), hello.resume_secret.as_deref(), session, &hub.config.node_id)
+            .await
+            .map_err(|e| refused(e, &name));
+    }
+    for _ in 0..RANDOM_NAME_ATTEMPTS {
+        let name = TunnelName::random();
+        match hub.leases.acquire(name.clone(), None, session, &hub.config.node_id).await {
+            Err(LeaseError::InUse) => continue,
+            result => return result.map_err(|e| refused(e, &name)),
+        }
+    }
+    Err(Failure::new(ErrorCode::Unavailable, "no free random name found"))
+}
