@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tunnel_kit::config::{self, ConfigError, Validate};
+use tunnel_kit::service::ServiceConfig;
 
 /// Settings of one ingress node. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,21 +53,75 @@ impl Default for IngressConfig {
 impl Validate for IngressConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         config::check_socket_addr("listen", &self.listen)?;
-        config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
+        config::check_range(
+            "request_timeout_secs",
+            self.request_timeout_secs,
+            1..=86_400,
+        )?;
         config::check_range("max_body_bytes", self.max_body_bytes, 0..=(900 << 10))?;
-        config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
+        config::check_range(
+            "max_header_bytes",
+            self.max_header_bytes,
+            1024..=(256 << 10),
+        )?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
         config::check_log_format(&self.log_format)?;
-        if self.domain.is_empty() || self.domain.starts_with('.') || self.domain.contains(['/', ':', ' ']) {
-            return Err(ConfigError::invalid("domain", "must be a host name such as tunnel.example.com"));
+        if self.domain.is_empty()
+            || self.domain.starts_with('.')
+            || self.domain.contains(['/', ':', ' '])
+        {
+            return Err(ConfigError::invalid(
+                "domain",
+                "must be a host name such as tunnel.example.com",
+            ));
         }
         if !matches!(self.public_scheme.as_str(), "http" | "https") {
-            return Err(ConfigError::invalid("public_scheme", "must be \"http\" or \"https\""));
+            return Err(ConfigError::invalid(
+                "public_scheme",
+                "must be \"http\" or \"https\"",
+            ));
         }
-        if self.node_id.is_empty() || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(ConfigError::invalid("node_id", "must be letters, digits and '-'"));
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "node_id",
+                "must be letters, digits and '-'",
+            ));
         }
         Ok(())
+    }
+}
+
+impl ServiceConfig for IngressConfig {
+    fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+
+    fn log_format(&self) -> &str {
+        &self.log_format
+    }
+
+    fn nats_name(&self) -> String {
+        format!("ingress-{}", self.node_id)
+    }
+
+    fn inbox_prefix(&self) -> String {
+        tunnel_schemas::subjects::inbox_prefix("ing", &self.node_id)
+    }
+
+    fn redacted(&self) -> Self {
+        Self {
+            nats_url: config::redact_url(&self.nats_url),
+            ..self.clone()
+        }
     }
 }
 
@@ -76,12 +131,17 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        IngressConfig::default().validate().expect("defaults validate");
+        IngressConfig::default()
+            .validate()
+            .expect("defaults validate");
     }
 
     #[test]
     fn bad_domain_is_named() {
-        let config = IngressConfig { domain: "http://x".into(), ..IngressConfig::default() };
+        let config = IngressConfig {
+            domain: "http://x".into(),
+            ..IngressConfig::default()
+        };
         let err = config.validate().expect_err("invalid");
         assert!(err.to_string().contains("`domain`"), "{err}");
     }

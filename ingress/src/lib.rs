@@ -17,9 +17,9 @@ mod request_id;
 mod routing;
 
 use axum::Router;
-use tunnel_kit::telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tunnel_kit::telemetry::PrometheusHandle;
 
 pub use config::IngressConfig;
 pub use error_page::ERROR_HEADER;
@@ -34,11 +34,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let ops = tunnel_kit::ops::router(metrics, nats.clone()).fallback(no_tunnel_name);
-    let app = Router::new().fallback(proxy::handle).with_state(proxy::Proxy::new(nats, config, ops));
-    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
+    let app = Router::new()
+        .fallback(proxy::handle)
+        .with_state(proxy::Proxy::new(nats, config, ops));
+    tunnel_kit::serve::serve(
+        listener,
+        app,
+        shutdown,
+        tunnel_kit::serve::ServeOptions::default(),
+    )
+    .await;
 }
 
 async fn no_tunnel_name(headers: axum::http::HeaderMap) -> axum::response::Response {
     let id = request_id::request_id(&headers);
-    error_page::error_response(tunnel_schemas::ErrorCode::NoTunnelName, &id, error_page::wants_json(&headers))
+    error_page::error_response(
+        tunnel_schemas::ErrorCode::NoTunnelName,
+        &id,
+        error_page::wants_json(&headers),
+    )
 }

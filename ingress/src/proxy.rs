@@ -12,7 +12,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use tower::ServiceExt;
 use tracing::Instrument;
-use tunnel_schemas::events::{Failure, REQUEST_ID_HEADER, TunnelReply, TunnelRequest, TunnelResponse};
+use tunnel_schemas::events::{
+    Failure, REQUEST_ID_HEADER, TunnelReply, TunnelRequest, TunnelResponse,
+};
 use tunnel_schemas::http::RequestHead;
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION, audit, subjects};
 
@@ -48,12 +50,23 @@ impl Proxy {
     /// A proxy sending tunnel requests over `nats`; requests naming no tunnel go to `ops`.
     pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
-        Self { inner: Arc::new(Inner { nats, config, timeout, ops }) }
+        Self {
+            inner: Arc::new(Inner {
+                nats,
+                config,
+                timeout,
+                ops,
+            }),
+        }
     }
 }
 
 /// Axum handler for every public request.
-pub async fn handle(State(proxy): State<Proxy>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+pub async fn handle(
+    State(proxy): State<Proxy>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -67,7 +80,10 @@ pub async fn handle(State(proxy): State<Proxy>, ConnectInfo(peer): ConnectInfo<S
     };
     let request_id = request_id(&parts.headers);
     let span = tracing::info_span!("request", tunnel = %route.name, request_id = %request_id);
-    let outcome = proxy.forward(&parts, body, route.clone(), peer, &request_id).instrument(span).await;
+    let outcome = proxy
+        .forward(&parts, body, route.clone(), peer, &request_id)
+        .instrument(span)
+        .await;
     let status = outcome.response.status().as_u16();
     let result = outcome.error.map_or("ok", ErrorCode::as_str);
     metrics::counter!("ingress_requests_total", "result" => result).increment(1);
@@ -88,7 +104,12 @@ pub async fn handle(State(proxy): State<Proxy>, ConnectInfo(peer): ConnectInfo<S
             at_ms: unix_ms(),
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
-        if let Err(e) = proxy.inner.nats.publish(subject, tunnel_schemas::encode(&record).into()).await {
+        if let Err(e) = proxy
+            .inner
+            .nats
+            .publish(subject, tunnel_schemas::encode(&record).into())
+            .await
+        {
             metrics::counter!("ingress_audit_publish_errors_total").increment(1);
             tracing::warn!(error = %e, "audit event not published");
         }
@@ -97,11 +118,23 @@ pub async fn handle(State(proxy): State<Proxy>, ConnectInfo(peer): ConnectInfo<S
 }
 
 impl Proxy {
-    async fn forward(&self, parts: &Parts, body: Body, route: Route, peer: SocketAddr, request_id: &str) -> Outcome {
+    async fn forward(
+        &self,
+        parts: &Parts,
+        body: Body,
+        route: Route,
+        peer: SocketAddr,
+        request_id: &str,
+    ) -> Outcome {
         let json = wants_json(&parts.headers);
         let fail = |code: ErrorCode, bytes_in: u64| {
             tracing::debug!(code = %code, "request failed");
-            Outcome { response: error_response(code, request_id, json), error: Some(code), bytes_in, bytes_out: 0 }
+            Outcome {
+                response: error_response(code, request_id, json),
+                error: Some(code),
+                bytes_in,
+                bytes_out: 0,
+            }
         };
         let config = &self.inner.config;
         if route.target.len() > config.max_uri_bytes {
@@ -147,7 +180,12 @@ impl Proxy {
                 let mut response = Response::new(Body::from(body));
                 *response.status_mut() = status;
                 *response.headers_mut() = response_headers(head.headers);
-                Outcome { response, error: None, bytes_in, bytes_out }
+                Outcome {
+                    response,
+                    error: None,
+                    bytes_in,
+                    bytes_out,
+                }
             }
             Err(failure) => {
                 if !failure.detail.is_empty() {
@@ -167,7 +205,10 @@ impl Proxy {
     ) -> Result<TunnelResponse, Failure> {
         let nats = &self.inner.nats;
         if nats.connection_state() != async_nats::connection::State::Connected {
-            return Err(Failure::new(ErrorCode::Unavailable, "nats is not connected"));
+            return Err(Failure::new(
+                ErrorCode::Unavailable,
+                "nats is not connected",
+            ));
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, request_id);
@@ -175,19 +216,28 @@ impl Proxy {
             .headers(headers)
             .payload(Bytes::from(tunnel_schemas::encode(event)))
             .timeout(Some(self.inner.timeout));
-        let reply = nats.send_request(subjects::tunnel_requests(name), request).await.map_err(|e| {
-            use async_nats::RequestErrorKind as Kind;
-            match e.kind() {
-                Kind::NoResponders => Failure::new(ErrorCode::TunnelOffline, "no responders"),
-                Kind::TimedOut => Failure::new(ErrorCode::UpstreamTimeout, "request timed out"),
-                Kind::MaxPayloadExceeded => Failure::new(ErrorCode::BodyTooLarge, "request exceeds the nats payload limit"),
-                _ => Failure::new(ErrorCode::Unavailable, e.to_string()),
-            }
-        })?;
+        let reply = nats
+            .send_request(subjects::tunnel_requests(name), request)
+            .await
+            .map_err(|e| {
+                use async_nats::RequestErrorKind as Kind;
+                match e.kind() {
+                    Kind::NoResponders => Failure::new(ErrorCode::TunnelOffline, "no responders"),
+                    Kind::TimedOut => Failure::new(ErrorCode::UpstreamTimeout, "request timed out"),
+                    Kind::MaxPayloadExceeded => Failure::new(
+                        ErrorCode::BodyTooLarge,
+                        "request exceeds the nats payload limit",
+                    ),
+                    _ => Failure::new(ErrorCode::Unavailable, e.to_string()),
+                }
+            })?;
         match tunnel_schemas::decode::<TunnelReply>(&reply.payload, usize::MAX) {
             Ok(TunnelReply::Response(response)) => Ok(response),
             Ok(TunnelReply::Failure(failure)) => Err(failure),
-            Err(e) => Err(Failure::new(ErrorCode::Internal, format!("undecodable reply: {e}"))),
+            Err(e) => Err(Failure::new(
+                ErrorCode::Internal,
+                format!("undecodable reply: {e}"),
+            )),
         }
     }
 }
@@ -201,7 +251,13 @@ fn host_of(parts: &Parts) -> Option<&str> {
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {
-    parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
@@ -216,5 +272,7 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -30,7 +30,10 @@ pub enum ConfigError {
 impl ConfigError {
     /// An [`ConfigError::Invalid`] for `key`.
     pub fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
-        Self::Invalid { key, problem: problem.into() }
+        Self::Invalid {
+            key,
+            problem: problem.into(),
+        }
     }
 }
 
@@ -67,20 +70,25 @@ where
     Ok(config)
 }
 
-/// Flags every server takes.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Flags every server takes. As a configuration layer (serialized), unset flags leave the lower
+/// layers alone.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
 pub struct CommonArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// NATS server URL(s), comma-separated (overrides `nats_url`).
     #[arg(long = "nats", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
     /// Address to listen on (overrides `listen`).
     #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Log format: `text` or `json` (overrides `log_format`).
     #[arg(long, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
 }
 
@@ -92,7 +100,9 @@ pub fn check_socket_addr(key: &'static str, value: &str) -> Result<(), ConfigErr
     value
         .parse::<std::net::SocketAddr>()
         .map(|_| ())
-        .map_err(|e| ConfigError::invalid(key, format!("must be an address like 127.0.0.1:8080 ({e})")))
+        .map_err(|e| {
+            ConfigError::invalid(key, format!("must be an address like 127.0.0.1:8080 ({e})"))
+        })
 }
 
 /// Checks that `value` is within `range`.
@@ -109,7 +119,11 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
     } else {
         Err(ConfigError::invalid(
             key,
-            format!("is {value}, must be between {} and {}", range.start(), range.end()),
+            format!(
+                "is {value}, must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
         ))
     }
 }
@@ -121,7 +135,10 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
 pub fn check_log_format(value: &str) -> Result<(), ConfigError> {
     match value {
         "text" | "json" => Ok(()),
-        other => Err(ConfigError::invalid("log_format", format!("is {other:?}, must be \"text\" or \"json\""))),
+        other => Err(ConfigError::invalid(
+            "log_format",
+            format!("is {other:?}, must be \"text\" or \"json\""),
+        )),
     }
 }
 
@@ -129,7 +146,9 @@ pub fn check_log_format(value: &str) -> Result<(), ConfigError> {
 pub fn redact_url(url: &str) -> String {
     url.split(',')
         .map(|one| match (one.find("://"), one.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &one[..scheme + 3], &one[at..]),
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &one[..scheme + 3], &one[at..])
+            }
             _ => one.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -142,7 +161,10 @@ mod tests {
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(redact_url("nats://a:b@h:4222,nats://h2"), "nats://***@h:4222,nats://h2");
+        assert_eq!(
+            redact_url("nats://a:b@h:4222,nats://h2"),
+            "nats://***@h:4222,nats://h2"
+        );
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
     }
 

@@ -8,11 +8,15 @@
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
 //! - [`shutdown`]: SIGINT/SIGTERM handling;
 //! - [`nats`]: connecting to NATS with a per-component inbox prefix;
-//! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain.
+//! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain;
+//! - [`service`]: the start and stop script of every server's `main`;
+//! - [`sink`]: the batching WebSocket writer of both session ends.
 
 pub mod config;
 pub mod nats;
 pub mod ops;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
+pub mod sink;
 pub mod telemetry;

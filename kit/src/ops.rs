@@ -7,7 +7,10 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Routes for `/healthz`, `/readyz` and `/metrics`; readiness follows the NATS connection.
-pub fn router<S: Clone + Send + Sync + 'static>(metrics: PrometheusHandle, nats: async_nats::Client) -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(
+    metrics: PrometheusHandle,
+    nats: async_nats::Client,
+) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -23,5 +26,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(metrics: PrometheusHandle, nats:
                 }
             }),
         )
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
 }

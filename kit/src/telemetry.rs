@@ -7,16 +7,25 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber: `RUST_LOG` filtering (default `info`), text or JSON.
 pub fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second initialisation (tests running several services) keeps the first subscriber.
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Installs the global Prometheus recorder, or returns a detached one when a recorder is
 /// already installed (several services in one test process).
 pub fn init_metrics() -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
-        .set_buckets(&[0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0])
+        .set_buckets(&[
+            0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            30.0,
+        ])
         .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     UpstreamBadResponse,
     /// No answer arrived within the configured time.
     UpstreamTimeout,
+    /// The local service's response is larger than one message may carry.
+    ResponseTooLarge,
     /// The request body exceeds the configured limit.
     BodyTooLarge,
     /// The request headers exceed the configured limit.
@@ -55,13 +57,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
         Self::UpstreamUnreachable,
         Self::UpstreamBadResponse,
         Self::UpstreamTimeout,
+        Self::ResponseTooLarge,
         Self::BodyTooLarge,
         Self::HeadersTooLarge,
         Self::UriTooLong,
@@ -88,6 +91,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamBadResponse => "upstream_bad_response",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::ResponseTooLarge => "response_too_large",
             Self::BodyTooLarge => "body_too_large",
             Self::HeadersTooLarge => "headers_too_large",
             Self::UriTooLong => "uri_too_long",
@@ -113,7 +117,8 @@ impl ErrorCode {
             Self::TunnelOffline
             | Self::TunnelDisconnected
             | Self::UpstreamUnreachable
-            | Self::UpstreamBadResponse => 502,
+            | Self::UpstreamBadResponse
+            | Self::ResponseTooLarge => 502,
             Self::UpstreamTimeout => 504,
             Self::BodyTooLarge => 413,
             Self::HeadersTooLarge => 431,
@@ -137,6 +142,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable => "The tunnel client could not reach its local service.",
             Self::UpstreamBadResponse => "The local service sent an invalid HTTP response.",
             Self::UpstreamTimeout => "The local service did not answer in time.",
+            Self::ResponseTooLarge => "The local service's response is too large to carry.",
             Self::BodyTooLarge => "The request body is too large.",
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::UriTooLong => "The request URI is too long.",
@@ -146,7 +152,9 @@ impl ErrorCode {
                 "Tunnel names are 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'."
             }
             Self::ReservedName => "The tunnel name is reserved.",
-            Self::ProtocolVersion => "The client and server speak different protocol versions; upgrade the tunnel client.",
+            Self::ProtocolVersion => {
+                "The client and server speak different protocol versions; upgrade the tunnel client."
+            }
             Self::BadFrame => "A protocol frame could not be decoded.",
             Self::FrameTooLarge => "A protocol frame is too large.",
             Self::HandshakeTimeout => "The handshake did not complete in time.",

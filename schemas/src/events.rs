@@ -57,7 +57,10 @@ pub struct Failure {
 impl Failure {
     /// A failure with `code` and a detail for the log.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into() }
+        Self {
+            code,
+            detail: detail.into(),
+        }
     }
 }
 

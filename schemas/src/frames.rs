@@ -46,6 +46,9 @@ pub struct Welcome {
     pub session: String,
     /// Secret to present in a later [`Hello`] to resume this name.
     pub resume_secret: String,
+    /// Largest encoded reply the host can relay; larger replies must fail with
+    /// [`ErrorCode::ResponseTooLarge`](crate::ErrorCode::ResponseTooLarge).
+    pub max_reply_bytes: u64,
 }
 
 /// Frames the client sends.

@@ -66,9 +66,15 @@ pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
 /// # Errors
 /// [`DecodeError::TooLarge`] when `bytes` exceeds `limit`, [`DecodeError::Malformed`] when the bytes
 /// are not the expected message.
-pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+pub fn decode<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
     if bytes.len() > limit {
-        return Err(DecodeError::TooLarge { size: bytes.len(), limit });
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
     }
     Ok(rmp_serde::from_slice(bytes)?)
 }

@@ -13,15 +13,35 @@ pub const MAX_NAME_LEN: usize = 63;
 
 /// Names nobody may take: they would shadow the operator's own hosts.
 pub const RESERVED_NAMES: &[&str] = &[
-    "www", "api", "admin", "app", "auth", "dashboard", "docs", "ftp", "help", "imap", "localhost",
-    "mail", "ns1", "ns2", "pop", "smtp", "static", "status", "support", "tunnel",
+    "www",
+    "api",
+    "admin",
+    "app",
+    "auth",
+    "dashboard",
+    "docs",
+    "ftp",
+    "help",
+    "imap",
+    "localhost",
+    "mail",
+    "ns1",
+    "ns2",
+    "pop",
+    "smtp",
+    "static",
+    "status",
+    "support",
+    "tunnel",
 ];
 
 /// Why a requested name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// Not a DNS label of the accepted shape.
-    #[error("invalid tunnel name {0:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")]
+    #[error(
+        "invalid tunnel name {0:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+    )]
     Invalid(String),
     /// On the reserved list.
     #[error("tunnel name {0:?} is reserved")]
@@ -42,7 +62,9 @@ impl TunnelName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
         let bytes = name.as_bytes();
         let shape_ok = (MIN_NAME_LEN..=MAX_NAME_LEN).contains(&bytes.len())
-            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes.first() != Some(&b'-')
             && bytes.last() != Some(&b'-');
         if !shape_ok {
@@ -123,14 +145,32 @@ mod tests {
 
     #[test]
     fn refuses_malformed_names() {
-        for name in ["", "ab", "-abc", "abc-", "ABC", "a_b", "a.bc", "é-abc", &"x".repeat(64), "a b"] {
-            assert_eq!(TunnelName::parse(name), Err(NameError::Invalid(name.to_owned())), "{name}");
+        for name in [
+            "",
+            "ab",
+            "-abc",
+            "abc-",
+            "ABC",
+            "a_b",
+            "a.bc",
+            "é-abc",
+            &"x".repeat(64),
+            "a b",
+        ] {
+            assert_eq!(
+                TunnelName::parse(name),
+                Err(NameError::Invalid(name.to_owned())),
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn refuses_reserved_names() {
-        assert_eq!(TunnelName::parse("www"), Err(NameError::Reserved("www".into())));
+        assert_eq!(
+            TunnelName::parse("www"),
+            Err(NameError::Reserved("www".into()))
+        );
     }
 
     #[test]

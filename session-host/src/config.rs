@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tunnel_kit::config::{self, ConfigError, Validate};
+use tunnel_kit::service::ServiceConfig;
 
 /// Settings of one session-host. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,16 +54,39 @@ impl Validate for HostConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         config::check_socket_addr("listen", &self.listen)?;
         config::check_range("lease_ttl_secs", self.lease_ttl_secs, 3..=3600)?;
-        config::check_range("handshake_timeout_secs", self.handshake_timeout_secs, 1..=300)?;
-        config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
+        config::check_range(
+            "handshake_timeout_secs",
+            self.handshake_timeout_secs,
+            1..=300,
+        )?;
+        config::check_range(
+            "request_timeout_secs",
+            self.request_timeout_secs,
+            1..=86_400,
+        )?;
         config::check_range("ping_interval_secs", self.ping_interval_secs, 1..=3600)?;
-        config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
+        config::check_range(
+            "max_inflight_per_session",
+            self.max_inflight_per_session,
+            1..=1_000_000,
+        )?;
         config::check_log_format(&self.log_format)?;
         if !self.public_url.contains("{name}") {
-            return Err(ConfigError::invalid("public_url", "must contain {name}, e.g. https://{name}.tunnel.example.com"));
+            return Err(ConfigError::invalid(
+                "public_url",
+                "must contain {name}, e.g. https://{name}.tunnel.example.com",
+            ));
         }
-        if self.node_id.is_empty() || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(ConfigError::invalid("node_id", "must be letters, digits and '-'"));
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "node_id",
+                "must be letters, digits and '-'",
+            ));
         }
         Ok(())
     }
@@ -100,6 +124,35 @@ impl HostConfig {
     }
 }
 
+impl ServiceConfig for HostConfig {
+    fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+
+    fn log_format(&self) -> &str {
+        &self.log_format
+    }
+
+    fn nats_name(&self) -> String {
+        format!("session-host-{}", self.node_id)
+    }
+
+    fn inbox_prefix(&self) -> String {
+        tunnel_schemas::subjects::inbox_prefix("host", &self.node_id)
+    }
+
+    fn redacted(&self) -> Self {
+        Self {
+            nats_url: config::redact_url(&self.nats_url),
+            ..self.clone()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,7 +166,16 @@ mod tests {
 
     #[test]
     fn url_template_needs_name() {
-        let config = HostConfig { public_url: "http://x".into(), ..HostConfig::default() };
-        assert!(config.validate().expect_err("invalid").to_string().contains("`public_url`"));
+        let config = HostConfig {
+            public_url: "http://x".into(),
+            ..HostConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .expect_err("invalid")
+                .to_string()
+                .contains("`public_url`")
+        );
     }
 }

@@ -16,3 +16,16 @@ pub struct Hub {
     /// Cancelled when the host shuts down; sessions then close with `going_away`.
     pub shutdown: CancellationToken,
 }
+
+/// Room left in a NATS message for the headers of a reply.
+const REPLY_HEADROOM_BYTES: usize = 4 << 10;
+
+impl Hub {
+    /// Largest encoded reply this host can publish: the server's `max_payload` minus headroom.
+    pub fn max_reply_bytes(&self) -> u64 {
+        self.nats
+            .server_info()
+            .max_payload
+            .saturating_sub(REPLY_HEADROOM_BYTES) as u64
+    }
+}

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::{Subject, Subscriber};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
 use tunnel_schemas::events::{Control, Failure, TunnelReply};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
@@ -33,9 +33,14 @@ type WsStream = SplitStream<WebSocket>;
 pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
     let (sink, mut stream) = socket.split();
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(sink, out_rx));
-    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream)).await {
-        Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
+    let writer = tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx));
+    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream))
+        .await
+    {
+        Err(_) => Ending::Refused(Failure::new(
+            ErrorCode::HandshakeTimeout,
+            "no hello in time",
+        )),
         Ok(Err(failure)) => Ending::Refused(failure),
         Ok(Ok(hello)) => match Session::open(&hub, hello, out.clone()).await {
             Err(failure) => Ending::Refused(failure),
@@ -47,7 +52,11 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
     };
     if let Ending::Refused(failure) = &ending {
         tracing::info!(code = %failure.code, detail = %failure.detail, "session refused or ended");
-        let _ = out.send(Message::Binary(encode(&HostFrame::Refused(failure.clone())).into())).await;
+        let _ = out
+            .send(Message::Binary(
+                encode(&HostFrame::Refused(failure.clone())).into(),
+            ))
+            .await;
     }
     let _ = out.send(Message::Close(Some(close_frame(&ending)))).await;
     drop(out);
@@ -78,34 +87,26 @@ fn close_frame(ending: &Ending) -> CloseFrame {
             failure.code.as_str(),
         ),
     };
-    CloseFrame { code, reason: reason.into() }
-}
-
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut frames: mpsc::Receiver<Message>) {
-    while let Some(frame) = frames.recv().await {
-        if sink.feed(frame).await.is_err() {
-            return;
-        }
-        // Batch what is already queued into one flush.
-        while let Ok(frame) = frames.try_recv() {
-            if sink.feed(frame).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
+    CloseFrame {
+        code,
+        reason: reason.into(),
     }
-    let _ = sink.close().await;
 }
 
 async fn read_hello(stream: &mut WsStream) -> Result<Hello, Failure> {
     loop {
         match next_frame(stream).await? {
             Incoming::Frame(ClientFrame::Hello(hello)) => return Ok(hello),
-            Incoming::Frame(_) => return Err(Failure::new(ErrorCode::BadFrame, "the first frame must be a hello")),
+            Incoming::Frame(_) => {
+                return Err(Failure::new(
+                    ErrorCode::BadFrame,
+                    "the first frame must be a hello",
+                ));
+            }
             Incoming::Alive => {}
-            Incoming::Closed => return Err(Failure::new(ErrorCode::BadFrame, "closed before hello")),
+            Incoming::Closed => {
+                return Err(Failure::new(ErrorCode::BadFrame, "closed before hello"));
+            }
         }
     }
 }
@@ -124,16 +125,25 @@ async fn next_frame(stream: &mut WsStream) -> Result<Incoming, Failure> {
     match stream.next().await {
         None | Some(Ok(Message::Close(_))) => Ok(Incoming::Closed),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Incoming::Alive),
-        Some(Ok(Message::Text(_))) => Err(Failure::new(ErrorCode::BadFrame, "text frames are not part of the protocol")),
-        Some(Ok(Message::Binary(bytes))) => {
-            tunnel_schemas::decode(&bytes, MAX_FRAME_BYTES).map(Incoming::Frame).map_err(|e| match e {
-                DecodeError::TooLarge { .. } => Failure::new(ErrorCode::FrameTooLarge, e.to_string()),
+        Some(Ok(Message::Text(_))) => Err(Failure::new(
+            ErrorCode::BadFrame,
+            "text frames are not part of the protocol",
+        )),
+        Some(Ok(Message::Binary(bytes))) => tunnel_schemas::decode(&bytes, MAX_FRAME_BYTES)
+            .map(Incoming::Frame)
+            .map_err(|e| match e {
+                DecodeError::TooLarge { .. } => {
+                    Failure::new(ErrorCode::FrameTooLarge, e.to_string())
+                }
                 DecodeError::Malformed(_) => Failure::new(ErrorCode::BadFrame, e.to_string()),
-            })
-        }
+            }),
         Some(Err(e)) => {
             // tungstenite reports an oversized message as a capacity error.
-            let code = if e.to_string().contains("too long") { ErrorCode::FrameTooLarge } else { ErrorCode::BadFrame };
+            let code = if e.to_string().contains("too long") {
+                ErrorCode::FrameTooLarge
+            } else {
+                ErrorCode::BadFrame
+            };
             Err(Failure::new(code, e.to_string()))
         }
     }
@@ -159,11 +169,18 @@ struct Pending {
 }
 
 impl Session {
-    async fn open(hub: &Arc<Hub>, hello: Hello, out: mpsc::Sender<Message>) -> Result<Self, Failure> {
+    async fn open(
+        hub: &Arc<Hub>,
+        hello: Hello,
+        out: mpsc::Sender<Message>,
+    ) -> Result<Self, Failure> {
         if hello.v != PROTOCOL_VERSION {
             return Err(Failure::new(
                 ErrorCode::ProtocolVersion,
-                format!("client speaks protocol {}, this server speaks {PROTOCOL_VERSION}", hello.v),
+                format!(
+                    "client speaks protocol {}, this server speaks {PROTOCOL_VERSION}",
+                    hello.v
+                ),
             ));
         }
         let id = uuid::Uuid::now_v7().to_string();
@@ -171,7 +188,10 @@ impl Session {
         let name = &lease.name;
         let nats = &hub.nats;
         let requests = nats
-            .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
+            .queue_subscribe(
+                subjects::tunnel_requests(name),
+                subjects::tunnel_queue_group(name),
+            )
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         let control = nats
@@ -191,10 +211,23 @@ impl Session {
         };
         // The renewal's PubAck travels on the same connection after the SUBs, so once it is
         // back the server routes the tunnel's requests here: only then is the client told.
-        session.hub.leases.renew(&mut session.lease).await.map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        session
+            .hub
+            .leases
+            .renew(&mut session.lease)
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         if session.lease.resumed {
-            let takeover = Control::Takeover { session: session.id.clone() };
-            if let Err(e) = nats.publish(subjects::tunnel_control(&session.lease.name), encode(&takeover).into()).await {
+            let takeover = Control::Takeover {
+                session: session.id.clone(),
+            };
+            if let Err(e) = nats
+                .publish(
+                    subjects::tunnel_control(&session.lease.name),
+                    encode(&takeover).into(),
+                )
+                .await
+            {
                 tracing::warn!(error = %e, "takeover notice not published");
             }
         }
@@ -204,6 +237,7 @@ impl Session {
             url: hub.config.url_of(session.lease.name.as_str()),
             session: session.id.clone(),
             resume_secret: session.lease.secret.clone(),
+            max_reply_bytes: hub.max_reply_bytes(),
         };
         session.send(HostFrame::Welcome(welcome)).await?;
         tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, "session open");
@@ -263,17 +297,24 @@ impl Session {
     }
 
     async fn relay_request(&mut self, message: async_nats::Message) -> Result<(), Failure> {
-        let Some(reply) = message.reply else { return Ok(()) };
+        let Some(reply) = message.reply else {
+            return Ok(());
+        };
         if self.pending.len() >= self.hub.config.max_inflight_per_session {
             metrics::counter!("host_requests_refused_total").increment(1);
-            self.answer(reply, ErrorCode::Unavailable, "too many requests in flight").await;
+            self.answer(reply, ErrorCode::Unavailable, "too many requests in flight")
+                .await;
             return Ok(());
         }
         self.next_stream = self.next_stream.wrapping_add(1);
         let stream = self.next_stream;
         let deadline = Instant::now() + self.hub.config.request_timeout();
         self.pending.insert(stream, Pending { reply, deadline });
-        self.send(HostFrame::Request { stream, request: message.payload }).await
+        self.send(HostFrame::Request {
+            stream,
+            request: message.payload,
+        })
+        .await
     }
 
     async fn on_frame(&mut self, frame: ClientFrame, release: &mut bool) -> Result<(), Failure> {
@@ -281,6 +322,14 @@ impl Session {
         match frame {
             ClientFrame::Reply { stream, reply } => {
                 match self.pending.remove(&stream) {
+                    Some(pending) if reply.len() as u64 > self.hub.max_reply_bytes() => {
+                        self.answer(
+                            pending.reply,
+                            ErrorCode::ResponseTooLarge,
+                            "reply exceeds the nats payload limit",
+                        )
+                        .await;
+                    }
                     Some(pending) => self.publish(pending.reply, reply).await,
                     None => tracing::debug!(stream, "reply for an unknown or expired stream"),
                 }
@@ -290,15 +339,19 @@ impl Session {
                 *release = true;
                 Ok(())
             }
-            ClientFrame::Hello(_) => Err(Failure::new(ErrorCode::BadFrame, "hello after the handshake")),
+            ClientFrame::Hello(_) => Err(Failure::new(
+                ErrorCode::BadFrame,
+                "hello after the handshake",
+            )),
         }
     }
 
     fn on_control(&self, payload: &Bytes) -> Result<(), Failure> {
         match tunnel_schemas::decode::<Control>(payload, MAX_FRAME_BYTES) {
-            Ok(Control::Takeover { session }) if session != self.id => {
-                Err(Failure::new(ErrorCode::SessionReplaced, format!("session {session} resumed the tunnel")))
-            }
+            Ok(Control::Takeover { session }) if session != self.id => Err(Failure::new(
+                ErrorCode::SessionReplaced,
+                format!("session {session} resumed the tunnel"),
+            )),
             Ok(Control::Takeover { .. }) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable control message");
@@ -309,7 +362,10 @@ impl Session {
 
     async fn keepalive(&mut self, interval: Duration) -> Result<(), Failure> {
         if self.last_seen.elapsed() > interval * 3 {
-            return Err(Failure::new(ErrorCode::HandshakeTimeout, "client stopped answering pings"));
+            return Err(Failure::new(
+                ErrorCode::HandshakeTimeout,
+                "client stopped answering pings",
+            ));
         }
         self.out
             .send(Message::Ping(Bytes::new()))
@@ -319,11 +375,20 @@ impl Session {
 
     async fn expire_pending(&mut self) {
         let now = Instant::now();
-        let expired: Vec<StreamId> =
-            self.pending.iter().filter(|(_, pending)| pending.deadline <= now).map(|(stream, _)| *stream).collect();
+        let expired: Vec<StreamId> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.deadline <= now)
+            .map(|(stream, _)| *stream)
+            .collect();
         for stream in expired {
             if let Some(pending) = self.pending.remove(&stream) {
-                self.answer(pending.reply, ErrorCode::UpstreamTimeout, "client did not answer in time").await;
+                self.answer(
+                    pending.reply,
+                    ErrorCode::UpstreamTimeout,
+                    "client did not answer in time",
+                )
+                .await;
             }
         }
     }
@@ -336,7 +401,9 @@ impl Session {
         }
         let _ = self.control.unsubscribe().await;
         let (code, detail) = match ending {
-            Ending::Refused(failure) if failure.code == ErrorCode::GoingAway => (ErrorCode::GoingAway, "host shutting down"),
+            Ending::Refused(failure) if failure.code == ErrorCode::GoingAway => {
+                (ErrorCode::GoingAway, "host shutting down")
+            }
             _ => (ErrorCode::TunnelDisconnected, "tunnel client disconnected"),
         };
         for (_, pending) in std::mem::take(&mut self.pending) {
@@ -369,8 +436,13 @@ impl Session {
 
 async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failure> {
     let refused = |e: LeaseError, name: &TunnelName| match e {
-        LeaseError::InUse => Failure::new(ErrorCode::NameInUse, format!("{name} is held by another client")),
-        LeaseError::Lost | LeaseError::Unavailable(_) => Failure::new(ErrorCode::Unavailable, e.to_string()),
+        LeaseError::InUse => Failure::new(
+            ErrorCode::NameInUse,
+            format!("{name} is held by another client"),
+        ),
+        LeaseError::Lost | LeaseError::Unavailable(_) => {
+            Failure::new(ErrorCode::Unavailable, e.to_string())
+        }
     };
     if let Some(requested) = &hello.name {
         let name = TunnelName::parse(requested).map_err(|e| match e {
@@ -379,16 +451,28 @@ async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failu
         })?;
         return hub
             .leases
-            .acquire(name.clone(), hello.resume_secret.as_deref(), session, &hub.config.node_id)
+            .acquire(
+                name.clone(),
+                hello.resume_secret.as_deref(),
+                session,
+                &hub.config.node_id,
+            )
             .await
             .map_err(|e| refused(e, &name));
     }
     for _ in 0..RANDOM_NAME_ATTEMPTS {
         let name = TunnelName::random();
-        match hub.leases.acquire(name.clone(), None, session, &hub.config.node_id).await {
+        match hub
+            .leases
+            .acquire(name.clone(), None, session, &hub.config.node_id)
+            .await
+        {
             Err(LeaseError::InUse) => continue,
             result => return result.map_err(|e| refused(e, &name)),
         }
     }
-    Err(Failure::new(ErrorCode::Unavailable, "no free random name found"))
+    Err(Failure::new(
+        ErrorCode::Unavailable,
+        "no free random name found",
+    ))
 }

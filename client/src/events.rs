@@ -1,0 +1,90 @@
+//! What the client reports while it runs, for the terminal or for scripts.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A client event. In JSON mode each is printed as one object per line, tagged by `event`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The tunnel is online; the first event of a run.
+    Ready {
+        /// The public URL.
+        url: String,
+        /// The tunnel name.
+        name: String,
+        /// The local service.
+        target: String,
+    },
+    /// A request was answered (by the local service or with a tunnel error).
+    Request {
+        /// The request id (`X-Request-Id`).
+        request_id: String,
+        /// Method token.
+        method: String,
+        /// Path and query as forwarded.
+        target: String,
+        /// Status returned, or 502/504 for a failure.
+        status: u16,
+        /// The error code when the local service was not reached.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Time spent in the local exchange, in milliseconds.
+        duration_ms: f64,
+    },
+    /// The session to the server was lost.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The next connection attempt is scheduled.
+    Reconnecting {
+        /// Attempts since the last working session.
+        attempt: u32,
+        /// Delay before the attempt, in milliseconds.
+        delay_ms: u64,
+    },
+    /// The session is back with the same name.
+    Resumed {
+        /// The public URL.
+        url: String,
+        /// The tunnel name.
+        name: String,
+    },
+}
+
+impl Event {
+    /// The event as one line of human-readable text.
+    pub fn human(&self) -> String {
+        match self {
+            Self::Ready { url, target, .. } => {
+                format!("Forwarding  {url} -> {target}\n(Ctrl-C to stop)")
+            }
+            Self::Request {
+                method,
+                target,
+                status,
+                error,
+                duration_ms,
+                ..
+            } => {
+                let error = error
+                    .as_deref()
+                    .map(|code| format!("  [{code}]"))
+                    .unwrap_or_default();
+                format!("{method:<7} {target:<40} {status}  {duration_ms:>8.1} ms{error}")
+            }
+            Self::Disconnected { reason } => format!("disconnected: {reason}"),
+            Self::Reconnecting { attempt, delay_ms } => {
+                format!("reconnecting in {delay_ms} ms (attempt {attempt})")
+            }
+            Self::Resumed { url, .. } => format!("reconnected  {url}"),
+        }
+    }
+
+    /// Milliseconds of `duration`, with sub-millisecond precision.
+    pub fn millis(duration: Duration) -> f64 {
+        duration.as_secs_f64() * 1000.0
+    }
+}

@@ -1,0 +1,112 @@
+//! `tunnel`: expose a local HTTP service at a public URL.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use tunnel_client::{ClientError, Event, Options, Target};
+
+/// Expose a local HTTP service at a public URL through an http-tunnel server.
+#[derive(Debug, Parser)]
+#[command(name = "tunnel", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Forward public HTTP requests to a local port or URL.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HttpArgs {
+    /// Local port to forward to (http://localhost:<PORT>).
+    #[arg(required_unless_present = "to")]
+    port: Option<u16>,
+    /// Forward to this URL instead of a local port (http://192.168.1.20:8080).
+    #[arg(long, value_name = "URL", conflicts_with = "port")]
+    to: Option<String>,
+    /// WebSocket URL of the http-tunnel server.
+    #[arg(
+        long,
+        value_name = "WS_URL",
+        env = "TUNNEL_SERVER",
+        default_value = "ws://127.0.0.1:7070"
+    )]
+    server: String,
+    /// Tunnel name to request (a DNS label); random when absent.
+    #[arg(long, value_name = "NAME", env = "TUNNEL_NAME")]
+    name: Option<String>,
+    /// Seconds the local service has to answer a request.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    upstream_timeout: u64,
+    /// Print one JSON object per line even on a terminal (the default when stdout is not one).
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let Command::Http(args) = Cli::parse().command;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let json = args.json || !std::io::stdout().is_terminal();
+    let target = match args
+        .to
+        .as_deref()
+        .map(Target::parse)
+        .unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80))))
+    {
+        Ok(target) => target,
+        Err(e) => return fail(json, "invalid_target", &e.to_string()),
+    };
+    let options = Options {
+        server: args.server,
+        target,
+        name: args.name,
+        upstream_timeout: Duration::from_secs(args.upstream_timeout),
+    };
+    let shutdown = tunnel_kit::shutdown::on_signal();
+    let (events, mut received) = mpsc::channel(1024);
+    let printer = tokio::spawn(async move {
+        while let Some(event) = received.recv().await {
+            print_event(json, &event);
+        }
+    });
+    let result = tunnel_client::run(options, events, shutdown).await;
+    let _ = printer.await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e @ ClientError::Refused(_)) => fail(json, e.code().as_str(), &e.to_string()),
+    }
+}
+
+fn print_event(json: bool, event: &Event) {
+    let line = if json {
+        serde_json::to_string(event).unwrap_or_default()
+    } else {
+        event.human()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+fn fail(json: bool, code: &str, message: &str) -> std::process::ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "error", "code": code, "message": message })
+        );
+    } else {
+        eprintln!("error: {message} ({code})");
+    }
+    std::process::ExitCode::FAILURE
+}

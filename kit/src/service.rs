@@ -1,0 +1,88 @@
+//! The start and stop script every server's `main` follows: parse the layered configuration,
+//! start tracing and metrics, log the redacted configuration, connect to NATS, bind the listener,
+//! arm the signal handler; at the end, drain NATS.
+
+use std::fmt::Debug;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Validate};
+use crate::telemetry::{self, PrometheusHandle};
+
+/// A server configuration the start script can use.
+pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate + Debug + Clone {
+    /// NATS server URL(s).
+    fn nats_url(&self) -> &str;
+    /// Listen address.
+    fn listen(&self) -> &str;
+    /// `text` or `json`.
+    fn log_format(&self) -> &str;
+    /// Connection name shown by the NATS server.
+    fn nats_name(&self) -> String;
+    /// Inbox prefix of this instance (`_INBOX.<component>.<node>`).
+    fn inbox_prefix(&self) -> String;
+    /// A copy fit for the log: secrets replaced by `***`.
+    fn redacted(&self) -> Self;
+}
+
+/// What a started server runs with.
+pub struct Started<C> {
+    /// The validated configuration.
+    pub config: C,
+    /// The NATS connection.
+    pub nats: async_nats::Client,
+    /// The bound listener.
+    pub listener: TcpListener,
+    /// The Prometheus handle for `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Cancelled on SIGINT or SIGTERM.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the start script of server `name`: configuration from `file` and `flags`, tracing,
+/// metrics, NATS, listener, signals.
+///
+/// # Errors
+/// A configuration, NATS or bind error, with the bad key or address named.
+pub async fn start<C: ServiceConfig, F: Serialize>(
+    name: &str,
+    file: Option<&Path>,
+    flags: &F,
+) -> anyhow::Result<Started<C>> {
+    let config: C = config::load(file, flags)?;
+    telemetry::init_tracing(config.log_format());
+    tracing::info!(config = ?config.redacted(), "starting {name}");
+    let metrics = telemetry::init_metrics();
+    let nats = crate::nats::connect(
+        config.nats_url(),
+        &config.nats_name(),
+        &config.inbox_prefix(),
+    )
+    .await?;
+    let listener = TcpListener::bind(config.listen())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen()))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let shutdown = crate::shutdown::on_signal();
+    Ok(Started {
+        config,
+        nats,
+        listener,
+        metrics,
+        shutdown,
+    })
+}
+
+/// Drains the NATS connection: buffered publishes go out before the process exits.
+///
+/// # Errors
+/// When the drain cannot be started.
+pub async fn stop(nats: async_nats::Client) -> anyhow::Result<()> {
+    nats.drain().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
