@@ -19,6 +19,8 @@ use crate::target::Target;
 
 /// Idle keep-alive connections kept to the local service.
 const MAX_IDLE_CONNECTIONS: usize = 256;
+/// Most header fields accepted in a response head (hyper's default is 100).
+const MAX_RESPONSE_HEADERS: usize = 1024;
 /// How long an idle keep-alive connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,6 +41,7 @@ impl Forwarder {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .pool_idle_timeout(IDLE_TIMEOUT)
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
             .build(connector);
         Self {
             client,

@@ -1,0 +1,311 @@
+//! A whole system per test: nats-server, ingress and session-host on port 0, clients on demand.
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunnel_client::{ClientError, Event, Options, Target};
+use tunnel_ingress::IngressConfig;
+use tunnel_session_host::HostConfig;
+
+use crate::{DEADLINE, NatsServer, within};
+
+/// The public domain of test environments.
+pub const DOMAIN: &str = "tunnel.test";
+
+/// Settings that scenarios vary.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// Ingress: seconds before 504.
+    pub request_timeout_secs: u64,
+    /// Ingress: largest request body.
+    pub max_body_bytes: usize,
+    /// Session-host: seconds a client has to say hello.
+    pub handshake_timeout_secs: u64,
+    /// Session-host: lease TTL.
+    pub lease_ttl_secs: u64,
+    /// Extra nats-server configuration.
+    pub nats_config: String,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout_secs: 10,
+            max_body_bytes: 512 << 10,
+            handshake_timeout_secs: 5,
+            lease_ttl_secs: 30,
+            nats_config: String::new(),
+        }
+    }
+}
+
+/// A running system; everything stops when it is dropped.
+pub struct TestEnv {
+    /// The NATS server.
+    pub nats: NatsServer,
+    ingress: SocketAddr,
+    host: SocketAddr,
+    shutdown: CancellationToken,
+    services: Vec<JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+impl TestEnv {
+    /// Starts a system with the default options.
+    pub async fn start() -> Self {
+        Self::start_with(EnvOptions::default()).await
+    }
+
+    /// Starts nats-server, ingress and one session-host.
+    ///
+    /// # Panics
+    /// When any part fails to start.
+    pub async fn start_with(options: EnvOptions) -> Self {
+        init_tracing();
+        let nats = NatsServer::start_with(&options.nats_config);
+        let shutdown = CancellationToken::new();
+        let mut services = Vec::new();
+
+        let ingress_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ingress");
+        let ingress = ingress_listener.local_addr().expect("ingress address");
+        let ingress_config = IngressConfig {
+            nats_url: nats.url().to_owned(),
+            domain: DOMAIN.into(),
+            request_timeout_secs: options.request_timeout_secs,
+            max_body_bytes: options.max_body_bytes,
+            ..IngressConfig::default()
+        };
+        let ingress_nats = connect(nats.url(), "ing").await;
+        let metrics = tunnel_kit::telemetry::init_metrics();
+        services.push(tokio::spawn(tunnel_ingress::run(
+            ingress_listener,
+            ingress_nats,
+            ingress_config,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+
+        let host_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind session-host");
+        let host = host_listener.local_addr().expect("host address");
+        let host_config = HostConfig {
+            nats_url: nats.url().to_owned(),
+            public_url: format!("http://{{name}}.{DOMAIN}:{}", ingress.port()),
+            handshake_timeout_secs: options.handshake_timeout_secs,
+            lease_ttl_secs: options.lease_ttl_secs,
+            ..HostConfig::default()
+        };
+        let host_nats = connect(nats.url(), "host").await;
+        let host_shutdown = shutdown.clone();
+        services.push(tokio::spawn(async move {
+            tunnel_session_host::run(
+                host_listener,
+                host_nats,
+                host_config,
+                metrics,
+                host_shutdown,
+            )
+            .await
+            .expect("session-host runs");
+        }));
+
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("http client");
+        Self {
+            nats,
+            ingress,
+            host,
+            shutdown,
+            services,
+            http,
+        }
+    }
+
+    /// The ingress address.
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.ingress
+    }
+
+    /// The session-host address.
+    pub fn host_addr(&self) -> SocketAddr {
+        self.host
+    }
+
+    /// The session-host's WebSocket URL.
+    pub fn server_url(&self) -> String {
+        format!("ws://{}", self.host)
+    }
+
+    /// The public host name of tunnel `name`.
+    pub fn public_host(&self, name: &str) -> String {
+        format!("{name}.{DOMAIN}:{}", self.ingress.port())
+    }
+
+    /// A request to `path` of tunnel `name`, routed by Host.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        name: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("http://{}{path}", self.ingress))
+            .header(reqwest::header::HOST, self.public_host(name))
+    }
+
+    /// `GET path` on tunnel `name`.
+    ///
+    /// # Panics
+    /// When the request fails at the HTTP level.
+    pub async fn get(&self, name: &str, path: &str) -> reqwest::Response {
+        within(
+            DEADLINE,
+            "a response",
+            self.request(reqwest::Method::GET, name, path).send(),
+        )
+        .await
+        .expect("response")
+    }
+
+    /// Opens a tunnel to the local `port`, through the session-host, and waits until it is ready.
+    pub async fn tunnel(&self, port: u16, name: Option<&str>) -> Tunnel {
+        Tunnel::open(&self.server_url(), port, name).await
+    }
+
+    /// Starts a tunnel client without waiting for it to be ready.
+    pub fn spawn_client(&self, server: &str, port: u16, name: Option<&str>) -> Tunnel {
+        Tunnel::spawn(server, port, name)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for service in &self.services {
+            service.abort();
+        }
+    }
+}
+
+/// A running `tunnel` client (the library, in this process).
+pub struct Tunnel {
+    /// The granted name (empty until ready).
+    pub name: String,
+    /// The public URL (empty until ready).
+    pub url: String,
+    events: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ClientError>>,
+}
+
+impl Tunnel {
+    /// Starts a client and waits for its ready event.
+    ///
+    /// # Panics
+    /// When the client fails or is not ready within [`DEADLINE`].
+    pub async fn open(server: &str, port: u16, name: Option<&str>) -> Self {
+        let mut tunnel = Self::spawn(server, port, name);
+        match tunnel.next_event().await {
+            Some(Event::Ready { name, url, .. }) => {
+                tunnel.name = name;
+                tunnel.url = url;
+                tunnel
+            }
+            other => panic!(
+                "expected ready, got {other:?}; client ended with {:?}",
+                tunnel.finish().await
+            ),
+        }
+    }
+
+    /// Starts a client without waiting.
+    pub fn spawn(server: &str, port: u16, name: Option<&str>) -> Self {
+        let options = Options {
+            server: server.to_owned(),
+            target: Target::port(port),
+            name: name.map(str::to_owned),
+            upstream_timeout: Duration::from_secs(60),
+        };
+        let (events_tx, events) = mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(tunnel_client::run(options, events_tx, shutdown.clone()));
+        Self {
+            name: String::new(),
+            url: String::new(),
+            events,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The next lifecycle event (request events are skipped); `None` once the client ended.
+    ///
+    /// # Panics
+    /// When nothing happens within [`DEADLINE`].
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match within(DEADLINE, "a client event", self.events.recv()).await {
+                Some(Event::Request { .. }) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for the client to end and returns its result.
+    ///
+    /// # Panics
+    /// When it does not end within [`DEADLINE`].
+    pub async fn finish(self) -> Result<(), ClientError> {
+        within(DEADLINE, "the client to end", self.task)
+            .await
+            .expect("client task not panicked")
+    }
+
+    /// Stops the client cleanly (it says goodbye, releasing its name).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.finish().await;
+    }
+
+    /// Kills the client: its connection drops without a goodbye.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+async fn connect(url: &str, component: &str) -> async_nats::Client {
+    let inbox = tunnel_schemas::subjects::inbox_prefix(
+        component,
+        &uuid::Uuid::new_v4().simple().to_string(),
+    );
+    tunnel_kit::nats::connect(url, component, &inbox)
+        .await
+        .expect("nats connects")
+}
+
+fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber_init();
+        }
+    });
+}
+
+fn tracing_subscriber_init() -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init()
+        .map_err(|e| e.to_string())
+}

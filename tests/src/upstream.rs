@@ -1,0 +1,214 @@
+//! The local service behind the tunnel: a real HTTP server that records what reaches it.
+//!
+//! Routes, by path prefix:
+//! - `/echo…`: 200 with the request body, `x-echo-method` and `x-echo-target` headers;
+//! - `/cookies`: three `Set-Cookie`s and a non-UTF-8 `x-raw` value;
+//! - `/status/<code>`: that status, no body;
+//! - `/head`: `content-length: 1234` and that many bytes (none for HEAD);
+//! - `/slow`: answers after 30 seconds;
+//! - `/hang`: never answers; the handler's drop is reported (the connection closed);
+//! - anything else: 200 `ok`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// A request as the local service received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method token.
+    pub method: String,
+    /// Raw path and query.
+    pub target: String,
+    /// Header fields in order, values as bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Recorded {
+    /// Every value of header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&[u8]> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    /// The single value of header `name` as text.
+    ///
+    /// # Panics
+    /// When the header is absent, repeated or not UTF-8.
+    pub fn header(&self, name: &str) -> String {
+        let values = self.header_values(name);
+        assert_eq!(values.len(), 1, "header {name}: {values:?}");
+        String::from_utf8(values[0].to_vec()).expect("utf-8 header")
+    }
+}
+
+/// The running local service.
+pub struct Upstream {
+    addr: SocketAddr,
+    requests: mpsc::UnboundedReceiver<Recorded>,
+    hangs_dropped: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Recorder {
+    requests: mpsc::UnboundedSender<Recorded>,
+    hangs_dropped: mpsc::UnboundedSender<()>,
+}
+
+impl Upstream {
+    /// Starts the service on a random port.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (hangs_tx, hangs_dropped) = mpsc::unbounded_channel();
+        let app = Router::new().fallback(handle).with_state(Recorder {
+            requests: requests_tx,
+            hangs_dropped: hangs_tx,
+        });
+        // The same accept loop as the services: it accepts more than hyper's default of 100 headers.
+        let task = tokio::spawn(tunnel_kit::serve::serve(
+            listener,
+            app,
+            Default::default(),
+            Default::default(),
+        ));
+        Self {
+            addr,
+            requests,
+            hangs_dropped,
+            task,
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The next request it received.
+    ///
+    /// # Panics
+    /// When none arrives within [`crate::DEADLINE`].
+    pub async fn next_request(&mut self) -> Recorded {
+        crate::within(
+            crate::DEADLINE,
+            "a request at the upstream",
+            self.requests.recv(),
+        )
+        .await
+        .expect("upstream running")
+    }
+
+    /// Waits until a `/hang` request's connection was closed by the client side.
+    ///
+    /// # Panics
+    /// When that does not happen within `deadline`.
+    pub async fn hang_dropped(&mut self, deadline: Duration) {
+        crate::within(
+            deadline,
+            "the hanging request to be dropped",
+            self.hangs_dropped.recv(),
+        )
+        .await;
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reports its drop: the hanging handler future is dropped when its connection closes.
+struct DropReporter(mpsc::UnboundedSender<()>);
+
+impl Drop for DropReporter {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+async fn handle(State(recorder): State<Recorder>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        body: body.clone(),
+    };
+    let _ = recorder.requests.send(recorded);
+    let path = parts.uri.path();
+    let mut response = Response::new(Body::empty());
+    if path.starts_with("/echo") {
+        *response.body_mut() = Body::from(body);
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-echo-method",
+            HeaderValue::from_str(parts.method.as_str()).expect("method is a token"),
+        );
+        headers.insert(
+            "x-echo-target",
+            HeaderValue::from_str(&target).expect("target is visible ascii"),
+        );
+    } else if path == "/cookies" {
+        let headers = response.headers_mut();
+        for cookie in ["a=1; Path=/", "b=2; HttpOnly", "c=3; Secure"] {
+            headers.append("set-cookie", HeaderValue::from_static(cookie));
+        }
+        headers.insert(
+            "x-raw",
+            HeaderValue::from_bytes(b"\xff\xfe raw").expect("obs-text is valid"),
+        );
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        *response.status_mut() = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+    } else if path == "/head" {
+        let body = vec![b'x'; 1234];
+        response
+            .headers_mut()
+            .insert("content-length", HeaderValue::from_static("1234"));
+        *response.body_mut() = Body::from(body);
+    } else if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    } else if path == "/hang" {
+        let _reporter = DropReporter(recorder.hangs_dropped.clone());
+        std::future::pending::<()>().await;
+    } else {
+        *response.body_mut() = Body::from("ok");
+    }
+    response
+}
