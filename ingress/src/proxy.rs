@@ -235,8 +235,8 @@ impl Proxy {
             Ok(TunnelReply::Response(response)) => Ok(response),
             Ok(TunnelReply::Failure(failure)) => Err(failure),
             Err(e) => Err(Failure::new(
-                ErrorCode::Internal,
-                format!("undecodable reply: {e}"),
+                ErrorCode::UpstreamBadResponse,
+                format!("undecodable reply from the tunnel client: {e}"),
             )),
         }
     }

@@ -24,6 +24,8 @@ use crate::leases::{Lease, LeaseError};
 const WRITE_QUEUE: usize = 1024;
 /// Attempts at a free random name before giving up.
 const RANDOM_NAME_ATTEMPTS: usize = 8;
+/// Time the request subscription gets to drain when the session ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time the writer gets to flush the last frames after the session ends.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 
@@ -396,16 +398,30 @@ impl Session {
     /// Ends the session: no more requests reach it, every pending request fails at once, and
     /// the lease is released when the client said goodbye (kept for a resume otherwise).
     async fn close(&mut self, ending: &Ending, release: bool) {
-        if let Err(e) = self.requests.unsubscribe().await {
-            tracing::debug!(error = %e, "unsubscribe failed");
-        }
-        let _ = self.control.unsubscribe().await;
         let (code, detail) = match ending {
             Ending::Refused(failure) if failure.code == ErrorCode::GoingAway => {
                 (ErrorCode::GoingAway, "host shutting down")
             }
             _ => (ErrorCode::TunnelDisconnected, "tunnel client disconnected"),
         };
+        let _ = self.control.unsubscribe().await;
+        // Drain: UNSUB, then a PING; requests the server routed here before it saw the UNSUB
+        // arrive before the PONG and are answered, and after it the server routes none here.
+        match self.requests.drain().await {
+            Ok(()) => {
+                let drained = async {
+                    while let Some(message) = self.requests.next().await {
+                        if let Some(reply) = message.reply {
+                            self.answer(reply, code, detail).await;
+                        }
+                    }
+                };
+                if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+                    tracing::warn!("request subscription did not drain in time");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "drain failed"),
+        }
         for (_, pending) in std::mem::take(&mut self.pending) {
             self.answer(pending.reply, code, detail).await;
         }

@@ -1,0 +1,178 @@
+//! The real binaries, as a user runs them.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reqwest::Method;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tunnel_tests::{DEADLINE, TestEnv, Upstream, binary, within};
+
+/// The `tunnel` binary with its stdout piped (so it prints JSON lines).
+struct Cli {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Cli {
+    fn start(env: &TestEnv, args: &[&str]) -> Self {
+        let mut child = Command::new(binary("tunnel"))
+            .arg("http")
+            .args(args)
+            .args(["--server", &env.server_url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tunnel starts");
+        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Self { child, lines }
+    }
+
+    async fn next_json(&mut self) -> serde_json::Value {
+        let line = within(DEADLINE, "a line from tunnel", self.lines.next_line())
+            .await
+            .expect("read")
+            .expect("a line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.child.id().expect("running")).expect("pid fits");
+        kill(Pid::from_raw(pid), signal).expect("signal sent");
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        within(DEADLINE, "tunnel to exit", self.child.wait())
+            .await
+            .expect("wait")
+            .code()
+    }
+}
+
+#[tokio::test]
+async fn prints_json_lines_when_piped_and_serves() {
+    let env = TestEnv::start().await;
+    let upstream = Upstream::start().await;
+    let port = upstream.port().to_string();
+    let mut cli = Cli::start(&env, &[&port, "--name", "cli-demo"]);
+    let ready = cli.next_json().await;
+    assert_eq!(ready["event"], "ready");
+    assert_eq!(ready["name"], "cli-demo");
+    assert_eq!(
+        ready["url"],
+        format!("http://{}", env.public_host("cli-demo"))
+    );
+    let response = env
+        .request(Method::GET, "cli-demo", "/echo?x=1")
+        .header("x-request-id", "cli-req-1")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let logged = cli.next_json().await;
+    assert_eq!(logged["event"], "request");
+    assert_eq!(logged["method"], "GET");
+    assert_eq!(logged["target"], "/echo?x=1");
+    assert_eq!(logged["status"], 200);
+    assert_eq!(logged["request_id"], "cli-req-1");
+
+    cli.signal(Signal::SIGTERM);
+    assert_eq!(cli.exit_code().await, Some(0), "SIGTERM is a clean exit");
+    let mut again = Cli::start(&env, &[&port, "--name", "cli-demo"]);
+    assert_eq!(
+        again.next_json().await["event"],
+        "ready",
+        "the goodbye released the name"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_mid_request_gives_502_within_a_second() {
+    let env = TestEnv::start().await;
+    let mut upstream = Upstream::start().await;
+    let port = upstream.port().to_string();
+    let mut cli = Cli::start(&env, &[&port]);
+    let name = cli.next_json().await["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let pending = tokio::spawn(env.request(Method::GET, &name, "/hang").send());
+    upstream.next_request().await;
+    let killed_at = Instant::now();
+    cli.signal(Signal::SIGKILL);
+    let response = pending.await.expect("task").expect("response");
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-tunnel-error"], "tunnel_disconnected");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_name_exits_non_zero_with_a_json_error() {
+    let env = TestEnv::start().await;
+    let mut cli = Cli::start(&env, &["3000", "--name", "Not_A_Label"]);
+    let error = cli.next_json().await;
+    assert_eq!(error["event"], "error");
+    assert_eq!(error["code"], "invalid_name");
+    assert_eq!(cli.exit_code().await, Some(1));
+}
+
+#[tokio::test]
+async fn every_binary_has_help() {
+    for (name, flag) in [
+        ("tunnel", "http"),
+        ("tunnel-ingress", "--domain"),
+        ("tunnel-session-host", "--public-url"),
+        ("tunnel-auditor", "--nats"),
+    ] {
+        let output = Command::new(binary(name))
+            .arg("--help")
+            .output()
+            .await
+            .expect("runs");
+        assert!(output.status.success(), "{name} --help");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(flag), "{name} --help mentions {flag}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_setting_is_refused_naming_its_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("ingress.toml");
+    std::fs::write(&file, "request_timeout_secs = \"soon\"\n").expect("write");
+    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+        (&["--listen", "not-an-address"], &[], "listen"),
+        (
+            &[],
+            &[("TUNNEL_REQUEST_TIMEOUT_SECS", "0")],
+            "request_timeout_secs",
+        ),
+        (
+            &["--config", file.to_str().expect("utf-8 path")],
+            &[],
+            "request_timeout_secs",
+        ),
+        (&["--domain", "http://bad"], &[], "domain"),
+    ];
+    for (args, vars, key) in cases {
+        let output = Command::new(binary("tunnel-ingress"))
+            .args(args)
+            .envs(vars.iter().copied())
+            .output()
+            .await
+            .expect("runs");
+        assert!(
+            !output.status.success(),
+            "{args:?} {vars:?} must be refused"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "the error names {key}: {stderr}");
+    }
+}
