@@ -142,12 +142,15 @@ async fn every_binary_has_help() {
     }
 }
 
+/// Flags, environment, and the key the error must name.
+type BadSetting<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test]
 async fn a_bad_setting_is_refused_naming_its_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("ingress.toml");
     std::fs::write(&file, "request_timeout_secs = \"soon\"\n").expect("write");
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    let cases: [BadSetting; 4] = [
         (&["--listen", "not-an-address"], &[], "listen"),
         (
             &[],
