@@ -158,6 +158,93 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Sample {
+        nats_url: String,
+        listen: String,
+        timeout_secs: u64,
+        domain: String,
+    }
+
+    impl Default for Sample {
+        fn default() -> Self {
+            Self {
+                nats_url: "nats://default".into(),
+                listen: "127.0.0.1:1".into(),
+                timeout_secs: 30,
+                domain: "d".into(),
+            }
+        }
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), ConfigError> {
+            check_range("timeout_secs", self.timeout_secs, 1..=60)
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        listen: Option<String>,
+    }
+
+    #[test]
+    fn layers_defaults_file_env_and_flags_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "listen = \"file:1\"\ntimeout_secs = 5\ndomain = \"from-file\"",
+            )?;
+            jail.set_env("TUNNEL_TIMEOUT_SECS", "7");
+            jail.set_env("NATS_URL", "nats://from-env");
+            let flags = Flags {
+                listen: Some("flag:1".into()),
+            };
+            let config: Sample =
+                load(Some(Path::new("c.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen, "flag:1", "flags beat everything");
+            assert_eq!(config.timeout_secs, 7, "environment beats the file");
+            assert_eq!(config.domain, "from-file", "the file beats defaults");
+            assert_eq!(config.nats_url, "nats://from-env", "NATS_URL is honoured");
+            jail.set_env("TUNNEL_NATS_URL", "nats://tunnel-env");
+            let config: Sample = load(None, &Flags { listen: None }).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.nats_url, "nats://tunnel-env",
+                "TUNNEL_NATS_URL beats NATS_URL"
+            );
+            assert_eq!(config.listen, "127.0.0.1:1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TUNNEL_TIMEOUT_SECS", "soon");
+            let err = load::<Sample, _>(None, &Flags { listen: None }).expect_err("a type error");
+            assert!(
+                err.to_string().to_lowercase().contains("timeout_secs"),
+                "{err}"
+            );
+            jail.set_env("TUNNEL_TIMEOUT_SECS", "99");
+            let err = load::<Sample, _>(None, &Flags { listen: None }).expect_err("a range error");
+            assert!(err.to_string().contains("`timeout_secs`"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = load::<Sample, _>(
+            Some(Path::new("/nonexistent/tunnel.toml")),
+            &Flags { listen: None },
+        );
+        assert!(err.is_err());
+    }
 
     #[test]
     fn redacts_credentials() {
