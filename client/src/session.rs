@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -95,9 +96,9 @@ pub async fn open(
                     return match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
                         Ok(HostFrame::Welcome(welcome)) => Ok((welcome, socket)),
                         Ok(HostFrame::Refused(failure)) => Err(classify(failure)),
-                        Ok(HostFrame::Request { .. }) => {
-                            Err(OpenError::Transient("request before welcome".into()))
-                        }
+                        Ok(HostFrame::Request { .. } | HostFrame::GoAway) => Err(
+                            OpenError::Transient("unexpected frame before welcome".into()),
+                        ),
                         Err(e) => Err(OpenError::Transient(format!(
                             "undecodable frame from the server: {e}"
                         ))),
@@ -130,6 +131,9 @@ fn classify(failure: Failure) -> OpenError {
 }
 
 /// Serves requests on `socket` until it ends or `shutdown` is cancelled.
+///
+/// When the host announces it is going away, the connection keeps answering in a background
+/// task until the host closes it, while the caller opens the next session at once.
 pub async fn serve(
     socket: Socket,
     welcome: &Welcome,
@@ -137,51 +141,126 @@ pub async fn serve(
     events: &mpsc::Sender<Event>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
-    let writer = tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx));
-    let max_body = usize::try_from(welcome.max_reply_bytes).unwrap_or(usize::MAX);
-    // Aborted on drop: requests of a lost session are not answered on another one.
-    let mut requests = JoinSet::new();
-    let mut last_heard = Instant::now();
-    let end = loop {
-        let silence = tokio::time::sleep_until((last_heard + SERVER_SILENCE).into());
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = out.send(Message::Binary(encode(&ClientFrame::Bye).into())).await;
-                let _ = out.send(Message::Close(None)).await;
-                break SessionEnd::Shutdown;
-            }
-            message = stream.next() => {
-                last_heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Binary(bytes))) => match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
-                        Ok(HostFrame::Request { stream, request }) => {
-                            requests.spawn(answer(stream, request, forwarder.clone(), out.clone(), events.clone(), max_body));
-                        }
-                        Ok(HostFrame::Refused(failure)) if failure.code == ErrorCode::GoingAway => break SessionEnd::GoingAway,
-                        Ok(HostFrame::Refused(failure)) => match classify(failure) {
-                            OpenError::Fatal(failure) => break SessionEnd::Fatal(failure),
-                            OpenError::Transient(reason) => break SessionEnd::Lost(reason),
-                        },
-                        Ok(HostFrame::Welcome(_)) => break SessionEnd::Lost("unexpected welcome".into()),
-                        Err(e) => break SessionEnd::Lost(format!("undecodable frame from the server: {e}")),
-                    },
-                    Some(Ok(Message::Close(_))) | None => break SessionEnd::Lost("server closed the connection".into()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
-                }
-            }
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
-            () = silence => break SessionEnd::Lost("server stopped answering".into()),
+    let mut connection = Connection {
+        stream,
+        out,
+        writer: tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx)),
+        requests: JoinSet::new(),
+        forwarder: forwarder.clone(),
+        events: events.clone(),
+        max_body: usize::try_from(welcome.max_reply_bytes).unwrap_or(usize::MAX),
+        last_heard: Instant::now(),
+    };
+    let end = tokio::select! {
+        end = connection.serve() => end,
+        () = shutdown.cancelled() => {
+            let _ = connection.out.send(Message::Binary(encode(&ClientFrame::Bye).into())).await;
+            let _ = connection.out.send(Message::Close(None)).await;
+            SessionEnd::Shutdown
         }
     };
-    drop(out);
-    if matches!(end, SessionEnd::Shutdown) {
-        // Let the goodbye reach the server before the socket goes.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    match end {
+        SessionEnd::GoingAway => {
+            tokio::spawn(connection.finish());
+        }
+        SessionEnd::Shutdown => {
+            // Let the goodbye reach the server before the socket goes.
+            let Connection { out, writer, .. } = connection;
+            drop(out);
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        }
+        SessionEnd::Lost(_) | SessionEnd::Fatal(_) => {}
     }
     end
+}
+
+/// One WebSocket to a host and the requests it carries.
+struct Connection {
+    stream: SplitStream<Socket>,
+    /// Frames for the writer task.
+    out: mpsc::Sender<Message>,
+    writer: JoinHandle<()>,
+    /// Requests being forwarded; aborted when the connection is dropped, so requests of a lost
+    /// session are never answered on another one.
+    requests: JoinSet<()>,
+    forwarder: Arc<Forwarder>,
+    events: mpsc::Sender<Event>,
+    max_body: usize,
+    last_heard: Instant,
+}
+
+impl Connection {
+    /// Serves until the session ends.
+    async fn serve(&mut self) -> SessionEnd {
+        loop {
+            if let Some(end) = self.step().await {
+                return end;
+            }
+        }
+    }
+
+    /// After a go-away: answers until the host closes the socket, then lets the last answers out.
+    async fn finish(mut self) {
+        while !matches!(
+            self.step().await,
+            Some(SessionEnd::Lost(_) | SessionEnd::Fatal(_) | SessionEnd::Shutdown)
+        ) {}
+        while self.requests.join_next().await.is_some() {}
+        drop(self.out);
+        let _ = self.writer.await;
+    }
+
+    /// Handles one event of the connection; `Some` when the session ends.
+    async fn step(&mut self) -> Option<SessionEnd> {
+        let silence = tokio::time::sleep_until((self.last_heard + SERVER_SILENCE).into());
+        tokio::select! {
+            message = self.stream.next() => {
+                self.last_heard = Instant::now();
+                self.on_message(message)
+            }
+            Some(_) = self.requests.join_next(), if !self.requests.is_empty() => None,
+            () = silence => Some(SessionEnd::Lost("server stopped answering".into())),
+        }
+    }
+
+    fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Option<SessionEnd> {
+        let bytes = match message {
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Close(_))) | None => {
+                return Some(SessionEnd::Lost("server closed the connection".into()));
+            }
+            Some(Ok(_)) => return None,
+            Some(Err(e)) => return Some(SessionEnd::Lost(e.to_string())),
+        };
+        match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
+            Ok(HostFrame::Request { stream, request }) => {
+                let answer = answer(
+                    stream,
+                    request,
+                    self.forwarder.clone(),
+                    self.out.clone(),
+                    self.events.clone(),
+                    self.max_body,
+                );
+                self.requests.spawn(answer);
+                None
+            }
+            Ok(HostFrame::GoAway) => Some(SessionEnd::GoingAway),
+            Ok(HostFrame::Refused(failure)) if failure.code == ErrorCode::GoingAway => {
+                Some(SessionEnd::GoingAway)
+            }
+            Ok(HostFrame::Refused(failure)) => Some(match classify(failure) {
+                OpenError::Fatal(failure) => SessionEnd::Fatal(failure),
+                OpenError::Transient(reason) => SessionEnd::Lost(reason),
+            }),
+            Ok(HostFrame::Welcome(_)) => Some(SessionEnd::Lost("unexpected welcome".into())),
+            Err(e) => Some(SessionEnd::Lost(format!(
+                "undecodable frame from the server: {e}"
+            ))),
+        }
+    }
 }
 
 /// Forwards one request and sends its reply.

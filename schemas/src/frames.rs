@@ -75,6 +75,9 @@ pub enum HostFrame {
     Welcome(Welcome),
     /// The session is refused or ended; the host closes the socket after this frame.
     Refused(Failure),
+    /// The host is shutting down: open a new session now (it resumes the name on another host)
+    /// and keep answering on this one until the host closes it.
+    GoAway,
     /// A public request to forward: an encoded [`TunnelRequest`](crate::events::TunnelRequest),
     /// relayed from NATS as is, so the host never re-encodes bodies.
     Request {

@@ -25,6 +25,9 @@ pub struct HostConfig {
     pub request_timeout_secs: u64,
     /// Seconds between WebSocket pings; a client silent for three intervals is dropped.
     pub ping_interval_secs: u64,
+    /// Seconds a session keeps serving after the host starts shutting down or another session
+    /// takes its tunnel over, so requests in flight finish and the client can move.
+    pub drain_grace_secs: u64,
     /// Most unanswered requests per session; more get `unavailable` at once.
     pub max_inflight_per_session: usize,
     /// Identifier of this node in NATS inboxes, leases and logs.
@@ -43,6 +46,7 @@ impl Default for HostConfig {
             handshake_timeout_secs: 10,
             request_timeout_secs: 60,
             ping_interval_secs: 15,
+            drain_grace_secs: 10,
             max_inflight_per_session: 4096,
             node_id: "host1".into(),
             log_format: "text".into(),
@@ -65,6 +69,7 @@ impl Validate for HostConfig {
             1..=86_400,
         )?;
         config::check_range("ping_interval_secs", self.ping_interval_secs, 1..=3600)?;
+        config::check_range("drain_grace_secs", self.drain_grace_secs, 1..=3600)?;
         config::check_range(
             "max_inflight_per_session",
             self.max_inflight_per_session,
@@ -116,6 +121,11 @@ impl HostConfig {
     /// Time an unanswered request stays pending.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// Time a session keeps serving while it drains.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_secs)
     }
 
     /// Interval between WebSocket pings.

@@ -30,8 +30,8 @@ pub use config::HostConfig;
 
 /// Initial WebSocket read and write buffer per session: small, so idle sessions stay cheap.
 const SOCKET_BUFFER_BYTES: usize = 8 << 10;
-/// Time sessions get to close after shutdown starts.
-const SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time sessions get to close beyond their drain grace after shutdown starts.
+const CLOSE_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,7 @@ pub async fn run(
 ) -> Result<(), HostError> {
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl()).await?;
+    let session_grace = config.drain_grace() + CLOSE_MARGIN;
     let hub = Arc::new(hub::Hub {
         nats: nats.clone(),
         leases,
@@ -74,7 +75,7 @@ pub async fn run(
     )
     .await;
     sessions.close();
-    if tokio::time::timeout(SESSION_GRACE, sessions.wait())
+    if tokio::time::timeout(session_grace, sessions.wait())
         .await
         .is_err()
     {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
-use tunnel_schemas::events::{Control, Failure, TunnelReply};
+use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, TunnelReply};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
 use tunnel_schemas::names::{NameError, TunnelName};
 use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode, subjects};
@@ -95,6 +95,14 @@ fn close_frame(ending: &Ending) -> CloseFrame {
     }
 }
 
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_hello(stream: &mut WsStream) -> Result<Hello, Failure> {
     loop {
         match next_frame(stream).await? {
@@ -162,6 +170,14 @@ struct Session {
     pending: HashMap<StreamId, Pending>,
     next_stream: StreamId,
     last_seen: Instant,
+    /// The host is shutting down and the client was told to move.
+    going_away: bool,
+    /// The request subscription was drained: no new requests will be routed here.
+    drained: bool,
+    /// The drained subscription delivered its last request.
+    requests_done: bool,
+    /// When set, the session ends by then with this failure (or earlier, once drained and idle).
+    end: Option<(Instant, Failure)>,
 }
 
 /// A request relayed to the client and not yet answered.
@@ -210,6 +226,10 @@ impl Session {
             pending: HashMap::new(),
             next_stream: 0,
             last_seen: Instant::now(),
+            going_away: false,
+            drained: false,
+            requests_done: false,
+            end: None,
         };
         // The renewal's PubAck travels on the same connection after the SUBs, so once it is
         // back the server routes the tunnel's requests here: only then is the client told.
@@ -256,10 +276,21 @@ impl Session {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         let mut release = false;
         let ending = loop {
+            if self.requests_done
+                && self.pending.is_empty()
+                && let Some((_, failure)) = self.end.take()
+            {
+                break Ending::Refused(failure);
+            }
+            let end_at = self.end.as_ref().map(|(at, _)| *at);
             let step = tokio::select! {
-                () = self.hub.shutdown.cancelled() => Err(Failure::new(ErrorCode::GoingAway, "host shutting down")),
-                message = self.requests.next() => match message {
+                () = self.hub.shutdown.cancelled(), if !self.going_away => self.go_away().await,
+                message = self.requests.next(), if !self.requests_done => match message {
                     Some(message) => self.relay_request(message).await,
+                    None if self.drained => {
+                        self.requests_done = true;
+                        Ok(())
+                    }
                     None => Err(Failure::new(ErrorCode::Unavailable, "request subscription ended")),
                 },
                 incoming = next_frame(&mut stream) => match incoming {
@@ -271,10 +302,13 @@ impl Session {
                     Ok(Incoming::Closed) => break Ending::ClientLeft,
                     Err(failure) => Err(failure),
                 },
-                Some(message) = self.control.next() => self.on_control(&message.payload),
-                _ = renew.tick() => match self.hub.leases.renew(&mut self.lease).await {
+                Some(message) = self.control.next() => self.on_control(&message.payload).await,
+                _ = renew.tick(), if !self.drained => match self.hub.leases.renew(&mut self.lease).await {
                     Ok(()) => Ok(()),
-                    Err(LeaseError::Lost | LeaseError::InUse) => Err(Failure::new(ErrorCode::SessionReplaced, "lease lost")),
+                    Err(LeaseError::Lost | LeaseError::InUse) => {
+                        self.start_drain(Failure::new(ErrorCode::SessionReplaced, "lease lost")).await;
+                        Ok(())
+                    }
                     Err(LeaseError::Unavailable(e)) => {
                         tracing::warn!(error = %e, "lease renewal failed; retrying");
                         Ok(())
@@ -285,6 +319,10 @@ impl Session {
                     self.expire_pending().await;
                     Ok(())
                 }
+                () = sleep_until_or_never(end_at), if end_at.is_some() => match self.end.take() {
+                    Some((_, failure)) => Err(failure),
+                    None => Ok(()),
+                },
             };
             if release {
                 break Ending::ClientLeft;
@@ -296,6 +334,41 @@ impl Session {
         self.close(&ending, release).await;
         metrics::gauge!("host_sessions").decrement(1.0);
         ending
+    }
+
+    /// The host is shutting down: tell the client to move, keep serving until its new session
+    /// takes over (then drain) or the grace period ends.
+    async fn go_away(&mut self) -> Result<(), Failure> {
+        self.going_away = true;
+        let failure = Failure::new(ErrorCode::GoingAway, "host shutting down");
+        self.end_by(Instant::now() + self.hub.config.drain_grace(), failure);
+        self.send(HostFrame::GoAway).await
+    }
+
+    /// Stops taking requests: drains the subscription, then ends once every relayed request is
+    /// answered, with `failure`, at the latest after the grace period.
+    async fn start_drain(&mut self, failure: Failure) {
+        self.end_by(Instant::now() + self.hub.config.drain_grace(), failure);
+        if !self.drained {
+            self.drained = true;
+            if let Err(e) = self.requests.drain().await {
+                tracing::debug!(error = %e, "drain failed");
+                self.requests_done = true;
+            }
+        }
+    }
+
+    /// Ends the session at `at` with `failure`, unless it is already due to end sooner.
+    fn end_by(&mut self, at: Instant, failure: Failure) {
+        match &mut self.end {
+            Some((end_at, reason)) => {
+                if at < *end_at {
+                    *end_at = at;
+                }
+                *reason = failure;
+            }
+            None => self.end = Some((at, failure)),
+        }
     }
 
     async fn relay_request(&mut self, message: async_nats::Message) -> Result<(), Failure> {
@@ -310,6 +383,14 @@ impl Session {
         }
         self.next_stream = self.next_stream.wrapping_add(1);
         let stream = self.next_stream;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let request_id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(REQUEST_ID_HEADER))
+                .map(|v| v.as_str().to_owned());
+            tracing::debug!(stream, request_id, "relaying request");
+        }
         let deadline = Instant::now() + self.hub.config.request_timeout();
         self.pending.insert(stream, Pending { reply, deadline });
         self.send(HostFrame::Request {
@@ -348,12 +429,16 @@ impl Session {
         }
     }
 
-    fn on_control(&self, payload: &Bytes) -> Result<(), Failure> {
+    /// A takeover by another session drains this one: requests already relayed are still
+    /// answered (the client may be alive, moving away from a host that shuts down).
+    async fn on_control(&mut self, payload: &Bytes) -> Result<(), Failure> {
         match tunnel_schemas::decode::<Control>(payload, MAX_FRAME_BYTES) {
-            Ok(Control::Takeover { session }) if session != self.id => Err(Failure::new(
-                ErrorCode::SessionReplaced,
-                format!("session {session} resumed the tunnel"),
-            )),
+            Ok(Control::Takeover { session }) if session != self.id => {
+                let detail = format!("session {session} resumed the tunnel");
+                self.start_drain(Failure::new(ErrorCode::SessionReplaced, detail))
+                    .await;
+                Ok(())
+            }
             Ok(Control::Takeover { .. }) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable control message");
@@ -407,20 +492,24 @@ impl Session {
         let _ = self.control.unsubscribe().await;
         // Drain: UNSUB, then a PING; requests the server routed here before it saw the UNSUB
         // arrive before the PONG and are answered, and after it the server routes none here.
-        match self.requests.drain().await {
-            Ok(()) => {
-                let drained = async {
-                    while let Some(message) = self.requests.next().await {
-                        if let Some(reply) = message.reply {
-                            self.answer(reply, code, detail).await;
-                        }
-                    }
-                };
-                if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
-                    tracing::warn!("request subscription did not drain in time");
-                }
+        if !self.drained {
+            self.drained = true;
+            if let Err(e) = self.requests.drain().await {
+                tracing::debug!(error = %e, "drain failed");
+                self.requests_done = true;
             }
-            Err(e) => tracing::debug!(error = %e, "drain failed"),
+        }
+        if !self.requests_done {
+            let drained = async {
+                while let Some(message) = self.requests.next().await {
+                    if let Some(reply) = message.reply {
+                        self.answer(reply, code, detail).await;
+                    }
+                }
+            };
+            if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+                tracing::warn!("request subscription did not drain in time");
+            }
         }
         for (_, pending) in std::mem::take(&mut self.pending) {
             self.answer(pending.reply, code, detail).await;

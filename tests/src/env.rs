@@ -48,8 +48,11 @@ impl Default for EnvOptions {
 pub struct TestEnv {
     /// The NATS server.
     pub nats: NatsServer,
+    options: EnvOptions,
     ingress: SocketAddr,
-    host: SocketAddr,
+    /// Session-hosts by address, each with its own shutdown token.
+    hosts: Vec<(SocketAddr, CancellationToken)>,
+    metrics: tunnel_kit::telemetry::PrometheusHandle,
     shutdown: CancellationToken,
     services: Vec<JoinHandle<()>>,
     http: reqwest::Client,
@@ -92,43 +95,64 @@ impl TestEnv {
             shutdown.clone(),
         )));
 
-        let host_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind session-host");
-        let host = host_listener.local_addr().expect("host address");
-        let host_config = HostConfig {
-            nats_url: nats.url().to_owned(),
-            public_url: format!("http://{{name}}.{DOMAIN}:{}", ingress.port()),
-            handshake_timeout_secs: options.handshake_timeout_secs,
-            lease_ttl_secs: options.lease_ttl_secs,
-            ..HostConfig::default()
-        };
-        let host_nats = connect(nats.url(), "host").await;
-        let host_shutdown = shutdown.clone();
-        services.push(tokio::spawn(async move {
-            tunnel_session_host::run(
-                host_listener,
-                host_nats,
-                host_config,
-                metrics,
-                host_shutdown,
-            )
-            .await
-            .expect("session-host runs");
-        }));
-
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
-        Self {
+        let mut env = Self {
             nats,
+            options,
             ingress,
-            host,
+            hosts: Vec::new(),
+            metrics,
             shutdown,
             services,
             http,
-        }
+        };
+        env.add_host().await;
+        env
+    }
+
+    /// Starts one more session-host on the same NATS and returns its address.
+    ///
+    /// # Panics
+    /// When it cannot bind.
+    pub async fn add_host(&mut self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind session-host");
+        let addr = listener.local_addr().expect("host address");
+        let config = HostConfig {
+            nats_url: self.nats.url().to_owned(),
+            public_url: format!("http://{{name}}.{DOMAIN}:{}", self.ingress.port()),
+            handshake_timeout_secs: self.options.handshake_timeout_secs,
+            lease_ttl_secs: self.options.lease_ttl_secs,
+            node_id: format!("host{}", self.hosts.len() + 1),
+            ..HostConfig::default()
+        };
+        let nats = connect(self.nats.url(), "host").await;
+        let shutdown = self.shutdown.child_token();
+        let (metrics, stop) = (self.metrics.clone(), shutdown.clone());
+        self.services.push(tokio::spawn(async move {
+            tunnel_session_host::run(listener, nats, config, metrics, stop)
+                .await
+                .expect("session-host runs");
+        }));
+        self.hosts.push((addr, shutdown));
+        addr
+    }
+
+    /// Shuts down the session-host at `addr` (as SIGTERM would).
+    ///
+    /// # Panics
+    /// When there is no such host.
+    pub fn stop_host(&self, addr: SocketAddr) {
+        let (_, shutdown) = self
+            .hosts
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .expect("a host of this environment");
+        shutdown.cancel();
     }
 
     /// The ingress address.
@@ -136,14 +160,14 @@ impl TestEnv {
         self.ingress
     }
 
-    /// The session-host address.
+    /// The first session-host's address.
     pub fn host_addr(&self) -> SocketAddr {
-        self.host
+        self.hosts[0].0
     }
 
-    /// The session-host's WebSocket URL.
+    /// The first session-host's WebSocket URL.
     pub fn server_url(&self) -> String {
-        format!("ws://{}", self.host)
+        format!("ws://{}", self.host_addr())
     }
 
     /// The public host name of tunnel `name`.

@@ -1,4 +1,5 @@
-//! A TCP proxy that cuts every open connection on demand, to break sessions from outside.
+//! A TCP proxy that cuts every open connection on demand, to break sessions from outside, and
+//! sends new connections wherever it is told, as a load balancer does during a rolling restart.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -6,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Forwards connections on its own port to a fixed address until [`CutProxy::cut`].
+/// Forwards connections on its own port to a target address.
 pub struct CutProxy {
     addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -23,8 +25,13 @@ impl CutProxy {
         let addr = listener.local_addr().expect("proxy address");
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let tracked = connections.clone();
+        let target = Arc::new(Mutex::new(target));
+        let current = target.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = *current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let handle = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -38,6 +45,7 @@ impl CutProxy {
         });
         Self {
             addr,
+            target,
             connections,
             accept,
         }
@@ -46,6 +54,14 @@ impl CutProxy {
     /// The proxy's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Sends new connections to `target`; open ones stay where they are.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = target;
     }
 
     /// Drops every open connection (both sockets close); new connections still work.

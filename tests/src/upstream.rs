@@ -6,6 +6,7 @@
 //! - `/status/<code>`: that status, no body;
 //! - `/head`: `content-length: 1234` and that many bytes (none for HEAD);
 //! - `/slow`: answers after 30 seconds;
+//! - `/delay/<ms>`: answers `ok` after that many milliseconds;
 //! - `/hang`: never answers; the handler's drop is reported (the connection closed);
 //! - anything else: 200 `ok`.
 
@@ -202,6 +203,9 @@ async fn handle(State(recorder): State<Recorder>, request: Request) -> Response 
             .headers_mut()
             .insert("content-length", HeaderValue::from_static("1234"));
         *response.body_mut() = Body::from(body);
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        *response.body_mut() = Body::from("ok");
     } else if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(30)).await;
     } else if path == "/hang" {
