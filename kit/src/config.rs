@@ -193,7 +193,10 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::result_large_err, reason = "figment::Jail closures return figment's own error type")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail closures return figment's own error type"
+    )]
     fn layers_defaults_file_env_and_flags_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -223,7 +226,10 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::result_large_err, reason = "figment::Jail closures return figment's own error type")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail closures return figment's own error type"
+    )]
     fn errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TUNNEL_TIMEOUT_SECS", "soon");

@@ -18,27 +18,35 @@ pub fn init_tracing(format: &str) {
     };
 }
 
-/// Installs the global Prometheus recorder, or returns a detached one when a recorder is
-/// already installed (several services in one test process).
+/// Seconds between recorder upkeeps (histogram maintenance).
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the global Prometheus recorder on the first call and returns its handle; later
+/// calls (several services in one test process) return the same handle.
 pub fn init_metrics() -> PrometheusHandle {
-    let builder = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            30.0,
-        ])
-        .unwrap_or_else(|_| PrometheusBuilder::new());
-    let recorder = builder.build_recorder();
-    let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_err() {
-        tracing::debug!("a metrics recorder is already installed; this handle renders nothing new");
-    }
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    handle
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                5.0, 30.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+            }
+            let upkeep = handle.clone();
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
+        })
+        .clone()
 }
