@@ -61,18 +61,8 @@ impl Event {
             Self::Ready { url, target, .. } => {
                 format!("Forwarding  {url} -> {target}\n(Ctrl-C to stop)")
             }
-            Self::Request {
-                method,
-                target,
-                status,
-                error,
-                duration_ms,
-                ..
-            } => {
-                let error = error
-                    .as_deref()
-                    .map(|code| format!("  [{code}]"))
-                    .unwrap_or_default();
+            Self::Request { method, target, status, error, duration_ms, .. } => {
+                let error = error.as_deref().map(|code| format!("  [{code}]")).unwrap_or_default();
                 format!("{method:<7} {target:<40} {status}  {duration_ms:>8.1} ms{error}")
             }
             Self::Disconnected { reason } => format!("disconnected: {reason}"),

@@ -8,12 +8,12 @@
 
 pub mod backoff;
 pub mod events;
+pub mod exchange;
 pub mod forward;
 pub mod session;
 pub mod target;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,6 @@ pub struct Options {
     pub target: Target,
     /// Requested tunnel name; random when absent.
     pub name: Option<String>,
-    /// Time the local service has to answer a request.
-    pub upstream_timeout: Duration,
 }
 
 /// Why the client stopped before it was asked to.
@@ -68,10 +66,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
     let server = connect_url(&options.server);
-    let forwarder = Arc::new(Forwarder::new(
-        options.target.clone(),
-        options.upstream_timeout,
-    ));
+    let forwarder = Arc::new(Forwarder::new(options.target.clone()));
     let mut resume: Option<Resume> = None;
     let mut backoff = Backoff::default();
     loop {
@@ -83,10 +78,7 @@ pub async fn run(
             Ok((welcome, socket)) => {
                 backoff.reset();
                 let event = if resume.is_some() {
-                    Event::Resumed {
-                        url: welcome.url.clone(),
-                        name: welcome.name.clone(),
-                    }
+                    Event::Resumed { url: welcome.url.clone(), name: welcome.name.clone() }
                 } else {
                     Event::Ready {
                         url: welcome.url.clone(),
@@ -95,10 +87,7 @@ pub async fn run(
                     }
                 };
                 let _ = events.send(event).await;
-                resume = Some(Resume {
-                    name: welcome.name.clone(),
-                    secret: welcome.resume_secret.clone(),
-                });
+                resume = Some(Resume { name: welcome.name.clone(), secret: welcome.resume_secret.clone() });
                 session::serve(socket, &welcome, &forwarder, &events, &shutdown).await
             }
             Err(OpenError::Fatal(failure)) => return Err(ClientError::Refused(failure)),
@@ -108,11 +97,7 @@ pub async fn run(
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Fatal(failure) => return Err(ClientError::Refused(failure)),
             SessionEnd::GoingAway => {
-                let _ = events
-                    .send(Event::Disconnected {
-                        reason: "server going away".into(),
-                    })
-                    .await;
+                let _ = events.send(Event::Disconnected { reason: "server going away".into() }).await;
                 continue;
             }
             SessionEnd::Lost(reason) => {
@@ -121,12 +106,7 @@ pub async fn run(
         }
         let delay = backoff.next_delay();
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        let _ = events
-            .send(Event::Reconnecting {
-                attempt: backoff.attempts(),
-                delay_ms,
-            })
-            .await;
+        let _ = events.send(Event::Reconnecting { attempt: backoff.attempts(), delay_ms }).await;
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return Ok(()),

@@ -1,7 +1,6 @@
 //! `tunnel`: expose a local HTTP service at a public URL.
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
@@ -30,19 +29,11 @@ struct HttpArgs {
     #[arg(long, value_name = "URL", conflicts_with = "port")]
     to: Option<String>,
     /// WebSocket URL of the http-tunnel server.
-    #[arg(
-        long,
-        value_name = "WS_URL",
-        env = "TUNNEL_SERVER",
-        default_value = "ws://127.0.0.1:7070"
-    )]
+    #[arg(long, value_name = "WS_URL", env = "TUNNEL_SERVER", default_value = "ws://127.0.0.1:7070")]
     server: String,
     /// Tunnel name to request (a DNS label); random when absent.
     #[arg(long, value_name = "NAME", env = "TUNNEL_NAME")]
     name: Option<String>,
-    /// Seconds the local service has to answer a request.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    upstream_timeout: u64,
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
     #[arg(long)]
     json: bool,
@@ -51,28 +42,15 @@ struct HttpArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let Command::Http(args) = Cli::parse().command;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let json = args.json || !std::io::stdout().is_terminal();
-    let target = match args
-        .to
-        .as_deref()
-        .map(Target::parse)
-        .unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80))))
-    {
-        Ok(target) => target,
-        Err(e) => return fail(json, "invalid_target", &e.to_string()),
-    };
-    let options = Options {
-        server: args.server,
-        target,
-        name: args.name,
-        upstream_timeout: Duration::from_secs(args.upstream_timeout),
-    };
+    let target =
+        match args.to.as_deref().map(Target::parse).unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80)))) {
+            Ok(target) => target,
+            Err(e) => return fail(json, "invalid_target", &e.to_string()),
+        };
+    let options = Options { server: args.server, target, name: args.name };
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);
     let printer = tokio::spawn(async move {
@@ -89,11 +67,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 fn print_event(json: bool, event: &Event) {
-    let line = if json {
-        serde_json::to_string(event).unwrap_or_default()
-    } else {
-        event.human()
-    };
+    let line = if json { serde_json::to_string(event).unwrap_or_default() } else { event.human() };
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
@@ -101,10 +75,7 @@ fn print_event(json: bool, event: &Event) {
 
 fn fail(json: bool, code: &str, message: &str) -> std::process::ExitCode {
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "event": "error", "code": code, "message": message })
-        );
+        println!("{}", serde_json::json!({ "event": "error", "code": code, "message": message }));
     } else {
         eprintln!("error: {message} ({code})");
     }

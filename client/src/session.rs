@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -14,12 +14,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tunnel_schemas::events::{Failure, TunnelReply, TunnelRequest};
+
+use tunnel_schemas::events::Failure;
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
+use tunnel_schemas::stream::{MAX_FRAMES_IN_FLIGHT, StreamFrame};
 use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode};
 
 use crate::events::Event;
+use crate::exchange::{self, Link};
 use crate::forward::Forwarder;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -31,6 +33,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_SILENCE: Duration = Duration::from_secs(60);
 /// Frames queued for the WebSocket writer.
 const WRITE_QUEUE: usize = 1024;
+/// Frames an exchange may have queued: a window of data frames plus control frames.
+const STREAM_QUEUE: usize = MAX_FRAMES_IN_FLIGHT + 32;
 
 /// What a previous session granted, to take the name back.
 #[derive(Debug, Clone)]
@@ -64,44 +68,31 @@ pub enum OpenError {
 }
 
 /// Connects to `server`, says hello and waits for the welcome.
-pub async fn open(
-    server: &str,
-    name: Option<&str>,
-    resume: Option<&Resume>,
-) -> Result<(Welcome, Socket), OpenError> {
+pub async fn open(server: &str, name: Option<&str>, resume: Option<&Resume>) -> Result<(Welcome, Socket), OpenError> {
     let hello = Hello {
         v: PROTOCOL_VERSION,
-        name: resume
-            .map(|r| r.name.clone())
-            .or_else(|| name.map(str::to_owned)),
+        name: resume.map(|r| r.name.clone()).or_else(|| name.map(str::to_owned)),
         resume_secret: resume.map(|r| r.secret.clone()),
         agent: concat!("tunnel/", env!("CARGO_PKG_VERSION")).to_owned(),
     };
     let handshake = async {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async_with_config(server, Some(config), true)
-                .await
-                .map_err(|e| OpenError::Transient(format!("cannot connect to {server}: {e}")))?;
-        let hello = encode(&ClientFrame::Hello(hello));
-        socket
-            .send(Message::Binary(hello.into()))
+        let config =
+            WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(server, Some(config), true)
             .await
-            .map_err(|e| OpenError::Transient(e.to_string()))?;
+            .map_err(|e| OpenError::Transient(format!("cannot connect to {server}: {e}")))?;
+        let hello = encode(&ClientFrame::Hello(hello));
+        socket.send(Message::Binary(hello.into())).await.map_err(|e| OpenError::Transient(e.to_string()))?;
         loop {
             match socket.next().await {
                 Some(Ok(Message::Binary(bytes))) => {
                     return match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
                         Ok(HostFrame::Welcome(welcome)) => Ok((welcome, socket)),
                         Ok(HostFrame::Refused(failure)) => Err(classify(failure)),
-                        Ok(HostFrame::Request { .. } | HostFrame::GoAway) => Err(
-                            OpenError::Transient("unexpected frame before welcome".into()),
-                        ),
-                        Err(e) => Err(OpenError::Transient(format!(
-                            "undecodable frame from the server: {e}"
-                        ))),
+                        Ok(HostFrame::Request { .. } | HostFrame::Stream { .. } | HostFrame::GoAway) => {
+                            Err(OpenError::Transient("unexpected frame before welcome".into()))
+                        }
+                        Err(e) => Err(OpenError::Transient(format!("undecodable frame from the server: {e}"))),
                     };
                 }
                 Some(Ok(Message::Close(_))) | None => {
@@ -120,10 +111,7 @@ pub async fn open(
 /// Whether a refusal is worth retrying.
 fn classify(failure: Failure) -> OpenError {
     match failure.code {
-        ErrorCode::Unavailable
-        | ErrorCode::GoingAway
-        | ErrorCode::Internal
-        | ErrorCode::HandshakeTimeout => {
+        ErrorCode::Unavailable | ErrorCode::GoingAway | ErrorCode::Internal | ErrorCode::HandshakeTimeout => {
             OpenError::Transient(format!("{}: {}", failure.code, failure.detail))
         }
         _ => OpenError::Fatal(failure),
@@ -147,10 +135,11 @@ pub async fn serve(
         stream,
         out,
         writer: tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx)),
-        requests: JoinSet::new(),
+        exchanges: JoinSet::new(),
+        routes: HashMap::new(),
         forwarder: forwarder.clone(),
         events: events.clone(),
-        max_body: usize::try_from(welcome.max_reply_bytes).unwrap_or(usize::MAX),
+        max_reply: usize::try_from(welcome.max_reply_bytes).unwrap_or(usize::MAX),
         last_heard: Instant::now(),
     };
     let end = tokio::select! {
@@ -182,12 +171,14 @@ struct Connection {
     /// Frames for the writer task.
     out: mpsc::Sender<Message>,
     writer: JoinHandle<()>,
-    /// Requests being forwarded; aborted when the connection is dropped, so requests of a lost
-    /// session are never answered on another one.
-    requests: JoinSet<()>,
+    /// Exchanges in progress, each yielding its stream id at the end; aborted when the
+    /// connection is dropped, so requests of a lost session are never answered on another one.
+    exchanges: JoinSet<StreamId>,
+    /// Where each open exchange's stream frames go.
+    routes: HashMap<StreamId, mpsc::Sender<(StreamFrame, ())>>,
     forwarder: Arc<Forwarder>,
     events: mpsc::Sender<Event>,
-    max_body: usize,
+    max_reply: usize,
     last_heard: Instant,
 }
 
@@ -203,11 +194,8 @@ impl Connection {
 
     /// After a go-away: answers until the host closes the socket, then lets the last answers out.
     async fn finish(mut self) {
-        while !matches!(
-            self.step().await,
-            Some(SessionEnd::Lost(_) | SessionEnd::Fatal(_) | SessionEnd::Shutdown)
-        ) {}
-        while self.requests.join_next().await.is_some() {}
+        while !matches!(self.step().await, Some(SessionEnd::Lost(_) | SessionEnd::Fatal(_) | SessionEnd::Shutdown)) {}
+        while self.exchanges.join_next().await.is_some() {}
         drop(self.out);
         let _ = self.writer.await;
     }
@@ -220,7 +208,12 @@ impl Connection {
                 self.last_heard = Instant::now();
                 self.on_message(message)
             }
-            Some(_) = self.requests.join_next(), if !self.requests.is_empty() => None,
+            Some(finished) = self.exchanges.join_next(), if !self.exchanges.is_empty() => {
+                if let Ok(stream) = finished {
+                    self.routes.remove(&stream);
+                }
+                None
+            }
             () = silence => Some(SessionEnd::Lost("server stopped answering".into())),
         }
     }
@@ -236,101 +229,38 @@ impl Connection {
         };
         match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
             Ok(HostFrame::Request { stream, request }) => {
-                let answer = answer(
+                let (route, frames) = mpsc::channel(STREAM_QUEUE);
+                self.routes.insert(stream, route);
+                let link = Link {
                     stream,
-                    request,
-                    self.forwarder.clone(),
-                    self.out.clone(),
-                    self.events.clone(),
-                    self.max_body,
-                );
-                self.requests.spawn(answer);
+                    frames,
+                    out: self.out.clone(),
+                    events: self.events.clone(),
+                    max_reply: self.max_reply,
+                };
+                let forwarder = self.forwarder.clone();
+                self.exchanges.spawn(async move {
+                    exchange::run(request, link, forwarder).await;
+                    stream
+                });
+                None
+            }
+            Ok(HostFrame::Stream { stream, frame }) => {
+                if let Some(route) = self.routes.get(&stream)
+                    && route.try_send((frame, ())).is_err()
+                {
+                    tracing::debug!(stream, "stream frame dropped: the exchange is not keeping up");
+                }
                 None
             }
             Ok(HostFrame::GoAway) => Some(SessionEnd::GoingAway),
-            Ok(HostFrame::Refused(failure)) if failure.code == ErrorCode::GoingAway => {
-                Some(SessionEnd::GoingAway)
-            }
+            Ok(HostFrame::Refused(failure)) if failure.code == ErrorCode::GoingAway => Some(SessionEnd::GoingAway),
             Ok(HostFrame::Refused(failure)) => Some(match classify(failure) {
                 OpenError::Fatal(failure) => SessionEnd::Fatal(failure),
                 OpenError::Transient(reason) => SessionEnd::Lost(reason),
             }),
             Ok(HostFrame::Welcome(_)) => Some(SessionEnd::Lost("unexpected welcome".into())),
-            Err(e) => Some(SessionEnd::Lost(format!(
-                "undecodable frame from the server: {e}"
-            ))),
+            Err(e) => Some(SessionEnd::Lost(format!("undecodable frame from the server: {e}"))),
         }
-    }
-}
-
-/// Forwards one request and sends its reply.
-async fn answer(
-    stream: StreamId,
-    request: Bytes,
-    forwarder: Arc<Forwarder>,
-    out: mpsc::Sender<Message>,
-    events: mpsc::Sender<Event>,
-    max_body: usize,
-) {
-    let started = Instant::now();
-    let request = match tunnel_schemas::decode::<TunnelRequest>(&request, MAX_FRAME_BYTES) {
-        Ok(request) if request.v == PROTOCOL_VERSION => request,
-        Ok(request) => {
-            let detail = format!(
-                "request event version {} is not {PROTOCOL_VERSION}",
-                request.v
-            );
-            return reply(
-                &out,
-                stream,
-                &TunnelReply::Failure(Failure::new(ErrorCode::ProtocolVersion, detail)),
-            )
-            .await;
-        }
-        Err(e) => {
-            return reply(
-                &out,
-                stream,
-                &TunnelReply::Failure(Failure::new(ErrorCode::BadFrame, e.to_string())),
-            )
-            .await;
-        }
-    };
-    let request_id = request.request_id.clone();
-    let method = request.head.method.clone();
-    let target = request.head.target.clone();
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let answer = forwarder.forward(request, max_body).instrument(span).await;
-    let (status, error) = match &answer {
-        TunnelReply::Response(response) => (response.head.status, None),
-        TunnelReply::Failure(failure) => (
-            failure.code.http_status(),
-            Some(failure.code.as_str().to_owned()),
-        ),
-    };
-    reply(&out, stream, &answer).await;
-    let event = Event::Request {
-        request_id,
-        method,
-        target,
-        status,
-        error,
-        duration_ms: Event::millis(started.elapsed()),
-    };
-    // Request events are best effort: a reader that falls behind loses some, never slows the tunnel.
-    let _ = events.try_send(event);
-}
-
-async fn reply(out: &mpsc::Sender<Message>, stream: StreamId, reply: &TunnelReply) {
-    let frame = ClientFrame::Reply {
-        stream,
-        reply: encode(reply).into(),
-    };
-    if out
-        .send(Message::Binary(encode(&frame).into()))
-        .await
-        .is_err()
-    {
-        tracing::debug!(stream, "session ended before the reply was sent");
     }
 }

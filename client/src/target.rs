@@ -36,11 +36,8 @@ impl Target {
     /// # Errors
     /// [`TargetError`] when the URL is malformed or not `http`.
     pub fn parse(url: &str) -> Result<Self, TargetError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| TargetError::Invalid(url.to_owned()))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
-        else {
+        let uri: Uri = url.parse().map_err(|_| TargetError::Invalid(url.to_owned()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
             return Err(TargetError::Invalid(url.to_owned()));
         };
         if scheme != Scheme::HTTP {
@@ -50,11 +47,7 @@ impl Target {
             return Err(TargetError::Invalid(url.to_owned()));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Self {
-            scheme,
-            authority,
-            prefix,
-        })
+        Ok(Self { scheme, authority, prefix })
     }
 
     /// The URI of request `target` (raw path and query) at this service.
@@ -97,25 +90,13 @@ mod tests {
     #[test]
     fn prefixes_paths() {
         let target = Target::parse("http://10.0.0.2:8080/api/").expect("valid");
-        assert_eq!(
-            target.uri_for("/v1?q").expect("valid").to_string(),
-            "http://10.0.0.2:8080/api/v1?q"
-        );
+        assert_eq!(target.uri_for("/v1?q").expect("valid").to_string(), "http://10.0.0.2:8080/api/v1?q");
     }
 
     #[test]
     fn refuses_other_shapes() {
-        assert!(matches!(
-            Target::parse("localhost:3000"),
-            Err(TargetError::Invalid(_))
-        ));
-        assert!(matches!(
-            Target::parse("ftp://x"),
-            Err(TargetError::UnsupportedScheme(_))
-        ));
-        assert!(matches!(
-            Target::parse("http://x/?q=1"),
-            Err(TargetError::Invalid(_))
-        ));
+        assert!(matches!(Target::parse("localhost:3000"), Err(TargetError::Invalid(_))));
+        assert!(matches!(Target::parse("ftp://x"), Err(TargetError::UnsupportedScheme(_))));
+        assert!(matches!(Target::parse("http://x/?q=1"), Err(TargetError::Invalid(_))));
     }
 }

@@ -16,10 +16,11 @@ pub struct IngressConfig {
     pub domain: String,
     /// Scheme sent as `X-Forwarded-Proto` (`https` behind a TLS-terminating load balancer).
     pub public_scheme: String,
-    /// Seconds to wait for the tunnel's answer before 504.
+    /// Seconds the tunnel has to produce the response head before 504 (long polls wait this
+    /// long; a response that has started is bounded by the stream idle timeout instead).
     pub request_timeout_secs: u64,
-    /// Largest request body carried, in bytes (413 above).
-    pub max_body_bytes: usize,
+    /// Largest request body carried, in bytes (413 above); 0 for no limit.
+    pub max_body_bytes: u64,
     /// Largest total size of request header names and values, in bytes (431 above).
     pub max_header_bytes: usize,
     /// Longest request target (path and query), in bytes (414 above).
@@ -39,8 +40,8 @@ impl Default for IngressConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             domain: "localhost".into(),
             public_scheme: "http".into(),
-            request_timeout_secs: 30,
-            max_body_bytes: 512 << 10,
+            request_timeout_secs: 900,
+            max_body_bytes: 0,
             max_header_bytes: 64 << 10,
             max_uri_bytes: 8 << 10,
             audit: true,
@@ -53,44 +54,18 @@ impl Default for IngressConfig {
 impl Validate for IngressConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         config::check_socket_addr("listen", &self.listen)?;
-        config::check_range(
-            "request_timeout_secs",
-            self.request_timeout_secs,
-            1..=86_400,
-        )?;
-        config::check_range("max_body_bytes", self.max_body_bytes, 0..=(900 << 10))?;
-        config::check_range(
-            "max_header_bytes",
-            self.max_header_bytes,
-            1024..=(256 << 10),
-        )?;
+        config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
+        config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
         config::check_log_format(&self.log_format)?;
-        if self.domain.is_empty()
-            || self.domain.starts_with('.')
-            || self.domain.contains(['/', ':', ' '])
-        {
-            return Err(ConfigError::invalid(
-                "domain",
-                "must be a host name such as tunnel.example.com",
-            ));
+        if self.domain.is_empty() || self.domain.starts_with('.') || self.domain.contains(['/', ':', ' ']) {
+            return Err(ConfigError::invalid("domain", "must be a host name such as tunnel.example.com"));
         }
         if !matches!(self.public_scheme.as_str(), "http" | "https") {
-            return Err(ConfigError::invalid(
-                "public_scheme",
-                "must be \"http\" or \"https\"",
-            ));
+            return Err(ConfigError::invalid("public_scheme", "must be \"http\" or \"https\""));
         }
-        if self.node_id.is_empty()
-            || !self
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(ConfigError::invalid(
-                "node_id",
-                "must be letters, digits and '-'",
-            ));
+        if self.node_id.is_empty() || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ConfigError::invalid("node_id", "must be letters, digits and '-'"));
         }
         Ok(())
     }
@@ -118,10 +93,7 @@ impl ServiceConfig for IngressConfig {
     }
 
     fn redacted(&self) -> Self {
-        Self {
-            nats_url: config::redact_url(&self.nats_url),
-            ..self.clone()
-        }
+        Self { nats_url: config::redact_url(&self.nats_url), ..self.clone() }
     }
 }
 
@@ -131,17 +103,12 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        IngressConfig::default()
-            .validate()
-            .expect("defaults validate");
+        IngressConfig::default().validate().expect("defaults validate");
     }
 
     #[test]
     fn bad_domain_is_named() {
-        let config = IngressConfig {
-            domain: "http://x".into(),
-            ..IngressConfig::default()
-        };
+        let config = IngressConfig { domain: "http://x".into(), ..IngressConfig::default() };
         let err = config.validate().expect_err("invalid");
         assert!(err.to_string().contains("`domain`"), "{err}");
     }

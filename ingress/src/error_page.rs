@@ -27,10 +27,7 @@ pub fn error_response(code: ErrorCode, request_id: &str, json: bool) -> Response
         });
         ("application/json", body.to_string())
     } else {
-        (
-            "text/html; charset=utf-8",
-            html_page(status, code, request_id),
-        )
+        ("text/html; charset=utf-8", html_page(status, code, request_id))
     };
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
@@ -62,10 +59,7 @@ mod tests {
     fn json_only_when_accepted() {
         let mut headers = HeaderMap::new();
         assert!(!wants_json(&headers));
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/html, application/json;q=0.9"),
-        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html, application/json;q=0.9"));
         assert!(wants_json(&headers));
     }
 

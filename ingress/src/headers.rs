@@ -33,10 +33,7 @@ pub struct Forwarded<'a> {
 
 /// Total size of the request head's fields, as counted against `max_header_bytes`.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
 }
 
 /// The request header list for the local service: end-to-end fields in order, then the proxy
@@ -51,7 +48,8 @@ pub fn request_headers(headers: &HeaderMap, forwarded: &Forwarded<'_>) -> Vec<He
             continue;
         }
         match name_str {
-            "x-forwarded-proto" | "x-forwarded-host" | "x-request-id" => {}
+            // `Expect: 100-continue` is answered here (hyper sends the 100 when the body is read).
+            "x-forwarded-proto" | "x-forwarded-host" | "x-request-id" | "expect" => {}
             "x-forwarded-for" => {
                 let chain = forwarded_for.get_or_insert_with(Vec::new);
                 if !chain.is_empty() {
@@ -59,10 +57,7 @@ pub fn request_headers(headers: &HeaderMap, forwarded: &Forwarded<'_>) -> Vec<He
                 }
                 chain.extend_from_slice(value.as_bytes());
             }
-            _ => out.push(Header(
-                name_str.to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )),
+            _ => out.push(Header(name_str.to_owned(), Bytes::copy_from_slice(value.as_bytes()))),
         }
     }
     let mut chain = forwarded_for.unwrap_or_default();
@@ -73,32 +68,21 @@ pub fn request_headers(headers: &HeaderMap, forwarded: &Forwarded<'_>) -> Vec<He
     if !headers.contains_key(axum::http::header::HOST)
         && let Some(host) = forwarded.host
     {
-        out.push(Header(
-            "host".into(),
-            Bytes::copy_from_slice(host.as_bytes()),
-        ));
+        out.push(Header("host".into(), Bytes::copy_from_slice(host.as_bytes())));
     }
     out.push(Header("x-forwarded-for".into(), Bytes::from(chain)));
-    out.push(Header(
-        "x-forwarded-proto".into(),
-        Bytes::copy_from_slice(forwarded.proto.as_bytes()),
-    ));
+    out.push(Header("x-forwarded-proto".into(), Bytes::copy_from_slice(forwarded.proto.as_bytes())));
     if let Some(host) = forwarded.host {
-        out.push(Header(
-            "x-forwarded-host".into(),
-            Bytes::copy_from_slice(host.as_bytes()),
-        ));
+        out.push(Header("x-forwarded-host".into(), Bytes::copy_from_slice(host.as_bytes())));
     }
-    out.push(Header(
-        "x-request-id".into(),
-        Bytes::copy_from_slice(forwarded.request_id.as_bytes()),
-    ));
+    out.push(Header("x-request-id".into(), Bytes::copy_from_slice(forwarded.request_id.as_bytes())));
     out
 }
 
 /// The public response headers from the local service's list: hop-by-hop fields and fields that
-/// are not valid HTTP dropped, the rest appended in order.
-pub fn response_headers(headers: Vec<Header>) -> HeaderMap {
+/// are not valid HTTP dropped, the rest appended in order. A `101` to an upgrade keeps its
+/// `Connection` and `Upgrade` fields.
+pub fn response_headers(headers: Vec<Header>, upgrade: bool) -> HeaderMap {
     let connection_tokens: Vec<String> = headers
         .iter()
         .filter(|Header(name, _)| name.eq_ignore_ascii_case("connection"))
@@ -110,7 +94,8 @@ pub fn response_headers(headers: Vec<Header>) -> HeaderMap {
             tracing::debug!(name, "dropping invalid response header name");
             continue;
         };
-        if is_hop_by_hop(name.as_str(), &connection_tokens) {
+        let keep = upgrade && (name == axum::http::header::CONNECTION || name == axum::http::header::UPGRADE);
+        if !keep && is_hop_by_hop(name.as_str(), &connection_tokens) {
             continue;
         }
         match HeaderValue::from_maybe_shared(value) {
@@ -128,11 +113,7 @@ fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
 }
 
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(axum::http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| tokens(v.as_bytes()))
-        .collect()
+    headers.get_all(axum::http::header::CONNECTION).iter().flat_map(|v| tokens(v.as_bytes())).collect()
 }
 
 fn tokens(value: &[u8]) -> Vec<String> {
@@ -148,29 +129,17 @@ mod tests {
     use super::*;
 
     fn forwarded() -> Forwarded<'static> {
-        Forwarded {
-            client_ip: "10.0.0.9".into(),
-            proto: "https",
-            host: Some("demo.example.com"),
-            request_id: "rid-1",
-        }
+        Forwarded { client_ip: "10.0.0.9".into(), proto: "https", host: Some("demo.example.com"), request_id: "rid-1" }
     }
 
     fn find<'a>(headers: &'a [Header], name: &str) -> Vec<&'a [u8]> {
-        headers
-            .iter()
-            .filter(|h| h.0 == name)
-            .map(|h| h.1.as_ref())
-            .collect()
+        headers.iter().filter(|h| h.0 == name).map(|h| h.1.as_ref()).collect()
     }
 
     #[test]
     fn drops_hop_by_hop_and_connection_listed_fields() {
         let mut map = HeaderMap::new();
-        map.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
-        );
+        map.insert("connection", HeaderValue::from_static("keep-alive, X-Secret-Hop"));
         map.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         map.insert("x-secret-hop", HeaderValue::from_static("1"));
         map.insert("transfer-encoding", HeaderValue::from_static("chunked"));
@@ -180,14 +149,7 @@ mod tests {
         let names: Vec<&str> = out.iter().map(|h| h.0.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "x-kept",
-                "host",
-                "x-forwarded-for",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-                "x-request-id"
-            ]
+            ["x-kept", "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"]
         );
     }
 
@@ -199,10 +161,7 @@ mod tests {
         map.insert("x-request-id", HeaderValue::from_static("client-chosen"));
         map.insert("host", HeaderValue::from_static("demo.example.com"));
         let out = request_headers(&map, &forwarded());
-        assert_eq!(
-            find(&out, "x-forwarded-for"),
-            [b"1.1.1.1, 2.2.2.2, 10.0.0.9".as_slice()]
-        );
+        assert_eq!(find(&out, "x-forwarded-for"), [b"1.1.1.1, 2.2.2.2, 10.0.0.9".as_slice()]);
         assert_eq!(find(&out, "x-request-id"), [b"rid-1".as_slice()]);
         assert_eq!(find(&out, "host"), [b"demo.example.com".as_slice()]);
     }
@@ -211,20 +170,11 @@ mod tests {
     fn keeps_repeated_and_non_utf8_values_in_order() {
         let mut map = HeaderMap::new();
         for i in 0..3 {
-            map.append(
-                "set-cookie",
-                HeaderValue::from_str(&format!("c{i}=v")).expect("valid"),
-            );
+            map.append("set-cookie", HeaderValue::from_str(&format!("c{i}=v")).expect("valid"));
         }
-        map.append(
-            "x-raw",
-            HeaderValue::from_bytes(b"\xff\xfeok").expect("obs-text is valid"),
-        );
+        map.append("x-raw", HeaderValue::from_bytes(b"\xff\xfeok").expect("obs-text is valid"));
         let out = request_headers(&map, &forwarded());
-        assert_eq!(
-            find(&out, "set-cookie"),
-            [b"c0=v".as_slice(), b"c1=v", b"c2=v"]
-        );
+        assert_eq!(find(&out, "set-cookie"), [b"c0=v".as_slice(), b"c1=v", b"c2=v"]);
         assert_eq!(find(&out, "x-raw"), [b"\xff\xfeok".as_slice()]);
     }
 
@@ -238,12 +188,8 @@ mod tests {
             Header("x-bad-value".into(), Bytes::from_static(b"a\r\nb")),
             Header("set-cookie".into(), Bytes::from_static(b"b=2")),
         ];
-        let map = response_headers(list);
-        let cookies: Vec<&[u8]> = map
-            .get_all("set-cookie")
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
+        let map = response_headers(list, false);
+        let cookies: Vec<&[u8]> = map.get_all("set-cookie").iter().map(HeaderValue::as_bytes).collect();
         assert_eq!(cookies, [b"a=1".as_slice(), b"b=2"]);
         assert_eq!(map.len(), 2);
     }

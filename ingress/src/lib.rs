@@ -11,14 +11,17 @@
 
 pub mod config;
 mod error_page;
+mod exchange;
 mod headers;
 mod proxy;
 mod request_id;
 mod routing;
+mod streams;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tunnel_kit::service::ServiceConfig;
 use tunnel_kit::telemetry::PrometheusHandle;
 
 pub use config::IngressConfig;
@@ -26,31 +29,24 @@ pub use error_page::ERROR_HEADER;
 
 /// Serves public requests on `listener` until `shutdown` is cancelled, then drains open
 /// connections.
+///
+/// # Errors
+/// When the stream subscription cannot be made.
 pub async fn run(
     listener: TcpListener,
     nats: async_nats::Client,
     config: IngressConfig,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
-) {
+) -> Result<(), async_nats::SubscribeError> {
     let ops = tunnel_kit::ops::router(metrics, nats.clone()).fallback(no_tunnel_name);
-    let app = Router::new()
-        .fallback(proxy::handle)
-        .with_state(proxy::Proxy::new(nats, config, ops));
-    tunnel_kit::serve::serve(
-        listener,
-        app,
-        shutdown,
-        tunnel_kit::serve::ServeOptions::default(),
-    )
-    .await;
+    let streams = streams::StreamHub::start(&nats, &config.inbox_prefix()).await?;
+    let app = Router::new().fallback(proxy::handle).with_state(proxy::Proxy::new(nats, config, ops, streams));
+    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
+    Ok(())
 }
 
 async fn no_tunnel_name(headers: axum::http::HeaderMap) -> axum::response::Response {
     let id = request_id::request_id(&headers);
-    error_page::error_response(
-        tunnel_schemas::ErrorCode::NoTunnelName,
-        &id,
-        error_page::wants_json(&headers),
-    )
+    error_page::error_response(tunnel_schemas::ErrorCode::NoTunnelName, &id, error_page::wants_json(&headers))
 }

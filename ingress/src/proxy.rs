@@ -1,28 +1,36 @@
 //! The public request path: limits, routing, the NATS request to the tunnel, the response.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::Subject;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tracing::Instrument;
-use tunnel_schemas::events::{
-    Failure, REQUEST_ID_HEADER, TunnelReply, TunnelRequest, TunnelResponse,
-};
-use tunnel_schemas::http::RequestHead;
+use tunnel_schemas::events::{Failure, REQUEST_ID_HEADER, STREAM_HEADER, TunnelReply, TunnelRequest, TunnelResponse};
+use tunnel_schemas::http::{Header, RequestHead};
+use tunnel_schemas::stream::INLINE_BYTES;
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION, audit, subjects};
 
 use crate::config::IngressConfig;
 use crate::error_page::{error_response, wants_json};
+use crate::exchange::Exchange;
 use crate::headers::{Forwarded, header_bytes, request_headers, response_headers};
 use crate::request_id::request_id;
 use crate::routing::{Route, route};
+use crate::streams::StreamHub;
+use tunnel_kit::pump::{Ended, Summary};
 
 /// Shared state of the public handler.
 #[derive(Clone)]
@@ -33,10 +41,15 @@ pub struct Proxy {
 struct Inner {
     nats: async_nats::Client,
     config: IngressConfig,
+    /// Time the tunnel has to produce the response head.
     timeout: Duration,
     /// Routes for requests that name no tunnel (`/healthz`, `/readyz`, `/metrics`).
     ops: Router,
+    streams: Arc<StreamHub>,
 }
+
+/// Response chunks queued for the public client beyond what the exchange holds.
+const DOWNLOAD_QUEUE: usize = 2;
 
 /// What one request produced, for metrics and the audit record.
 struct Outcome {
@@ -44,20 +57,24 @@ struct Outcome {
     error: Option<ErrorCode>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The exchange still streaming after the response head, reporting its totals at the end.
+    streaming: Option<JoinHandle<Summary>>,
+}
+
+impl Outcome {
+    fn failed(code: ErrorCode, request_id: &str, json: bool, bytes_in: u64) -> Self {
+        tracing::debug!(code = %code, "request failed");
+        let response = error_response(code, request_id, json);
+        Self { response, error: Some(code), bytes_in, bytes_out: 0, streaming: None }
+    }
 }
 
 impl Proxy {
-    /// A proxy sending tunnel requests over `nats`; requests naming no tunnel go to `ops`.
-    pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router) -> Self {
+    /// A proxy sending tunnel requests over `nats`, receiving stream frames through `streams`;
+    /// requests naming no tunnel go to `ops`.
+    pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router, streams: Arc<StreamHub>) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
-        Self {
-            inner: Arc::new(Inner {
-                nats,
-                config,
-                timeout,
-                ops,
-            }),
-        }
+        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams }) }
     }
 }
 
@@ -68,7 +85,7 @@ pub async fn handle(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let host = host_of(&parts);
     let Some(route) = route(host, target, &proxy.inner.config.domain) else {
@@ -79,12 +96,9 @@ pub async fn handle(
         };
     };
     let request_id = request_id(&parts.headers);
+    let on_upgrade = parts.extensions.remove::<OnUpgrade>();
     let span = tracing::info_span!("request", tunnel = %route.name, request_id = %request_id);
-    let outcome = proxy
-        .forward(&parts, body, route.clone(), peer, &request_id)
-        .instrument(span)
-        .await;
-    let status = outcome.response.status().as_u16();
+    let mut outcome = proxy.forward(&parts, body, on_upgrade, route.clone(), peer, &request_id).instrument(span).await;
     let result = outcome.error.map_or("ok", ErrorCode::as_str);
     metrics::counter!("ingress_requests_total", "result" => result).increment(1);
     metrics::histogram!("ingress_request_seconds").record(started.elapsed().as_secs_f64());
@@ -95,7 +109,7 @@ pub async fn handle(
             tunnel: route.name.to_string(),
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
-            status,
+            status: outcome.response.status().as_u16(),
             error: outcome.error,
             bytes_in: outcome.bytes_in,
             bytes_out: outcome.bytes_out,
@@ -104,17 +118,32 @@ pub async fn handle(
             at_ms: unix_ms(),
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
-        if let Err(e) = proxy
-            .inner
-            .nats
-            .publish(subject, tunnel_schemas::encode(&record).into())
-            .await
-        {
-            metrics::counter!("ingress_audit_publish_errors_total").increment(1);
-            tracing::warn!(error = %e, "audit event not published");
+        let nats = proxy.inner.nats.clone();
+        match outcome.streaming.take() {
+            None => publish_audit(&nats, subject, &record).await,
+            Some(streaming) => {
+                tokio::spawn(async move {
+                    let mut record = record;
+                    if let Ok(summary) = streaming.await {
+                        record.bytes_in += summary.sent;
+                        record.bytes_out += summary.received;
+                        if let Ended::Reset(code) = summary.ended {
+                            record.error = Some(code);
+                        }
+                    }
+                    publish_audit(&nats, subject, &record).await;
+                });
+            }
         }
     }
     outcome.response
+}
+
+async fn publish_audit(nats: &async_nats::Client, subject: String, record: &audit::RequestAudit) {
+    if let Err(e) = nats.publish(subject, tunnel_schemas::encode(record).into()).await {
+        metrics::counter!("ingress_audit_publish_errors_total").increment(1);
+        tracing::warn!(error = %e, "audit event not published");
+    }
 }
 
 impl Proxy {
@@ -122,20 +151,13 @@ impl Proxy {
         &self,
         parts: &Parts,
         body: Body,
+        on_upgrade: Option<OnUpgrade>,
         route: Route,
         peer: SocketAddr,
         request_id: &str,
     ) -> Outcome {
         let json = wants_json(&parts.headers);
-        let fail = |code: ErrorCode, bytes_in: u64| {
-            tracing::debug!(code = %code, "request failed");
-            Outcome {
-                response: error_response(code, request_id, json),
-                error: Some(code),
-                bytes_in,
-                bytes_out: 0,
-            }
-        };
+        let fail = |code: ErrorCode, bytes_in: u64| Outcome::failed(code, request_id, json, bytes_in);
         let config = &self.inner.config;
         if route.target.len() > config.max_uri_bytes {
             return fail(ErrorCode::UriTooLong, 0);
@@ -143,96 +165,140 @@ impl Proxy {
         if header_bytes(&parts.headers) > config.max_header_bytes {
             return fail(ErrorCode::HeadersTooLarge, 0);
         }
-        if declared_length(parts).is_some_and(|length| length > config.max_body_bytes as u64) {
+        let limit = (config.max_body_bytes > 0).then_some(config.max_body_bytes);
+        let declared = declared_length(parts);
+        if declared.zip(limit).is_some_and(|(length, limit)| length > limit) {
             return fail(ErrorCode::BodyTooLarge, 0);
         }
-        let body = match axum::body::to_bytes(body, config.max_body_bytes).await {
-            Ok(body) => body,
-            Err(e) if is_length_limit(&e) => return fail(ErrorCode::BodyTooLarge, 0),
-            Err(e) => {
-                tracing::debug!(error = %e, "public client body failed");
-                return fail(ErrorCode::BadRequest, 0);
+        let upgrade = upgrade_protocol(&parts.headers).filter(|_| on_upgrade.is_some());
+        let mut exchange = self.exchange();
+        let (inline, end) = if upgrade.is_some() {
+            (Bytes::new(), false)
+        } else if body.is_end_stream() {
+            (Bytes::new(), true)
+        } else if declared.is_some_and(|length| length <= INLINE_BYTES as u64) {
+            match axum::body::to_bytes(body, INLINE_BYTES).await {
+                Ok(body) => (body, true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "public client body failed");
+                    return fail(ErrorCode::BadRequest, 0);
+                }
             }
+        } else {
+            let upload = body.into_data_stream().map(|chunk| chunk.map_err(io::Error::other));
+            exchange.send_from(Box::pin(upload), limit);
+            (Bytes::new(), false)
         };
-        let bytes_in = body.len() as u64;
+        let bytes_in = inline.len() as u64;
         let forwarded = Forwarded {
             client_ip: peer.ip().to_string(),
             proto: &config.public_scheme,
             host: host_of(parts),
             request_id,
         };
+        let mut headers = request_headers(&parts.headers, &forwarded);
+        if let Some(protocol) = &upgrade {
+            headers.push(Header("connection".into(), Bytes::from_static(b"upgrade")));
+            headers.push(Header("upgrade".into(), protocol.clone()));
+        }
         let event = TunnelRequest {
             v: PROTOCOL_VERSION,
             request_id: request_id.to_owned(),
-            head: RequestHead {
-                method: parts.method.as_str().to_owned(),
-                target: route.target,
-                headers: request_headers(&parts.headers, &forwarded),
-            },
-            body,
+            head: RequestHead { method: parts.method.as_str().to_owned(), target: route.target, headers },
+            body: inline,
+            end,
+            upgrade: upgrade.is_some(),
         };
-        match self.send(&route.name, request_id, &event).await {
-            Ok(TunnelResponse { head, body }) => {
-                let Ok(status) = StatusCode::from_u16(head.status) else {
-                    return fail(ErrorCode::UpstreamBadResponse, bytes_in);
-                };
-                let bytes_out = body.len() as u64;
-                let mut response = Response::new(Body::from(body));
-                *response.status_mut() = status;
-                *response.headers_mut() = response_headers(head.headers);
-                Outcome {
-                    response,
-                    error: None,
-                    bytes_in,
-                    bytes_out,
-                }
+        let stream = exchange.out().subject().to_owned();
+        let request = self.send(&route.name, request_id, &stream, &event);
+        tokio::pin!(request);
+        let reply = loop {
+            tokio::select! {
+                reply = &mut request => break reply,
+                ended = exchange.step() => if let Some(ended) = ended {
+                    // Before the head only a reset can end the exchange.
+                    let code = match ended {
+                        Ended::Reset(code) => code,
+                        Ended::Complete => ErrorCode::Internal,
+                    };
+                    return fail(code, bytes_in);
+                },
             }
+        };
+        let (response, host) = match reply {
+            Ok(reply) => reply,
             Err(failure) => {
+                exchange.finish();
                 if !failure.detail.is_empty() {
                     tracing::debug!(detail = %failure.detail, "tunnel reported a failure");
                 }
-                fail(failure.code, bytes_in)
+                return fail(failure.code, bytes_in);
             }
-        }
+        };
+        tunnel_kit::pump::FrameOut::learn(exchange.out(), host);
+        let TunnelResponse { head, body, end } = response;
+        let Ok(status) = StatusCode::from_u16(head.status) else {
+            return fail(ErrorCode::UpstreamBadResponse, bytes_in);
+        };
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        let bytes_out = body.len() as u64;
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = status;
+        *response.headers_mut() = response_headers(head.headers, switching && upgrade.is_some());
+        let streaming = if end {
+            if !exchange.sending() {
+                exchange.finish();
+            }
+            *response.body_mut() = Body::from(body);
+            None
+        } else if let (true, Some(on_upgrade)) = (switching, on_upgrade) {
+            Some(tokio::spawn(relay_upgraded(exchange, on_upgrade)))
+        } else {
+            let (sink, body) = tunnel_kit::pump::body_channel(body, DOWNLOAD_QUEUE);
+            exchange.deliver_to(sink);
+            *response.body_mut() = Body::from_stream(body);
+            Some(tokio::spawn(exchange.run()))
+        };
+        Outcome { response, error: None, bytes_in, bytes_out, streaming }
     }
 
-    /// Sends `event` to the tunnel and waits for its reply.
+    fn exchange(&self) -> Exchange {
+        crate::exchange::open(self.inner.nats.clone(), &self.inner.streams)
+    }
+
+    /// Sends `event` to the tunnel and waits for the response head; returns it with the
+    /// session-host's stream subject.
     async fn send(
         &self,
         name: &tunnel_schemas::names::TunnelName,
         request_id: &str,
+        stream: &str,
         event: &TunnelRequest,
-    ) -> Result<TunnelResponse, Failure> {
+    ) -> Result<(TunnelResponse, Option<Subject>), Failure> {
         let nats = &self.inner.nats;
         if nats.connection_state() != async_nats::connection::State::Connected {
-            return Err(Failure::new(
-                ErrorCode::Unavailable,
-                "nats is not connected",
-            ));
+            return Err(Failure::new(ErrorCode::Unavailable, "nats is not connected"));
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, request_id);
+        headers.insert(STREAM_HEADER, stream);
         let request = async_nats::Request::new()
             .headers(headers)
             .payload(Bytes::from(tunnel_schemas::encode(event)))
             .timeout(Some(self.inner.timeout));
-        let reply = nats
-            .send_request(subjects::tunnel_requests(name), request)
-            .await
-            .map_err(|e| {
-                use async_nats::RequestErrorKind as Kind;
-                match e.kind() {
-                    Kind::NoResponders => Failure::new(ErrorCode::TunnelOffline, "no responders"),
-                    Kind::TimedOut => Failure::new(ErrorCode::UpstreamTimeout, "request timed out"),
-                    Kind::MaxPayloadExceeded => Failure::new(
-                        ErrorCode::BodyTooLarge,
-                        "request exceeds the nats payload limit",
-                    ),
-                    _ => Failure::new(ErrorCode::Unavailable, e.to_string()),
+        let reply = nats.send_request(subjects::tunnel_requests(name), request).await.map_err(|e| {
+            use async_nats::RequestErrorKind as Kind;
+            match e.kind() {
+                Kind::NoResponders => Failure::new(ErrorCode::TunnelOffline, "no responders"),
+                Kind::TimedOut => Failure::new(ErrorCode::UpstreamTimeout, "request timed out"),
+                Kind::MaxPayloadExceeded => {
+                    Failure::new(ErrorCode::BodyTooLarge, "request exceeds the nats payload limit")
                 }
-            })?;
+                _ => Failure::new(ErrorCode::Unavailable, e.to_string()),
+            }
+        })?;
         match tunnel_schemas::decode::<TunnelReply>(&reply.payload, usize::MAX) {
-            Ok(TunnelReply::Response(response)) => Ok(response),
+            Ok(TunnelReply::Response(response)) => Ok((response, reply.reply)),
             Ok(TunnelReply::Failure(failure)) => Err(failure),
             Err(e) => Err(Failure::new(
                 ErrorCode::UpstreamBadResponse,
@@ -240,6 +306,36 @@ impl Proxy {
             )),
         }
     }
+}
+
+/// After a `101`: carries the raw upgraded connection both ways until either side closes.
+async fn relay_upgraded(mut exchange: Exchange, on_upgrade: OnUpgrade) -> Summary {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "public upgrade failed");
+            return Summary { ended: Ended::Reset(ErrorCode::Cancelled), sent: 0, received: 0 };
+        }
+    };
+    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+    exchange.send_from(tunnel_kit::pump::stream_from(read), None);
+    let (sink, writer) = tunnel_kit::pump::sink_into(write);
+    exchange.deliver_to(sink);
+    let summary = exchange.run().await;
+    let _ = writer.await;
+    summary
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` with an `Upgrade` field).
+fn upgrade_protocol(headers: &axum::http::HeaderMap) -> Option<Bytes> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = headers.get(header::UPGRADE)?;
+    asks.then(|| Bytes::copy_from_slice(protocol.as_bytes()))
 }
 
 fn host_of(parts: &Parts) -> Option<&str> {
@@ -251,28 +347,9 @@ fn host_of(parts: &Parts) -> Option<&str> {
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {
-    parts
-        .headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

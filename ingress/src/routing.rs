@@ -19,20 +19,13 @@ const PATH_PREFIX: &str = "/t/";
 /// query). Host routing wins; a request that names no valid tunnel gives `None`.
 pub fn route(host: Option<&str>, target: &str, domain: &str) -> Option<Route> {
     if let Some(name) = host.and_then(|host| name_from_host(host, domain)) {
-        return Some(Route {
-            name,
-            target: target.to_owned(),
-        });
+        return Some(Route { name, target: target.to_owned() });
     }
     let rest = target.strip_prefix(PATH_PREFIX)?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let name = TunnelName::parse(&rest[..end].to_ascii_lowercase()).ok()?;
     let remainder = &rest[end..];
-    let target = if remainder.starts_with('/') {
-        remainder.to_owned()
-    } else {
-        format!("/{remainder}")
-    };
+    let target = if remainder.starts_with('/') { remainder.to_owned() } else { format!("/{remainder}") };
     Some(Route { name, target })
 }
 
@@ -75,23 +68,14 @@ mod tests {
 
     #[test]
     fn host_routing_keeps_a_t_path() {
-        assert_eq!(
-            routed(Some("demo.tunnel.test"), "/t/other/x"),
-            Some(("demo".into(), "/t/other/x".into()))
-        );
+        assert_eq!(routed(Some("demo.tunnel.test"), "/t/other/x"), Some(("demo".into(), "/t/other/x".into())));
     }
 
     #[test]
     fn routes_by_path_and_strips_prefix() {
-        assert_eq!(
-            routed(Some("localhost:8080"), "/t/demo/a/b?x=1"),
-            Some(("demo".into(), "/a/b?x=1".into()))
-        );
+        assert_eq!(routed(Some("localhost:8080"), "/t/demo/a/b?x=1"), Some(("demo".into(), "/a/b?x=1".into())));
         assert_eq!(routed(None, "/t/demo"), Some(("demo".into(), "/".into())));
-        assert_eq!(
-            routed(None, "/t/demo?x=%2F"),
-            Some(("demo".into(), "/?x=%2F".into()))
-        );
+        assert_eq!(routed(None, "/t/demo?x=%2F"), Some(("demo".into(), "/?x=%2F".into())));
         assert_eq!(routed(None, "/t/DEMO/"), Some(("demo".into(), "/".into())));
     }
 

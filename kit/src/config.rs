@@ -30,10 +30,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// An [`ConfigError::Invalid`] for `key`.
     pub fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
-        Self::Invalid {
-            key,
-            problem: problem.into(),
-        }
+        Self::Invalid { key, problem: problem.into() }
     }
 }
 
@@ -100,9 +97,7 @@ pub fn check_socket_addr(key: &'static str, value: &str) -> Result<(), ConfigErr
     value
         .parse::<std::net::SocketAddr>()
         .map(|_| ())
-        .map_err(|e| {
-            ConfigError::invalid(key, format!("must be an address like 127.0.0.1:8080 ({e})"))
-        })
+        .map_err(|e| ConfigError::invalid(key, format!("must be an address like 127.0.0.1:8080 ({e})")))
 }
 
 /// Checks that `value` is within `range`.
@@ -117,14 +112,7 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
     if range.contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError::invalid(
-            key,
-            format!(
-                "is {value}, must be between {} and {}",
-                range.start(),
-                range.end()
-            ),
-        ))
+        Err(ConfigError::invalid(key, format!("is {value}, must be between {} and {}", range.start(), range.end())))
     }
 }
 
@@ -135,10 +123,7 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
 pub fn check_log_format(value: &str) -> Result<(), ConfigError> {
     match value {
         "text" | "json" => Ok(()),
-        other => Err(ConfigError::invalid(
-            "log_format",
-            format!("is {other:?}, must be \"text\" or \"json\""),
-        )),
+        other => Err(ConfigError::invalid("log_format", format!("is {other:?}, must be \"text\" or \"json\""))),
     }
 }
 
@@ -193,51 +178,33 @@ mod tests {
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment::Jail closures return figment's own error type"
-    )]
+    #[allow(clippy::result_large_err, reason = "figment::Jail closures return figment's own error type")]
     fn layers_defaults_file_env_and_flags_in_order() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "c.toml",
-                "listen = \"file:1\"\ntimeout_secs = 5\ndomain = \"from-file\"",
-            )?;
+            jail.create_file("c.toml", "listen = \"file:1\"\ntimeout_secs = 5\ndomain = \"from-file\"")?;
             jail.set_env("TUNNEL_TIMEOUT_SECS", "7");
             jail.set_env("NATS_URL", "nats://from-env");
-            let flags = Flags {
-                listen: Some("flag:1".into()),
-            };
-            let config: Sample =
-                load(Some(Path::new("c.toml")), &flags).map_err(|e| e.to_string())?;
+            let flags = Flags { listen: Some("flag:1".into()) };
+            let config: Sample = load(Some(Path::new("c.toml")), &flags).map_err(|e| e.to_string())?;
             assert_eq!(config.listen, "flag:1", "flags beat everything");
             assert_eq!(config.timeout_secs, 7, "environment beats the file");
             assert_eq!(config.domain, "from-file", "the file beats defaults");
             assert_eq!(config.nats_url, "nats://from-env", "NATS_URL is honoured");
             jail.set_env("TUNNEL_NATS_URL", "nats://tunnel-env");
             let config: Sample = load(None, &Flags { listen: None }).map_err(|e| e.to_string())?;
-            assert_eq!(
-                config.nats_url, "nats://tunnel-env",
-                "TUNNEL_NATS_URL beats NATS_URL"
-            );
+            assert_eq!(config.nats_url, "nats://tunnel-env", "TUNNEL_NATS_URL beats NATS_URL");
             assert_eq!(config.listen, "127.0.0.1:1");
             Ok(())
         });
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment::Jail closures return figment's own error type"
-    )]
+    #[allow(clippy::result_large_err, reason = "figment::Jail closures return figment's own error type")]
     fn errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TUNNEL_TIMEOUT_SECS", "soon");
             let err = load::<Sample, _>(None, &Flags { listen: None }).expect_err("a type error");
-            assert!(
-                err.to_string().to_lowercase().contains("timeout_secs"),
-                "{err}"
-            );
+            assert!(err.to_string().to_lowercase().contains("timeout_secs"), "{err}");
             jail.set_env("TUNNEL_TIMEOUT_SECS", "99");
             let err = load::<Sample, _>(None, &Flags { listen: None }).expect_err("a range error");
             assert!(err.to_string().contains("`timeout_secs`"), "{err}");
@@ -247,19 +214,13 @@ mod tests {
 
     #[test]
     fn a_missing_config_file_is_an_error() {
-        let err = load::<Sample, _>(
-            Some(Path::new("/nonexistent/tunnel.toml")),
-            &Flags { listen: None },
-        );
+        let err = load::<Sample, _>(Some(Path::new("/nonexistent/tunnel.toml")), &Flags { listen: None });
         assert!(err.is_err());
     }
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(
-            redact_url("nats://a:b@h:4222,nats://h2"),
-            "nats://***@h:4222,nats://h2"
-        );
+        assert_eq!(redact_url("nats://a:b@h:4222,nats://h2"), "nats://***@h:4222,nats://h2");
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
     }
 

@@ -6,6 +6,7 @@
 //! - [`config`]: layered configuration (defaults < TOML file < environment < flags), validated;
 //! - [`telemetry`]: tracing and the Prometheus recorder;
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
+//! - [`pump`]: the stream engine both ends of an exchange run (credits, resets, liveness);
 //! - [`shutdown`]: SIGINT/SIGTERM handling;
 //! - [`nats`]: connecting to NATS with a per-component inbox prefix;
 //! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain;
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod nats;
 pub mod ops;
+pub mod pump;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -16,16 +16,8 @@ pub struct ConnectError {
 ///
 /// # Errors
 /// [`ConnectError`] when no server answers within the connection timeout.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    inbox_prefix: &str,
-) -> Result<async_nats::Client, ConnectError> {
-    let servers: Vec<&str> = url
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_nats::Client, ConnectError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     async_nats::ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(inbox_prefix)
@@ -34,16 +26,11 @@ pub async fn connect(
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("nats connected"),
-                async_nats::Event::SlowConsumer(_) => {
-                    metrics::counter!("nats_slow_consumer_total").increment(1)
-                }
+                async_nats::Event::SlowConsumer(_) => metrics::counter!("nats_slow_consumer_total").increment(1),
                 other => tracing::warn!(event = %other, "nats event"),
             }
         })
         .connect(servers)
         .await
-        .map_err(|source| ConnectError {
-            url: crate::config::redact_url(url),
-            source,
-        })
+        .map_err(|source| ConnectError { url: crate::config::redact_url(url), source })
 }

@@ -7,10 +7,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Routes for `/healthz`, `/readyz` and `/metrics`; readiness follows the NATS connection.
-pub fn router<S: Clone + Send + Sync + 'static>(
-    metrics: PrometheusHandle,
-    nats: async_nats::Client,
-) -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(metrics: PrometheusHandle, nats: async_nats::Client) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -26,8 +23,5 @@ pub fn router<S: Clone + Send + Sync + 'static>(
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
 }

@@ -29,22 +29,13 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self {
-            max_headers: 1024,
-            header_read_timeout: Duration::from_secs(10),
-            grace: Duration::from_secs(10),
-        }
+        Self { max_headers: 1024, header_read_timeout: Duration::from_secs(10), grace: Duration::from_secs(10) }
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then waits up to
 /// [`ServeOptions::grace`] for open connections to finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    options: ServeOptions,
-) {
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken, options: ServeOptions) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -68,14 +59,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
+            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -84,10 +71,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(options.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(options.grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?options.grace, "connections still open after the grace period; closing them");
     }
 }

@@ -57,24 +57,13 @@ pub async fn start<C: ServiceConfig, F: Serialize>(
     telemetry::init_tracing(config.log_format());
     tracing::info!(config = ?config.redacted(), "starting {name}");
     let metrics = telemetry::init_metrics();
-    let nats = crate::nats::connect(
-        config.nats_url(),
-        &config.nats_name(),
-        &config.inbox_prefix(),
-    )
-    .await?;
+    let nats = crate::nats::connect(config.nats_url(), &config.nats_name(), &config.inbox_prefix()).await?;
     let listener = TcpListener::bind(config.listen())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen()))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let shutdown = crate::shutdown::on_signal();
-    Ok(Started {
-        config,
-        nats,
-        listener,
-        metrics,
-        shutdown,
-    })
+    Ok(Started { config, nats, listener, metrics, shutdown })
 }
 
 /// Drains the NATS connection: buffered publishes go out before the process exits.

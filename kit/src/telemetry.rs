@@ -7,15 +7,9 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber: `RUST_LOG` filtering (default `info`), text or JSON.
 pub fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second initialisation (tests running several services) keeps the first subscriber.
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Seconds between recorder upkeeps (histogram maintenance).
@@ -27,13 +21,8 @@ pub fn init_metrics() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                5.0, 30.0,
-            ];
-            let builder = PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let buckets = [0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+            let builder = PrometheusBuilder::new().set_buckets(&buckets).unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {

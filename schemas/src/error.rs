@@ -49,6 +49,8 @@ pub enum ErrorCode {
     SessionReplaced,
     /// The server is shutting down; reconnect to another one.
     GoingAway,
+    /// The other end of a stream gave up on it (the public client hung up).
+    Cancelled,
     /// The message bus or a dependency is unavailable.
     Unavailable,
     /// An unexpected internal failure (details are in the server log).
@@ -57,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -78,6 +80,7 @@ impl ErrorCode {
         Self::HandshakeTimeout,
         Self::SessionReplaced,
         Self::GoingAway,
+        Self::Cancelled,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -105,6 +108,7 @@ impl ErrorCode {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::SessionReplaced => "session_replaced",
             Self::GoingAway => "going_away",
+            Self::Cancelled => "cancelled",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -128,6 +132,7 @@ impl ErrorCode {
             Self::ProtocolVersion => 426,
             Self::HandshakeTimeout => 408,
             Self::SessionReplaced => 409,
+            Self::Cancelled => 499,
             Self::GoingAway | Self::Unavailable => 503,
             Self::Internal => 500,
         }
@@ -160,6 +165,7 @@ impl ErrorCode {
             Self::HandshakeTimeout => "The handshake did not complete in time.",
             Self::SessionReplaced => "Another session resumed this tunnel.",
             Self::GoingAway => "The server is shutting down; reconnect.",
+            Self::Cancelled => "The request was cancelled.",
             Self::Unavailable => "The service is temporarily unavailable.",
             Self::Internal => "An internal error occurred.",
         }

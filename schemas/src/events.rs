@@ -2,7 +2,9 @@
 //!
 //! Ingress sends a [`TunnelRequest`] as a NATS request on
 //! [`crate::subjects::tunnel_requests`]; the session-host holding the tunnel answers with a
-//! [`TunnelReply`]. Bodies up to the inline limit travel inside these events.
+//! [`TunnelReply`] once the local service's response head is known. Small bodies travel inside
+//! these events (`end: true`); the rest of a larger or open-ended body follows as
+//! [`StreamFrame`](crate::stream::StreamFrame)s on the exchange's stream subjects.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -13,6 +15,10 @@ use crate::http::{RequestHead, ResponseHead};
 /// NATS header carrying the request id, for tracing without decoding the payload.
 pub const REQUEST_ID_HEADER: &str = "Tun-Request-Id";
 
+/// NATS header of a [`TunnelRequest`] naming the subject on which ingress receives the
+/// exchange's stream frames (routing metadata, so the session-host relays without decoding).
+pub const STREAM_HEADER: &str = "Tun-Stream";
+
 /// A public request on its way to a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelRequest {
@@ -22,8 +28,19 @@ pub struct TunnelRequest {
     pub request_id: String,
     /// Method, target and headers.
     pub head: RequestHead,
-    /// The whole request body.
+    /// The body, or its first part when `end` is false.
     pub body: Bytes,
+    /// Whether `body` is the whole body; when false the rest follows as stream frames.
+    #[serde(default = "complete")]
+    pub end: bool,
+    /// The public client asked for a protocol upgrade (WebSocket): after a `101` both directions
+    /// carry raw bytes as stream frames.
+    #[serde(default)]
+    pub upgrade: bool,
+}
+
+fn complete() -> bool {
+    true
 }
 
 /// The answer to a [`TunnelRequest`].
@@ -35,13 +52,16 @@ pub enum TunnelReply {
     Failure(Failure),
 }
 
-/// A complete response of the local service.
+/// The response of the local service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelResponse {
     /// Status and headers.
     pub head: ResponseHead,
-    /// The whole response body.
+    /// The body, or its first part when `end` is false.
     pub body: Bytes,
+    /// Whether `body` is the whole body; when false the rest follows as stream frames.
+    #[serde(default = "complete")]
+    pub end: bool,
 }
 
 /// A typed failure with a detail for logs.
@@ -57,10 +77,7 @@ pub struct Failure {
 impl Failure {
     /// A failure with `code` and a detail for the log.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            detail: detail.into(),
-        }
+        Self { code, detail: detail.into() }
     }
 }
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::events::Failure;
+use crate::stream::StreamFrame;
 
 /// Identifies one request/response exchange on a WebSocket, chosen by the host.
 pub type StreamId = u32;
@@ -63,6 +64,16 @@ pub enum ClientFrame {
         stream: StreamId,
         /// The encoded reply event.
         reply: Bytes,
+        /// Whether the exchange ends with this reply (a failure, or a response whose body was
+        /// carried whole); otherwise stream frames follow.
+        end: bool,
+    },
+    /// A stream frame of `stream` for ingress (response body, credit for the request body, …).
+    Stream {
+        /// The exchange.
+        stream: StreamId,
+        /// The frame.
+        frame: StreamFrame,
     },
     /// The client is leaving for good: release the name now instead of keeping it for a resume.
     Bye,
@@ -85,5 +96,12 @@ pub enum HostFrame {
         stream: StreamId,
         /// The encoded request event.
         request: Bytes,
+    },
+    /// A stream frame of `stream` from ingress (request body, credit for the response body, …).
+    Stream {
+        /// The exchange.
+        stream: StreamId,
+        /// The frame.
+        frame: StreamFrame,
     },
 }

@@ -7,6 +7,7 @@
 //! - [`http`]: the HTTP request and response heads carried through the tunnel;
 //! - [`events`]: the MessagePack events exchanged over NATS between ingress and session-host;
 //! - [`frames`]: the MessagePack frames exchanged over the client's WebSocket;
+//! - [`stream`]: body streaming with credit-based flow control, the same on NATS and WebSocket;
 //! - [`audit`]: the audit events published to the `AUDIT` stream;
 //! - [`error`]: the typed error codes every component reports.
 //!
@@ -20,6 +21,7 @@ pub mod events;
 pub mod frames;
 pub mod http;
 pub mod names;
+pub mod stream;
 pub mod subjects;
 
 pub use error::ErrorCode;
@@ -66,15 +68,9 @@ pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
 /// # Errors
 /// [`DecodeError::TooLarge`] when `bytes` exceeds `limit`, [`DecodeError::Malformed`] when the bytes
 /// are not the expected message.
-pub fn decode<'a, T: serde::Deserialize<'a>>(
-    bytes: &'a [u8],
-    limit: usize,
-) -> Result<T, DecodeError> {
+pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
     if bytes.len() > limit {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
+        return Err(DecodeError::TooLarge { size: bytes.len(), limit });
     }
     Ok(rmp_serde::from_slice(bytes)?)
 }

@@ -39,9 +39,7 @@ pub const RESERVED_NAMES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// Not a DNS label of the accepted shape.
-    #[error(
-        "invalid tunnel name {0:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-    )]
+    #[error("invalid tunnel name {0:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")]
     Invalid(String),
     /// On the reserved list.
     #[error("tunnel name {0:?} is reserved")]
@@ -62,9 +60,7 @@ impl TunnelName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
         let bytes = name.as_bytes();
         let shape_ok = (MIN_NAME_LEN..=MAX_NAME_LEN).contains(&bytes.len())
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes.first() != Some(&b'-')
             && bytes.last() != Some(&b'-');
         if !shape_ok {
@@ -81,9 +77,8 @@ impl TunnelName {
         let mut rng = rand::rng();
         let adjective = ADJECTIVES.choose(&mut rng).copied().unwrap_or("quick");
         let animal = ANIMALS.choose(&mut rng).copied().unwrap_or("fox");
-        let suffix: String = (0..4)
-            .map(|_| char::from(SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())]))
-            .collect();
+        let suffix: String =
+            (0..4).map(|_| char::from(SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())])).collect();
         Self(format!("{adjective}-{animal}-{suffix}"))
     }
 
@@ -96,15 +91,15 @@ impl TunnelName {
 const SUFFIX_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
 
 const ADJECTIVES: &[&str] = &[
-    "amber", "bold", "brave", "bright", "calm", "clever", "cosmic", "crisp", "eager", "fancy",
-    "gentle", "happy", "jolly", "keen", "lively", "lucky", "mellow", "nimble", "proud", "quiet",
-    "rapid", "shiny", "silent", "swift", "tidy", "vivid", "warm", "wise", "witty", "zesty",
+    "amber", "bold", "brave", "bright", "calm", "clever", "cosmic", "crisp", "eager", "fancy", "gentle", "happy",
+    "jolly", "keen", "lively", "lucky", "mellow", "nimble", "proud", "quiet", "rapid", "shiny", "silent", "swift",
+    "tidy", "vivid", "warm", "wise", "witty", "zesty",
 ];
 
 const ANIMALS: &[&str] = &[
-    "badger", "beaver", "bison", "crane", "eagle", "falcon", "ferret", "gecko", "heron", "ibex",
-    "koala", "lemur", "lynx", "marten", "moose", "otter", "panda", "puffin", "quokka", "raven",
-    "salmon", "seal", "stoat", "tapir", "tiger", "walrus", "weasel", "whale", "yak", "zebra",
+    "badger", "beaver", "bison", "crane", "eagle", "falcon", "ferret", "gecko", "heron", "ibex", "koala", "lemur",
+    "lynx", "marten", "moose", "otter", "panda", "puffin", "quokka", "raven", "salmon", "seal", "stoat", "tapir",
+    "tiger", "walrus", "weasel", "whale", "yak", "zebra",
 ];
 
 impl fmt::Display for TunnelName {
@@ -145,32 +140,14 @@ mod tests {
 
     #[test]
     fn refuses_malformed_names() {
-        for name in [
-            "",
-            "ab",
-            "-abc",
-            "abc-",
-            "ABC",
-            "a_b",
-            "a.bc",
-            "é-abc",
-            &"x".repeat(64),
-            "a b",
-        ] {
-            assert_eq!(
-                TunnelName::parse(name),
-                Err(NameError::Invalid(name.to_owned())),
-                "{name}"
-            );
+        for name in ["", "ab", "-abc", "abc-", "ABC", "a_b", "a.bc", "é-abc", &"x".repeat(64), "a b"] {
+            assert_eq!(TunnelName::parse(name), Err(NameError::Invalid(name.to_owned())), "{name}");
         }
     }
 
     #[test]
     fn refuses_reserved_names() {
-        assert_eq!(
-            TunnelName::parse("www"),
-            Err(NameError::Reserved("www".into()))
-        );
+        assert_eq!(TunnelName::parse("www"), Err(NameError::Reserved("www".into())));
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub fn inbox_prefix(component: &str, node: &str) -> String {
     format!("_INBOX.{component}.{node}")
 }
 
+/// Subject on which the component with inbox `prefix` receives the frames of stream `id`.
+pub fn stream_subject(prefix: &str, id: impl std::fmt::Display) -> String {
+    format!("{prefix}.st.{id}")
+}
+
+/// Wildcard covering every [`stream_subject`] of `prefix`.
+pub fn stream_subjects(prefix: &str) -> String {
+    format!("{prefix}.st.*")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +70,7 @@ mod tests {
         assert_eq!(tunnel_control(&name), "tun.demo.ctl");
         assert_eq!(tunnel_queue_group(&name), "tun.demo");
         assert_eq!(lease_key(&name), "t.demo");
+        assert_eq!(stream_subject("_INBOX.ing.n1", 42), "_INBOX.ing.n1.st.42");
+        assert_eq!(stream_subjects("_INBOX.ing.n1"), "_INBOX.ing.n1.st.*");
     }
 }

@@ -6,6 +6,7 @@ use tunnel_schemas::audit::RequestAudit;
 use tunnel_schemas::events::{Control, Failure, TunnelReply, TunnelRequest, TunnelResponse};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, Welcome};
 use tunnel_schemas::http::{Header, RequestHead, ResponseHead};
+use tunnel_schemas::stream::StreamFrame;
 use tunnel_schemas::{ErrorCode, decode, encode};
 
 fn hex(bytes: &[u8]) -> String {
@@ -24,12 +25,7 @@ where
 }
 
 fn hello() -> Hello {
-    Hello {
-        v: 1,
-        name: Some("demo".into()),
-        resume_secret: None,
-        agent: "tunnel/0.1.0".into(),
-    }
+    Hello { v: 1, name: Some("demo".into()), resume_secret: None, agent: "tunnel/0.1.0".into() }
 }
 
 fn welcome() -> Welcome {
@@ -53,16 +49,16 @@ fn request() -> TunnelRequest {
             headers: vec![Header("x-raw".into(), Bytes::from_static(b"\xff\x00"))],
         },
         body: Bytes::from_static(&[0, 1, 255]),
+        end: false,
+        upgrade: false,
     }
 }
 
 fn response() -> TunnelReply {
     TunnelReply::Response(TunnelResponse {
-        head: ResponseHead {
-            status: 200,
-            headers: vec![Header("set-cookie".into(), Bytes::from_static(b"a=1"))],
-        },
+        head: ResponseHead { status: 200, headers: vec![Header("set-cookie".into(), Bytes::from_static(b"a=1"))] },
         body: Bytes::from_static(b"ok"),
+        end: true,
     })
 }
 
@@ -73,11 +69,8 @@ fn client_frames() {
         "81a548656c6c6f84a17601a46e616d65a464656d6fad726573756d655f736563726574c0a56167656e74ac74756e6e656c2f302e312e30",
     );
     pin(
-        &ClientFrame::Reply {
-            stream: 7,
-            reply: Bytes::from_static(b"\x81"),
-        },
-        "81a55265706c7982a673747265616d07a57265706c79c40181",
+        &ClientFrame::Reply { stream: 7, reply: Bytes::from_static(b"\x81"), end: true },
+        "81a55265706c7983a673747265616d07a57265706c79c40181a3656e64c3",
     );
     pin(&ClientFrame::Bye, "a3427965");
 }
@@ -93,35 +86,43 @@ fn host_frames() {
         "81a75265667573656482a4636f6465ab6e616d655f696e5f757365a664657461696ca574616b656e",
     );
     pin(
-        &HostFrame::Request {
-            stream: 7,
-            request: Bytes::from_static(b"\x80"),
-        },
+        &HostFrame::Request { stream: 7, request: Bytes::from_static(b"\x80") },
         "81a75265717565737482a673747265616d07a772657175657374c40180",
     );
     pin(&HostFrame::GoAway, "a6476f41776179");
 }
 
 #[test]
+fn stream_frames() {
+    let data = StreamFrame::Data { seq: 3, bytes: Bytes::from_static(b"\x00\xff") };
+    pin(
+        &HostFrame::Stream { stream: 7, frame: data },
+        "81a653747265616d82a673747265616d07a56672616d6581a44461746182a373657103a56279746573c40200ff",
+    );
+    pin(
+        &ClientFrame::Stream { stream: 7, frame: StreamFrame::Credit { bytes: 131_072 } },
+        "81a653747265616d82a673747265616d07a56672616d6581a643726564697481a56279746573ce00020000",
+    );
+    pin(&StreamFrame::End, "a3456e64");
+    pin(&StreamFrame::Reset { code: ErrorCode::Cancelled }, "81a5526573657481a4636f6465a963616e63656c6c6564");
+    pin(&StreamFrame::Ping, "a450696e67");
+}
+
+#[test]
 fn nats_events() {
     pin(
         &request(),
-        "84a17601aa726571756573745f6964a3696431a46865616483a66d6574686f64a4504f5354a6746172676574a82f613f623d257a7aa7686561646572739192a5782d726177c402ff00a4626f6479c4030001ff",
+        "86a17601aa726571756573745f6964a3696431a46865616483a66d6574686f64a4504f5354a6746172676574a82f613f623d257a7aa7686561646572739192a5782d726177c402ff00a4626f6479c4030001ffa3656e64c2a775706772616465c2",
     );
     pin(
         &response(),
-        "81a8526573706f6e736582a46865616482a6737461747573ccc8a7686561646572739192aa7365742d636f6f6b6965c403613d31a4626f6479c4026f6b",
+        "81a8526573706f6e736583a46865616482a6737461747573ccc8a7686561646572739192aa7365742d636f6f6b6965c403613d31a4626f6479c4026f6ba3656e64c3",
     );
     pin(
         &TunnelReply::Failure(Failure::new(ErrorCode::UpstreamUnreachable, "refused")),
         "81a74661696c75726582a4636f6465b4757073747265616d5f756e726561636861626c65a664657461696ca772656675736564",
     );
-    pin(
-        &Control::Takeover {
-            session: "s2".into(),
-        },
-        "81a854616b656f76657281a773657373696f6ea27332",
-    );
+    pin(&Control::Takeover { session: "s2".into() }, "81a854616b656f76657281a773657373696f6ea27332");
 }
 
 #[test]
@@ -150,11 +151,7 @@ fn audit_events() {
 fn bodies_are_msgpack_bin_not_arrays() {
     let bytes = encode(&request());
     // bin 8 header (0xc4) followed by the length 3 and the raw body bytes.
-    assert!(
-        bytes.windows(5).any(|w| w == [0xc4, 3, 0, 1, 255]),
-        "{}",
-        hex(&bytes)
-    );
+    assert!(bytes.windows(5).any(|w| w == [0xc4, 3, 0, 1, 255]), "{}", hex(&bytes));
 }
 
 #[test]
@@ -168,39 +165,16 @@ fn optional_fields_may_be_absent_and_unknown_fields_are_ignored() {
     enum FutureFrame {
         Hello(FutureHello),
     }
-    let bytes = encode(&FutureFrame::Hello(FutureHello {
-        v: 2,
-        shiny_new_field: "x",
-    }));
+    let bytes = encode(&FutureFrame::Hello(FutureHello { v: 2, shiny_new_field: "x" }));
     let decoded: ClientFrame = decode(&bytes, usize::MAX).expect("an old peer reads a newer hello");
-    assert_eq!(
-        decoded,
-        ClientFrame::Hello(Hello {
-            v: 2,
-            name: None,
-            resume_secret: None,
-            agent: String::new()
-        })
-    );
+    assert_eq!(decoded, ClientFrame::Hello(Hello { v: 2, name: None, resume_secret: None, agent: String::new() }));
 }
 
 #[test]
 fn oversized_and_malformed_input_is_refused() {
     let bytes = encode(&ClientFrame::Hello(hello()));
-    assert!(matches!(
-        decode::<ClientFrame>(&bytes, 4),
-        Err(tunnel_schemas::DecodeError::TooLarge { .. })
-    ));
-    for garbage in [
-        &b""[..],
-        b"\xc1",
-        b"\x81\xa5Hello\xc0",
-        b"\xdf\xff\xff\xff\xff",
-    ] {
-        assert!(
-            decode::<ClientFrame>(garbage, 1024).is_err(),
-            "{}",
-            hex(garbage)
-        );
+    assert!(matches!(decode::<ClientFrame>(&bytes, 4), Err(tunnel_schemas::DecodeError::TooLarge { .. })));
+    for garbage in [&b""[..], b"\xc1", b"\x81\xa5Hello\xc0", b"\xdf\xff\xff\xff\xff"] {
+        assert!(decode::<ClientFrame>(garbage, 1024).is_err(), "{}", hex(garbage));
     }
 }

@@ -21,8 +21,6 @@ pub struct HostConfig {
     pub lease_ttl_secs: u64,
     /// Seconds a client has to send its hello.
     pub handshake_timeout_secs: u64,
-    /// Seconds an unanswered request stays pending before it fails with `upstream_timeout`.
-    pub request_timeout_secs: u64,
     /// Seconds between WebSocket pings; a client silent for three intervals is dropped.
     pub ping_interval_secs: u64,
     /// Seconds a session keeps serving after the host starts shutting down or another session
@@ -44,7 +42,6 @@ impl Default for HostConfig {
             public_url: "http://{name}.localhost:8080".into(),
             lease_ttl_secs: 30,
             handshake_timeout_secs: 10,
-            request_timeout_secs: 60,
             ping_interval_secs: 15,
             drain_grace_secs: 10,
             max_inflight_per_session: 4096,
@@ -58,23 +55,10 @@ impl Validate for HostConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         config::check_socket_addr("listen", &self.listen)?;
         config::check_range("lease_ttl_secs", self.lease_ttl_secs, 3..=3600)?;
-        config::check_range(
-            "handshake_timeout_secs",
-            self.handshake_timeout_secs,
-            1..=300,
-        )?;
-        config::check_range(
-            "request_timeout_secs",
-            self.request_timeout_secs,
-            1..=86_400,
-        )?;
+        config::check_range("handshake_timeout_secs", self.handshake_timeout_secs, 1..=300)?;
         config::check_range("ping_interval_secs", self.ping_interval_secs, 1..=3600)?;
         config::check_range("drain_grace_secs", self.drain_grace_secs, 1..=3600)?;
-        config::check_range(
-            "max_inflight_per_session",
-            self.max_inflight_per_session,
-            1..=1_000_000,
-        )?;
+        config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
         config::check_log_format(&self.log_format)?;
         if !self.public_url.contains("{name}") {
             return Err(ConfigError::invalid(
@@ -82,16 +66,8 @@ impl Validate for HostConfig {
                 "must contain {name}, e.g. https://{name}.tunnel.example.com",
             ));
         }
-        if self.node_id.is_empty()
-            || !self
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(ConfigError::invalid(
-                "node_id",
-                "must be letters, digits and '-'",
-            ));
+        if self.node_id.is_empty() || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ConfigError::invalid("node_id", "must be letters, digits and '-'"));
         }
         Ok(())
     }
@@ -116,11 +92,6 @@ impl HostConfig {
     /// Time a client has to send its hello.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
-    }
-
-    /// Time an unanswered request stays pending.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
     }
 
     /// Time a session keeps serving while it drains.
@@ -156,10 +127,7 @@ impl ServiceConfig for HostConfig {
     }
 
     fn redacted(&self) -> Self {
-        Self {
-            nats_url: config::redact_url(&self.nats_url),
-            ..self.clone()
-        }
+        Self { nats_url: config::redact_url(&self.nats_url), ..self.clone() }
     }
 }
 
@@ -176,16 +144,7 @@ mod tests {
 
     #[test]
     fn url_template_needs_name() {
-        let config = HostConfig {
-            public_url: "http://x".into(),
-            ..HostConfig::default()
-        };
-        assert!(
-            config
-                .validate()
-                .expect_err("invalid")
-                .to_string()
-                .contains("`public_url`")
-        );
+        let config = HostConfig { public_url: "http://x".into(), ..HostConfig::default() };
+        assert!(config.validate().expect_err("invalid").to_string().contains("`public_url`"));
     }
 }

@@ -23,9 +23,6 @@ const REPLY_HEADROOM_BYTES: usize = 4 << 10;
 impl Hub {
     /// Largest encoded reply this host can publish: the server's `max_payload` minus headroom.
     pub fn max_reply_bytes(&self) -> u64 {
-        self.nats
-            .server_info()
-            .max_payload
-            .saturating_sub(REPLY_HEADROOM_BYTES) as u64
+        self.nats.server_info().max_payload.saturating_sub(REPLY_HEADROOM_BYTES) as u64
     }
 }

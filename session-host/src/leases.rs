@@ -105,40 +105,19 @@ impl Leases {
                 let Some(secret) = resume_secret else {
                     return Err(LeaseError::InUse);
                 };
-                let entry = self
-                    .kv
-                    .entry(&key)
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or(LeaseError::InUse)?;
-                let held: LeaseRecord =
-                    tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
+                let entry = self.kv.entry(&key).await.map_err(unavailable)?.ok_or(LeaseError::InUse)?;
+                let held: LeaseRecord = tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
                 if held.secret_hash != hash(secret) {
                     return Err(LeaseError::InUse);
                 }
-                let revision = self
-                    .kv
-                    .update(&key, record.clone(), entry.revision)
-                    .await
-                    .map_err(|e| {
-                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                            LeaseError::InUse
-                        } else {
-                            unavailable(e)
-                        }
-                    })?;
+                let revision = self.kv.update(&key, record.clone(), entry.revision).await.map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision { LeaseError::InUse } else { unavailable(e) }
+                })?;
                 (revision, true)
             }
             Err(e) => return Err(unavailable(e)),
         };
-        Ok(Lease {
-            name,
-            secret,
-            resumed,
-            key,
-            record,
-            revision,
-        })
+        Ok(Lease { name, secret, resumed, key, record, revision })
     }
 
     /// Renews `lease`, resetting its age.
@@ -146,11 +125,7 @@ impl Leases {
     /// # Errors
     /// [`LeaseError::Lost`] when it was taken over or expired.
     pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
-        match self
-            .kv
-            .update(&lease.key, lease.record.clone(), lease.revision)
-            .await
-        {
+        match self.kv.update(&lease.key, lease.record.clone(), lease.revision).await {
             Ok(revision) => {
                 lease.revision = revision;
                 Ok(())
@@ -162,11 +137,7 @@ impl Leases {
 
     /// Releases `lease` if it is still the current one.
     pub async fn release(&self, lease: &Lease) {
-        if let Err(e) = self
-            .kv
-            .delete_expect_revision(&lease.key, Some(lease.revision))
-            .await
-        {
+        if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {
             tracing::debug!(error = %e, "lease not released (already taken over or expired)");
         }
     }
@@ -179,10 +150,7 @@ fn new_secret() -> String {
 }
 
 fn hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> LeaseError {

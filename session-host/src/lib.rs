@@ -9,6 +9,7 @@
 //! on any host.
 
 pub mod config;
+mod exchanges;
 mod hub;
 pub mod leases;
 mod session;
@@ -56,38 +57,21 @@ pub async fn run(
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl()).await?;
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
-    let hub = Arc::new(hub::Hub {
-        nats: nats.clone(),
-        leases,
-        config,
-        shutdown: shutdown.clone(),
-    });
+    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone() });
     let sessions = TaskTracker::new();
     let app = Router::new()
         .route(CONNECT_PATH, get(connect))
         .with_state((hub, sessions.clone()))
         .merge(tunnel_kit::ops::router(metrics, nats));
-    tunnel_kit::serve::serve(
-        listener,
-        app,
-        shutdown,
-        tunnel_kit::serve::ServeOptions::default(),
-    )
-    .await;
+    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
     sessions.close();
-    if tokio::time::timeout(session_grace, sessions.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(session_grace, sessions.wait()).await.is_err() {
         tracing::warn!("sessions still open after the grace period");
     }
     Ok(())
 }
 
-async fn connect(
-    State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)

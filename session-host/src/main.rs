@@ -21,19 +21,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let started = tunnel_kit::service::start::<HostConfig, _>(
-        "tunnel-session-host",
-        args.common.config.as_deref(),
-        &args,
-    )
-    .await?;
-    tunnel_session_host::run(
-        started.listener,
-        started.nats.clone(),
-        started.config,
-        started.metrics,
-        started.shutdown,
-    )
-    .await?;
+    let started =
+        tunnel_kit::service::start::<HostConfig, _>("tunnel-session-host", args.common.config.as_deref(), &args)
+            .await?;
+    tunnel_session_host::run(started.listener, started.nats.clone(), started.config, started.metrics, started.shutdown)
+        .await?;
     tunnel_kit::service::stop(started.nats).await
 }

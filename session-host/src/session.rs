@@ -2,7 +2,6 @@
 //! replies back, until the client leaves, another session takes the tunnel over, or the host
 //! shuts down.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,11 +11,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
-use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, TunnelReply};
+use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
 use tunnel_schemas::names::{NameError, TunnelName};
 use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode, subjects};
 
+use tunnel_kit::service::ServiceConfig;
+
+use crate::exchanges::Exchanges;
 use crate::hub::Hub;
 use crate::leases::{Lease, LeaseError};
 
@@ -36,13 +38,8 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
     let (sink, mut stream) = socket.split();
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
     let writer = tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx));
-    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream))
-        .await
-    {
-        Err(_) => Ending::Refused(Failure::new(
-            ErrorCode::HandshakeTimeout,
-            "no hello in time",
-        )),
+    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream)).await {
+        Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
         Ok(Err(failure)) => Ending::Refused(failure),
         Ok(Ok(hello)) => match Session::open(&hub, hello, out.clone()).await {
             Err(failure) => Ending::Refused(failure),
@@ -54,11 +51,7 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
     };
     if let Ending::Refused(failure) = &ending {
         tracing::info!(code = %failure.code, detail = %failure.detail, "session refused or ended");
-        let _ = out
-            .send(Message::Binary(
-                encode(&HostFrame::Refused(failure.clone())).into(),
-            ))
-            .await;
+        let _ = out.send(Message::Binary(encode(&HostFrame::Refused(failure.clone())).into())).await;
     }
     let _ = out.send(Message::Close(Some(close_frame(&ending)))).await;
     drop(out);
@@ -89,10 +82,7 @@ fn close_frame(ending: &Ending) -> CloseFrame {
             failure.code.as_str(),
         ),
     };
-    CloseFrame {
-        code,
-        reason: reason.into(),
-    }
+    CloseFrame { code, reason: reason.into() }
 }
 
 /// Sleeps until `at`, or forever when there is no deadline.
@@ -108,10 +98,7 @@ async fn read_hello(stream: &mut WsStream) -> Result<Hello, Failure> {
         match next_frame(stream).await? {
             Incoming::Frame(ClientFrame::Hello(hello)) => return Ok(hello),
             Incoming::Frame(_) => {
-                return Err(Failure::new(
-                    ErrorCode::BadFrame,
-                    "the first frame must be a hello",
-                ));
+                return Err(Failure::new(ErrorCode::BadFrame, "the first frame must be a hello"));
             }
             Incoming::Alive => {}
             Incoming::Closed => {
@@ -135,25 +122,18 @@ async fn next_frame(stream: &mut WsStream) -> Result<Incoming, Failure> {
     match stream.next().await {
         None | Some(Ok(Message::Close(_))) => Ok(Incoming::Closed),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Incoming::Alive),
-        Some(Ok(Message::Text(_))) => Err(Failure::new(
-            ErrorCode::BadFrame,
-            "text frames are not part of the protocol",
-        )),
-        Some(Ok(Message::Binary(bytes))) => tunnel_schemas::decode(&bytes, MAX_FRAME_BYTES)
-            .map(Incoming::Frame)
-            .map_err(|e| match e {
-                DecodeError::TooLarge { .. } => {
-                    Failure::new(ErrorCode::FrameTooLarge, e.to_string())
-                }
+        Some(Ok(Message::Text(_))) => {
+            Err(Failure::new(ErrorCode::BadFrame, "text frames are not part of the protocol"))
+        }
+        Some(Ok(Message::Binary(bytes))) => {
+            tunnel_schemas::decode(&bytes, MAX_FRAME_BYTES).map(Incoming::Frame).map_err(|e| match e {
+                DecodeError::TooLarge { .. } => Failure::new(ErrorCode::FrameTooLarge, e.to_string()),
                 DecodeError::Malformed(_) => Failure::new(ErrorCode::BadFrame, e.to_string()),
-            }),
+            })
+        }
         Some(Err(e)) => {
             // tungstenite reports an oversized message as a capacity error.
-            let code = if e.to_string().contains("too long") {
-                ErrorCode::FrameTooLarge
-            } else {
-                ErrorCode::BadFrame
-            };
+            let code = if e.to_string().contains("too long") { ErrorCode::FrameTooLarge } else { ErrorCode::BadFrame };
             Err(Failure::new(code, e.to_string()))
         }
     }
@@ -167,7 +147,9 @@ struct Session {
     out: mpsc::Sender<Message>,
     requests: Subscriber,
     control: Subscriber,
-    pending: HashMap<StreamId, Pending>,
+    /// Stream frames from ingress for this session's exchanges.
+    streams: Subscriber,
+    exchanges: Exchanges,
     next_stream: StreamId,
     last_seen: Instant,
     /// The host is shutting down and the client was told to move.
@@ -180,25 +162,12 @@ struct Session {
     end: Option<(Instant, Failure)>,
 }
 
-/// A request relayed to the client and not yet answered.
-struct Pending {
-    reply: Subject,
-    deadline: Instant,
-}
-
 impl Session {
-    async fn open(
-        hub: &Arc<Hub>,
-        hello: Hello,
-        out: mpsc::Sender<Message>,
-    ) -> Result<Self, Failure> {
+    async fn open(hub: &Arc<Hub>, hello: Hello, out: mpsc::Sender<Message>) -> Result<Self, Failure> {
         if hello.v != PROTOCOL_VERSION {
             return Err(Failure::new(
                 ErrorCode::ProtocolVersion,
-                format!(
-                    "client speaks protocol {}, this server speaks {PROTOCOL_VERSION}",
-                    hello.v
-                ),
+                format!("client speaks protocol {}, this server speaks {PROTOCOL_VERSION}", hello.v),
             ));
         }
         let id = uuid::Uuid::now_v7().to_string();
@@ -206,14 +175,17 @@ impl Session {
         let name = &lease.name;
         let nats = &hub.nats;
         let requests = nats
-            .queue_subscribe(
-                subjects::tunnel_requests(name),
-                subjects::tunnel_queue_group(name),
-            )
+            .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         let control = nats
             .subscribe(subjects::tunnel_control(name))
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        let prefix = format!("{}.{id}", hub.config.inbox_prefix());
+        let exchanges = Exchanges::new(nats.clone(), prefix, hub.max_reply_bytes());
+        let streams = nats
+            .subscribe(exchanges.subjects())
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         let mut session = Self {
@@ -223,7 +195,8 @@ impl Session {
             out,
             requests,
             control,
-            pending: HashMap::new(),
+            streams,
+            exchanges,
             next_stream: 0,
             last_seen: Instant::now(),
             going_away: false,
@@ -240,15 +213,8 @@ impl Session {
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         if session.lease.resumed {
-            let takeover = Control::Takeover {
-                session: session.id.clone(),
-            };
-            if let Err(e) = nats
-                .publish(
-                    subjects::tunnel_control(&session.lease.name),
-                    encode(&takeover).into(),
-                )
-                .await
+            let takeover = Control::Takeover { session: session.id.clone() };
+            if let Err(e) = nats.publish(subjects::tunnel_control(&session.lease.name), encode(&takeover).into()).await
             {
                 tracing::warn!(error = %e, "takeover notice not published");
             }
@@ -277,7 +243,7 @@ impl Session {
         let mut release = false;
         let ending = loop {
             if self.requests_done
-                && self.pending.is_empty()
+                && self.exchanges.is_empty()
                 && let Some((_, failure)) = self.end.take()
             {
                 break Ending::Refused(failure);
@@ -303,6 +269,10 @@ impl Session {
                     Err(failure) => Err(failure),
                 },
                 Some(message) = self.control.next() => self.on_control(&message.payload).await,
+                Some(message) = self.streams.next() => match self.exchanges.relay_from_ingress(&message) {
+                    Some(frame) => self.send(frame).await,
+                    None => Ok(()),
+                },
                 _ = renew.tick(), if !self.drained => match self.hub.leases.renew(&mut self.lease).await {
                     Ok(()) => Ok(()),
                     Err(LeaseError::Lost | LeaseError::InUse) => {
@@ -315,10 +285,7 @@ impl Session {
                     }
                 },
                 _ = ping.tick() => self.keepalive(ping_interval).await,
-                _ = sweep.tick() => {
-                    self.expire_pending().await;
-                    Ok(())
-                }
+                _ = sweep.tick() => self.sweep().await,
                 () = sleep_until_or_never(end_at), if end_at.is_some() => match self.end.take() {
                     Some((_, failure)) => Err(failure),
                     None => Ok(()),
@@ -375,57 +342,39 @@ impl Session {
         let Some(reply) = message.reply else {
             return Ok(());
         };
-        if self.pending.len() >= self.hub.config.max_inflight_per_session {
+        if self.exchanges.len() >= self.hub.config.max_inflight_per_session {
             metrics::counter!("host_requests_refused_total").increment(1);
-            self.answer(reply, ErrorCode::Unavailable, "too many requests in flight")
-                .await;
+            self.exchanges.refuse(reply, ErrorCode::Unavailable, "too many requests in flight").await;
             return Ok(());
         }
         self.next_stream = self.next_stream.wrapping_add(1);
         let stream = self.next_stream;
+        let headers = message.headers.as_ref();
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let request_id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(REQUEST_ID_HEADER))
-                .map(|v| v.as_str().to_owned());
+            let request_id = headers.and_then(|h| h.get(REQUEST_ID_HEADER)).map(|v| v.as_str().to_owned());
             tracing::debug!(stream, request_id, "relaying request");
         }
-        let deadline = Instant::now() + self.hub.config.request_timeout();
-        self.pending.insert(stream, Pending { reply, deadline });
-        self.send(HostFrame::Request {
-            stream,
-            request: message.payload,
-        })
-        .await
+        let ingress = headers.and_then(|h| h.get(STREAM_HEADER)).map(|v| Subject::from(v.as_str()));
+        self.exchanges.open(stream, reply, ingress);
+        self.send(HostFrame::Request { stream, request: message.payload }).await
     }
 
     async fn on_frame(&mut self, frame: ClientFrame, release: &mut bool) -> Result<(), Failure> {
         self.last_seen = Instant::now();
         match frame {
-            ClientFrame::Reply { stream, reply } => {
-                match self.pending.remove(&stream) {
-                    Some(pending) if reply.len() as u64 > self.hub.max_reply_bytes() => {
-                        self.answer(
-                            pending.reply,
-                            ErrorCode::ResponseTooLarge,
-                            "reply exceeds the nats payload limit",
-                        )
-                        .await;
-                    }
-                    Some(pending) => self.publish(pending.reply, reply).await,
-                    None => tracing::debug!(stream, "reply for an unknown or expired stream"),
-                }
+            ClientFrame::Reply { stream, reply, end } => {
+                self.exchanges.reply(stream, reply, end).await;
+                Ok(())
+            }
+            ClientFrame::Stream { stream, frame } => {
+                self.exchanges.relay_to_ingress(stream, frame).await;
                 Ok(())
             }
             ClientFrame::Bye => {
                 *release = true;
                 Ok(())
             }
-            ClientFrame::Hello(_) => Err(Failure::new(
-                ErrorCode::BadFrame,
-                "hello after the handshake",
-            )),
+            ClientFrame::Hello(_) => Err(Failure::new(ErrorCode::BadFrame, "hello after the handshake")),
         }
     }
 
@@ -435,8 +384,7 @@ impl Session {
         match tunnel_schemas::decode::<Control>(payload, MAX_FRAME_BYTES) {
             Ok(Control::Takeover { session }) if session != self.id => {
                 let detail = format!("session {session} resumed the tunnel");
-                self.start_drain(Failure::new(ErrorCode::SessionReplaced, detail))
-                    .await;
+                self.start_drain(Failure::new(ErrorCode::SessionReplaced, detail)).await;
                 Ok(())
             }
             Ok(Control::Takeover { .. }) => Ok(()),
@@ -449,10 +397,7 @@ impl Session {
 
     async fn keepalive(&mut self, interval: Duration) -> Result<(), Failure> {
         if self.last_seen.elapsed() > interval * 3 {
-            return Err(Failure::new(
-                ErrorCode::HandshakeTimeout,
-                "client stopped answering pings",
-            ));
+            return Err(Failure::new(ErrorCode::HandshakeTimeout, "client stopped answering pings"));
         }
         self.out
             .send(Message::Ping(Bytes::new()))
@@ -460,24 +405,11 @@ impl Session {
             .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
     }
 
-    async fn expire_pending(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<StreamId> = self
-            .pending
-            .iter()
-            .filter(|(_, pending)| pending.deadline <= now)
-            .map(|(stream, _)| *stream)
-            .collect();
-        for stream in expired {
-            if let Some(pending) = self.pending.remove(&stream) {
-                self.answer(
-                    pending.reply,
-                    ErrorCode::UpstreamTimeout,
-                    "client did not answer in time",
-                )
-                .await;
-            }
+    async fn sweep(&mut self) -> Result<(), Failure> {
+        for reset in self.exchanges.sweep().await {
+            self.send(reset).await?;
         }
+        Ok(())
     }
 
     /// Ends the session: no more requests reach it, every pending request fails at once, and
@@ -503,7 +435,7 @@ impl Session {
             let drained = async {
                 while let Some(message) = self.requests.next().await {
                     if let Some(reply) = message.reply {
-                        self.answer(reply, code, detail).await;
+                        self.exchanges.refuse(reply, code, detail).await;
                     }
                 }
             };
@@ -511,9 +443,8 @@ impl Session {
                 tracing::warn!("request subscription did not drain in time");
             }
         }
-        for (_, pending) in std::mem::take(&mut self.pending) {
-            self.answer(pending.reply, code, detail).await;
-        }
+        self.exchanges.fail_all(code, detail).await;
+        let _ = self.streams.unsubscribe().await;
         if release {
             self.hub.leases.release(&self.lease).await;
         }
@@ -526,28 +457,12 @@ impl Session {
             .await
             .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
     }
-
-    async fn answer(&self, reply: Subject, code: ErrorCode, detail: &str) {
-        let failure = TunnelReply::Failure(Failure::new(code, detail));
-        self.publish(reply, encode(&failure).into()).await;
-    }
-
-    async fn publish(&self, subject: Subject, payload: Bytes) {
-        if let Err(e) = self.hub.nats.publish(subject, payload).await {
-            tracing::warn!(error = %e, "reply not published");
-        }
-    }
 }
 
 async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failure> {
     let refused = |e: LeaseError, name: &TunnelName| match e {
-        LeaseError::InUse => Failure::new(
-            ErrorCode::NameInUse,
-            format!("{name} is held by another client"),
-        ),
-        LeaseError::Lost | LeaseError::Unavailable(_) => {
-            Failure::new(ErrorCode::Unavailable, e.to_string())
-        }
+        LeaseError::InUse => Failure::new(ErrorCode::NameInUse, format!("{name} is held by another client")),
+        LeaseError::Lost | LeaseError::Unavailable(_) => Failure::new(ErrorCode::Unavailable, e.to_string()),
     };
     if let Some(requested) = &hello.name {
         let name = TunnelName::parse(requested).map_err(|e| match e {
@@ -556,28 +471,16 @@ async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failu
         })?;
         return hub
             .leases
-            .acquire(
-                name.clone(),
-                hello.resume_secret.as_deref(),
-                session,
-                &hub.config.node_id,
-            )
+            .acquire(name.clone(), hello.resume_secret.as_deref(), session, &hub.config.node_id)
             .await
             .map_err(|e| refused(e, &name));
     }
     for _ in 0..RANDOM_NAME_ATTEMPTS {
         let name = TunnelName::random();
-        match hub
-            .leases
-            .acquire(name.clone(), None, session, &hub.config.node_id)
-            .await
-        {
+        match hub.leases.acquire(name.clone(), None, session, &hub.config.node_id).await {
             Err(LeaseError::InUse) => continue,
             result => return result.map_err(|e| refused(e, &name)),
         }
     }
-    Err(Failure::new(
-        ErrorCode::Unavailable,
-        "no free random name found",
-    ))
+    Err(Failure::new(ErrorCode::Unavailable, "no free random name found"))
 }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Once;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -22,8 +21,8 @@ pub const DOMAIN: &str = "tunnel.test";
 pub struct EnvOptions {
     /// Ingress: seconds before 504.
     pub request_timeout_secs: u64,
-    /// Ingress: largest request body.
-    pub max_body_bytes: usize,
+    /// Ingress: largest request body (0: no limit).
+    pub max_body_bytes: u64,
     /// Session-host: seconds a client has to say hello.
     pub handshake_timeout_secs: u64,
     /// Session-host: lease TTL.
@@ -36,7 +35,7 @@ impl Default for EnvOptions {
     fn default() -> Self {
         Self {
             request_timeout_secs: 10,
-            max_body_bytes: 512 << 10,
+            max_body_bytes: 0,
             handshake_timeout_secs: 5,
             lease_ttl_secs: 30,
             nats_config: String::new(),
@@ -74,9 +73,7 @@ impl TestEnv {
         let shutdown = CancellationToken::new();
         let mut services = Vec::new();
 
-        let ingress_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind ingress");
+        let ingress_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
         let ingress = ingress_listener.local_addr().expect("ingress address");
         let ingress_config = IngressConfig {
             nats_url: nats.url().to_owned(),
@@ -87,28 +84,21 @@ impl TestEnv {
         };
         let ingress_nats = connect(nats.url(), "ing").await;
         let metrics = tunnel_kit::telemetry::init_metrics();
-        services.push(tokio::spawn(tunnel_ingress::run(
-            ingress_listener,
-            ingress_nats,
-            ingress_config,
-            metrics.clone(),
-            shutdown.clone(),
-        )));
+        let (metrics_for_ingress, shutdown_for_ingress) = (metrics.clone(), shutdown.clone());
+        services.push(tokio::spawn(async move {
+            tunnel_ingress::run(
+                ingress_listener,
+                ingress_nats,
+                ingress_config,
+                metrics_for_ingress,
+                shutdown_for_ingress,
+            )
+            .await
+            .expect("ingress runs");
+        }));
 
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("http client");
-        let mut env = Self {
-            nats,
-            options,
-            ingress,
-            hosts: Vec::new(),
-            metrics,
-            shutdown,
-            services,
-            http,
-        };
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+        let mut env = Self { nats, options, ingress, hosts: Vec::new(), metrics, shutdown, services, http };
         env.add_host().await;
         env
     }
@@ -118,9 +108,7 @@ impl TestEnv {
     /// # Panics
     /// When it cannot bind.
     pub async fn add_host(&mut self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind session-host");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind session-host");
         let addr = listener.local_addr().expect("host address");
         let config = HostConfig {
             nats_url: self.nats.url().to_owned(),
@@ -134,9 +122,7 @@ impl TestEnv {
         let shutdown = self.shutdown.child_token();
         let (metrics, stop) = (self.metrics.clone(), shutdown.clone());
         self.services.push(tokio::spawn(async move {
-            tunnel_session_host::run(listener, nats, config, metrics, stop)
-                .await
-                .expect("session-host runs");
+            tunnel_session_host::run(listener, nats, config, metrics, stop).await.expect("session-host runs");
         }));
         self.hosts.push((addr, shutdown));
         addr
@@ -147,11 +133,7 @@ impl TestEnv {
     /// # Panics
     /// When there is no such host.
     pub fn stop_host(&self, addr: SocketAddr) {
-        let (_, shutdown) = self
-            .hosts
-            .iter()
-            .find(|(a, _)| *a == addr)
-            .expect("a host of this environment");
+        let (_, shutdown) = self.hosts.iter().find(|(a, _)| *a == addr).expect("a host of this environment");
         shutdown.cancel();
     }
 
@@ -176,12 +158,7 @@ impl TestEnv {
     }
 
     /// A request to `path` of tunnel `name`, routed by Host.
-    pub fn request(
-        &self,
-        method: reqwest::Method,
-        name: &str,
-        path: &str,
-    ) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, name: &str, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("http://{}{path}", self.ingress))
             .header(reqwest::header::HOST, self.public_host(name))
@@ -192,13 +169,7 @@ impl TestEnv {
     /// # Panics
     /// When the request fails at the HTTP level.
     pub async fn get(&self, name: &str, path: &str) -> reqwest::Response {
-        within(
-            DEADLINE,
-            "a response",
-            self.request(reqwest::Method::GET, name, path).send(),
-        )
-        .await
-        .expect("response")
+        within(DEADLINE, "a response", self.request(reqwest::Method::GET, name, path).send()).await.expect("response")
     }
 
     /// Opens a tunnel to the local `port`, through the session-host, and waits until it is ready.
@@ -245,31 +216,17 @@ impl Tunnel {
                 tunnel.url = url;
                 tunnel
             }
-            other => panic!(
-                "expected ready, got {other:?}; client ended with {:?}",
-                tunnel.finish().await
-            ),
+            other => panic!("expected ready, got {other:?}; client ended with {:?}", tunnel.finish().await),
         }
     }
 
     /// Starts a client without waiting.
     pub fn spawn(server: &str, port: u16, name: Option<&str>) -> Self {
-        let options = Options {
-            server: server.to_owned(),
-            target: Target::port(port),
-            name: name.map(str::to_owned),
-            upstream_timeout: Duration::from_secs(60),
-        };
+        let options = Options { server: server.to_owned(), target: Target::port(port), name: name.map(str::to_owned) };
         let (events_tx, events) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tunnel_client::run(options, events_tx, shutdown.clone()));
-        Self {
-            name: String::new(),
-            url: String::new(),
-            events,
-            shutdown,
-            task,
-        }
+        Self { name: String::new(), url: String::new(), events, shutdown, task }
     }
 
     /// The next lifecycle event (request events are skipped); `None` once the client ended.
@@ -290,9 +247,7 @@ impl Tunnel {
     /// # Panics
     /// When it does not end within [`DEADLINE`].
     pub async fn finish(self) -> Result<(), ClientError> {
-        within(DEADLINE, "the client to end", self.task)
-            .await
-            .expect("client task not panicked")
+        within(DEADLINE, "the client to end", self.task).await.expect("client task not panicked")
     }
 
     /// Stops the client cleanly (it says goodbye, releasing its name).
@@ -308,13 +263,8 @@ impl Tunnel {
 }
 
 async fn connect(url: &str, component: &str) -> async_nats::Client {
-    let inbox = tunnel_schemas::subjects::inbox_prefix(
-        component,
-        &uuid::Uuid::new_v4().simple().to_string(),
-    );
-    tunnel_kit::nats::connect(url, component, &inbox)
-        .await
-        .expect("nats connects")
+    let inbox = tunnel_schemas::subjects::inbox_prefix(component, &uuid::Uuid::new_v4().simple().to_string());
+    tunnel_kit::nats::connect(url, component, &inbox).await.expect("nats connects")
 }
 
 fn init_tracing() {

@@ -34,11 +34,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 ///
 /// # Panics
 /// When the deadline passes.
-pub async fn within<T>(
-    deadline: Duration,
-    what: &str,
-    future: impl std::future::Future<Output = T>,
-) -> T {
+pub async fn within<T>(deadline: Duration, what: &str, future: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(deadline, future).await {
         Ok(value) => value,
         Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
@@ -52,21 +48,14 @@ pub async fn within<T>(
 /// When the binary cannot be built.
 pub fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target profile directory");
+    let dir = exe.parent().and_then(std::path::Path::parent).expect("target profile directory");
     let path = dir.join(name);
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = BUILD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--bins"])
-            .status()
-            .expect("cargo runs");
+        let status =
+            std::process::Command::new(cargo).args(["build", "--workspace", "--bins"]).status().expect("cargo runs");
         assert!(status.success(), "building the workspace binaries failed");
     }
     path

@@ -23,13 +23,9 @@ impl NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
-        std::fs::write(
-            &config,
-            format!("jetstream {{ store_dir: {store:?} }}\n{extra_config}\n"),
-        )
-        .expect("config written");
-        let binary = std::env::var_os("NATS_SERVER_BIN")
-            .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
+        std::fs::write(&config, format!("jetstream {{ store_dir: {store:?} }}\n{extra_config}\n"))
+            .expect("config written");
+        let binary = std::env::var_os("NATS_SERVER_BIN").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&config)
@@ -39,27 +35,17 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e} (set NATS_SERVER_BIN or run scripts/test.sh)",
-                    binary.display()
-                )
+                panic!("cannot start {}: {e} (set NATS_SERVER_BIN or run scripts/test.sh)", binary.display())
             });
         let deadline = Instant::now() + Duration::from_secs(10);
         let url = loop {
             if let Some(url) = read_ports_file(dir.path()) {
                 break url;
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not report its port"
-            );
+            assert!(Instant::now() < deadline, "nats-server did not report its port");
             std::thread::sleep(Duration::from_millis(10));
         };
-        Self {
-            child,
-            url,
-            _dir: dir,
-        }
+        Self { child, url, _dir: dir }
     }
 
     /// Starts a server with the defaults.

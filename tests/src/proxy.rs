@@ -29,26 +29,16 @@ impl CutProxy {
         let current = target.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = *current
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let target = *current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let handle = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                tracked
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(handle);
+                tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(handle);
             }
         });
-        Self {
-            addr,
-            target,
-            connections,
-            accept,
-        }
+        Self { addr, target, connections, accept }
     }
 
     /// The proxy's address.
@@ -58,20 +48,12 @@ impl CutProxy {
 
     /// Sends new connections to `target`; open ones stay where they are.
     pub fn retarget(&self, target: SocketAddr) {
-        *self
-            .target
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = target;
+        *self.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = target;
     }
 
     /// Drops every open connection (both sockets close); new connections still work.
     pub fn cut(&self) {
-        for handle in self
-            .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain(..)
-        {
+        for handle in self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
             handle.abort();
         }
     }

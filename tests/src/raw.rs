@@ -26,11 +26,7 @@ pub struct RawResponse {
 impl RawResponse {
     /// Every value of header `name` (lowercase), in order.
     pub fn header_values(&self, name: &str) -> Vec<&[u8]> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect()
     }
 }
 
@@ -50,56 +46,30 @@ pub async fn http(addr: SocketAddr, request: &[u8]) -> RawResponse {
 }
 
 fn parse(bytes: &[u8]) -> RawResponse {
-    let split = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("complete response head");
+    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("complete response head");
     let head = &bytes[..split];
     let rest = &bytes[split + 4..];
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let mut lines = head.split(|b| *b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
     let status_line = String::from_utf8_lossy(lines.next().expect("status line")).into_owned();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status code");
+    let status = status_line.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("status code");
     let headers: Vec<(String, Vec<u8>)> = lines
         .map(|line| {
             let colon = line.iter().position(|b| *b == b':').expect("header colon");
             let value = line[colon + 1..].trim_ascii();
-            (
-                String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase(),
-                value.to_vec(),
-            )
+            (String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase(), value.to_vec())
         })
         .collect();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case(b"chunked"));
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case(b"chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    RawResponse { status, headers, body }
 }
 
 fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
         let size_text = String::from_utf8_lossy(&rest[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
-            .expect("chunk size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16).expect("chunk size");
         rest = &rest[line_end + 2..];
         if size == 0 {
             return body;
@@ -118,38 +88,21 @@ pub type WsSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// When the upgrade fails.
 pub async fn ws_connect(server: &str) -> WsSocket {
     let url = format!("{server}{}", tunnel_schemas::frames::CONNECT_PATH);
-    within(
-        DEADLINE,
-        "the websocket upgrade",
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("upgrade")
-    .0
+    within(DEADLINE, "the websocket upgrade", tokio_tungstenite::connect_async(url)).await.expect("upgrade").0
 }
 
 /// Sends a hello of protocol version `v` and returns the host's first frame.
 ///
 /// # Panics
 /// On socket errors or the deadline.
-pub async fn ws_hello(
-    socket: &mut WsSocket,
-    v: u16,
-    name: Option<&str>,
-    resume_secret: Option<&str>,
-) -> HostFrame {
+pub async fn ws_hello(socket: &mut WsSocket, v: u16, name: Option<&str>, resume_secret: Option<&str>) -> HostFrame {
     let hello = Hello {
         v,
         name: name.map(str::to_owned),
         resume_secret: resume_secret.map(str::to_owned),
         agent: "raw-test".into(),
     };
-    socket
-        .send(Message::Binary(
-            tunnel_schemas::encode(&ClientFrame::Hello(hello)).into(),
-        ))
-        .await
-        .expect("send hello");
+    socket.send(Message::Binary(tunnel_schemas::encode(&ClientFrame::Hello(hello)).into())).await.expect("send hello");
     ws_next_frame(socket).await.expect("a frame after hello")
 }
 
@@ -162,9 +115,7 @@ pub async fn ws_next_frame(socket: &mut WsSocket) -> Option<HostFrame> {
         loop {
             match socket.next().await {
                 Some(Ok(Message::Binary(bytes))) => {
-                    return Some(
-                        tunnel_schemas::decode(&bytes, usize::MAX).expect("decodable host frame"),
-                    );
+                    return Some(tunnel_schemas::decode(&bytes, usize::MAX).expect("decodable host frame"));
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => {}

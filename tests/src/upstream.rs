@@ -37,11 +37,7 @@ pub struct Recorded {
 impl Recorded {
     /// Every value of header `name`, in order.
     pub fn header_values(&self, name: &str) -> Vec<&[u8]> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect()
     }
 
     /// The single value of header `name` as text.
@@ -75,29 +71,15 @@ impl Upstream {
     /// # Panics
     /// When no port can be bound.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream address");
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (hangs_tx, hangs_dropped) = mpsc::unbounded_channel();
-        let app = Router::new().fallback(handle).with_state(Recorder {
-            requests: requests_tx,
-            hangs_dropped: hangs_tx,
-        });
+        let app =
+            Router::new().fallback(handle).with_state(Recorder { requests: requests_tx, hangs_dropped: hangs_tx });
         // The same accept loop as the services: it accepts more than hyper's default of 100 headers.
-        let task = tokio::spawn(tunnel_kit::serve::serve(
-            listener,
-            app,
-            Default::default(),
-            Default::default(),
-        ));
-        Self {
-            addr,
-            requests,
-            hangs_dropped,
-            task,
-        }
+        let task = tokio::spawn(tunnel_kit::serve::serve(listener, app, Default::default(), Default::default()));
+        Self { addr, requests, hangs_dropped, task }
     }
 
     /// The port it listens on.
@@ -110,13 +92,9 @@ impl Upstream {
     /// # Panics
     /// When none arrives within [`crate::DEADLINE`].
     pub async fn next_request(&mut self) -> Recorded {
-        crate::within(
-            crate::DEADLINE,
-            "a request at the upstream",
-            self.requests.recv(),
-        )
-        .await
-        .expect("upstream running")
+        crate::within(crate::DEADLINE, "a request at the upstream", self.requests.recv())
+            .await
+            .expect("upstream running")
     }
 
     /// Waits until a `/hang` request's connection was closed by the client side.
@@ -124,12 +102,7 @@ impl Upstream {
     /// # Panics
     /// When that does not happen within `deadline`.
     pub async fn hang_dropped(&mut self, deadline: Duration) {
-        crate::within(
-            deadline,
-            "the hanging request to be dropped",
-            self.hangs_dropped.recv(),
-        )
-        .await;
+        crate::within(deadline, "the hanging request to be dropped", self.hangs_dropped.recv()).await;
     }
 }
 
@@ -150,22 +123,12 @@ impl Drop for DropReporter {
 
 async fn handle(State(recorder): State<Recorder>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .unwrap_or_default();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let recorded = Recorded {
         method: parts.method.to_string(),
         target: target.clone(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
+        headers: parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect(),
         body: body.clone(),
     };
     let _ = recorder.requests.send(recorded);
@@ -174,34 +137,20 @@ async fn handle(State(recorder): State<Recorder>, request: Request) -> Response 
     if path.starts_with("/echo") {
         *response.body_mut() = Body::from(body);
         let headers = response.headers_mut();
-        headers.insert(
-            "x-echo-method",
-            HeaderValue::from_str(parts.method.as_str()).expect("method is a token"),
-        );
-        headers.insert(
-            "x-echo-target",
-            HeaderValue::from_str(&target).expect("target is visible ascii"),
-        );
+        headers.insert("x-echo-method", HeaderValue::from_str(parts.method.as_str()).expect("method is a token"));
+        headers.insert("x-echo-target", HeaderValue::from_str(&target).expect("target is visible ascii"));
     } else if path == "/cookies" {
         let headers = response.headers_mut();
         for cookie in ["a=1; Path=/", "b=2; HttpOnly", "c=3; Secure"] {
             headers.append("set-cookie", HeaderValue::from_static(cookie));
         }
-        headers.insert(
-            "x-raw",
-            HeaderValue::from_bytes(b"\xff\xfe raw").expect("obs-text is valid"),
-        );
+        headers.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe raw").expect("obs-text is valid"));
     } else if let Some(code) = path.strip_prefix("/status/") {
-        *response.status_mut() = code
-            .parse()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::BAD_REQUEST);
+        *response.status_mut() =
+            code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
     } else if path == "/head" {
         let body = vec![b'x'; 1234];
-        response
-            .headers_mut()
-            .insert("content-length", HeaderValue::from_static("1234"));
+        response.headers_mut().insert("content-length", HeaderValue::from_static("1234"));
         *response.body_mut() = Body::from(body);
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

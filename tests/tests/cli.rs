@@ -32,10 +32,7 @@ impl Cli {
     }
 
     async fn next_json(&mut self) -> serde_json::Value {
-        let line = within(DEADLINE, "a line from tunnel", self.lines.next_line())
-            .await
-            .expect("read")
-            .expect("a line");
+        let line = within(DEADLINE, "a line from tunnel", self.lines.next_line()).await.expect("read").expect("a line");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
@@ -45,10 +42,7 @@ impl Cli {
     }
 
     async fn exit_code(&mut self) -> Option<i32> {
-        within(DEADLINE, "tunnel to exit", self.child.wait())
-            .await
-            .expect("wait")
-            .code()
+        within(DEADLINE, "tunnel to exit", self.child.wait()).await.expect("wait").code()
     }
 }
 
@@ -61,10 +55,7 @@ async fn prints_json_lines_when_piped_and_serves() {
     let ready = cli.next_json().await;
     assert_eq!(ready["event"], "ready");
     assert_eq!(ready["name"], "cli-demo");
-    assert_eq!(
-        ready["url"],
-        format!("http://{}", env.public_host("cli-demo"))
-    );
+    assert_eq!(ready["url"], format!("http://{}", env.public_host("cli-demo")));
     let response = env
         .request(Method::GET, "cli-demo", "/echo?x=1")
         .header("x-request-id", "cli-req-1")
@@ -82,11 +73,7 @@ async fn prints_json_lines_when_piped_and_serves() {
     cli.signal(Signal::SIGTERM);
     assert_eq!(cli.exit_code().await, Some(0), "SIGTERM is a clean exit");
     let mut again = Cli::start(&env, &[&port, "--name", "cli-demo"]);
-    assert_eq!(
-        again.next_json().await["event"],
-        "ready",
-        "the goodbye released the name"
-    );
+    assert_eq!(again.next_json().await["event"], "ready", "the goodbye released the name");
 }
 
 #[tokio::test]
@@ -95,10 +82,7 @@ async fn sigkill_mid_request_gives_502_within_a_second() {
     let mut upstream = Upstream::start().await;
     let port = upstream.port().to_string();
     let mut cli = Cli::start(&env, &[&port]);
-    let name = cli.next_json().await["name"]
-        .as_str()
-        .expect("name")
-        .to_owned();
+    let name = cli.next_json().await["name"].as_str().expect("name").to_owned();
     let pending = tokio::spawn(env.request(Method::GET, &name, "/hang").send());
     upstream.next_request().await;
     let killed_at = Instant::now();
@@ -106,11 +90,7 @@ async fn sigkill_mid_request_gives_502_within_a_second() {
     let response = pending.await.expect("task").expect("response");
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-tunnel-error"], "tunnel_disconnected");
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        killed_at.elapsed()
-    );
+    assert!(killed_at.elapsed() < Duration::from_secs(1), "took {:?}", killed_at.elapsed());
 }
 
 #[tokio::test]
@@ -131,11 +111,7 @@ async fn every_binary_has_help() {
         ("tunnel-session-host", "--public-url"),
         ("tunnel-auditor", "--nats"),
     ] {
-        let output = Command::new(binary(name))
-            .arg("--help")
-            .output()
-            .await
-            .expect("runs");
+        let output = Command::new(binary(name)).arg("--help").output().await.expect("runs");
         assert!(output.status.success(), "{name} --help");
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains(flag), "{name} --help mentions {flag}: {text}");
@@ -152,29 +128,14 @@ async fn a_bad_setting_is_refused_naming_its_key() {
     std::fs::write(&file, "request_timeout_secs = \"soon\"\n").expect("write");
     let cases: [BadSetting; 4] = [
         (&["--listen", "not-an-address"], &[], "listen"),
-        (
-            &[],
-            &[("TUNNEL_REQUEST_TIMEOUT_SECS", "0")],
-            "request_timeout_secs",
-        ),
-        (
-            &["--config", file.to_str().expect("utf-8 path")],
-            &[],
-            "request_timeout_secs",
-        ),
+        (&[], &[("TUNNEL_REQUEST_TIMEOUT_SECS", "0")], "request_timeout_secs"),
+        (&["--config", file.to_str().expect("utf-8 path")], &[], "request_timeout_secs"),
         (&["--domain", "http://bad"], &[], "domain"),
     ];
     for (args, vars, key) in cases {
-        let output = Command::new(binary("tunnel-ingress"))
-            .args(args)
-            .envs(vars.iter().copied())
-            .output()
-            .await
-            .expect("runs");
-        assert!(
-            !output.status.success(),
-            "{args:?} {vars:?} must be refused"
-        );
+        let output =
+            Command::new(binary("tunnel-ingress")).args(args).envs(vars.iter().copied()).output().await.expect("runs");
+        assert!(!output.status.success(), "{args:?} {vars:?} must be refused");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(key), "the error names {key}: {stderr}");
     }

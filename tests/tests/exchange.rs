@@ -9,27 +9,12 @@ async fn every_method_reaches_the_local_service() {
     let env = TestEnv::start().await;
     let mut upstream = Upstream::start().await;
     let tunnel = env.tunnel(upstream.port(), Some("methods")).await;
-    let methods = [
-        "GET",
-        "POST",
-        "PUT",
-        "PATCH",
-        "DELETE",
-        "OPTIONS",
-        "TRACE",
-        "PROPFIND",
-        "PURGE",
-        "MKCOL",
-        "X-CUSTOM-VERB",
-    ];
+    let methods =
+        ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "PURGE", "MKCOL", "X-CUSTOM-VERB"];
     for method in methods {
         let method = Method::from_bytes(method.as_bytes()).expect("valid token");
-        let response = env
-            .request(method.clone(), &tunnel.name, "/echo/m")
-            .body("payload")
-            .send()
-            .await
-            .expect("response");
+        let response =
+            env.request(method.clone(), &tunnel.name, "/echo/m").body("payload").send().await.expect("response");
         assert_eq!(response.status(), 200, "{method}");
         assert_eq!(response.headers()["x-echo-method"], method.as_str());
         assert_eq!(response.text().await.expect("body"), "payload", "{method}");
@@ -48,10 +33,7 @@ async fn head_keeps_content_length_without_a_body() {
     let request = format!("HEAD /head HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let response = raw::http(env.ingress_addr(), request.as_bytes()).await;
     assert_eq!(response.status, 200);
-    assert_eq!(
-        response.header_values("content-length"),
-        [b"1234".as_slice()]
-    );
+    assert_eq!(response.header_values("content-length"), [b"1234".as_slice()]);
     assert!(response.body.is_empty());
 }
 
@@ -63,17 +45,10 @@ async fn status_codes_pass_through() {
     for code in [201, 204, 301, 304, 400, 404, 418, 500, 502, 503] {
         let response = env.get(&tunnel.name, &format!("/status/{code}")).await;
         assert_eq!(response.status().as_u16(), code);
-        assert!(
-            response.headers().get("x-tunnel-error").is_none(),
-            "a local status is not a tunnel error"
-        );
+        assert!(response.headers().get("x-tunnel-error").is_none(), "a local status is not a tunnel error");
     }
     let redirect = env.get(&tunnel.name, "/status/302").await;
-    assert_eq!(
-        redirect.status(),
-        302,
-        "redirects are returned, not followed"
-    );
+    assert_eq!(redirect.status(), 302, "redirects are returned, not followed");
 }
 
 #[tokio::test]
@@ -90,10 +65,7 @@ async fn binary_bodies_with_every_byte_value_round_trip() {
         .await
         .expect("response");
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.bytes().await.expect("body").as_ref(),
-        body.as_slice()
-    );
+    assert_eq!(response.bytes().await.expect("body").as_ref(), body.as_slice());
     assert_eq!(upstream.next_request().await.body.as_ref(), body.as_slice());
 }
 
@@ -110,16 +82,9 @@ async fn empty_and_chunked_request_bodies_arrive_whole() {
     assert_eq!(response.body, b"hello world");
     let seen = upstream.next_request().await;
     assert_eq!(seen.body, "hello world");
-    assert!(
-        seen.header_values("transfer-encoding").is_empty()
-            || seen.header_values("content-length").is_empty()
-    );
+    assert!(seen.header_values("transfer-encoding").is_empty() || seen.header_values("content-length").is_empty());
 
-    let response = env
-        .request(Method::POST, &tunnel.name, "/echo")
-        .send()
-        .await
-        .expect("response");
+    let response = env.request(Method::POST, &tunnel.name, "/echo").send().await.expect("response");
     assert_eq!(response.status(), 200);
     assert!(response.bytes().await.expect("body").is_empty());
     assert!(upstream.next_request().await.body.is_empty());
@@ -135,26 +100,12 @@ async fn a_header_repeated_100_times_and_three_cookies_survive() {
         request = request.header("x-repeat", format!("value-{i}"));
     }
     let response = request.send().await.expect("response");
-    let cookies: Vec<&[u8]> = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    assert_eq!(
-        cookies,
-        [b"a=1; Path=/".as_slice(), b"b=2; HttpOnly", b"c=3; Secure"]
-    );
+    let cookies: Vec<&[u8]> = response.headers().get_all("set-cookie").iter().map(|v| v.as_bytes()).collect();
+    assert_eq!(cookies, [b"a=1; Path=/".as_slice(), b"b=2; HttpOnly", b"c=3; Secure"]);
     assert_eq!(response.headers()["x-raw"].as_bytes(), b"\xff\xfe raw");
     let seen = upstream.next_request().await;
-    let expected: Vec<Vec<u8>> = (0..100)
-        .map(|i| format!("value-{i}").into_bytes())
-        .collect();
-    let repeated: Vec<Vec<u8>> = seen
-        .header_values("x-repeat")
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
+    let expected: Vec<Vec<u8>> = (0..100).map(|i| format!("value-{i}").into_bytes()).collect();
+    let repeated: Vec<Vec<u8>> = seen.header_values("x-repeat").into_iter().map(<[u8]>::to_vec).collect();
     assert_eq!(repeated, expected);
 }
 
@@ -164,16 +115,11 @@ async fn non_utf8_request_header_values_arrive_byte_for_byte() {
     let mut upstream = Upstream::start().await;
     let tunnel = env.tunnel(upstream.port(), None).await;
     let host = env.public_host(&tunnel.name);
-    let mut request =
-        format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nX-Latin: caf")
-            .into_bytes();
+    let mut request = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nX-Latin: caf").into_bytes();
     request.extend_from_slice(b"\xe9 \xff\x80\r\n\r\n");
     let response = raw::http(env.ingress_addr(), &request).await;
     assert_eq!(response.status, 200);
-    assert_eq!(
-        upstream.next_request().await.header_values("x-latin"),
-        [b"caf\xe9 \xff\x80".as_slice()]
-    );
+    assert_eq!(upstream.next_request().await.header_values("x-latin"), [b"caf\xe9 \xff\x80".as_slice()]);
 }
 
 #[tokio::test]
@@ -203,13 +149,10 @@ async fn path_routing_strips_the_prefix() {
     let env = TestEnv::start().await;
     let mut upstream = Upstream::start().await;
     let tunnel = env.tunnel(upstream.port(), Some("pathrouted")).await;
-    for (public, local) in [
-        ("/t/pathrouted/echo/a?b=%20", "/echo/a?b=%20"),
-        ("/t/pathrouted", "/"),
-        ("/t/PathRouted?x", "/?x"),
-    ] {
-        let request =
-            format!("GET {public} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    for (public, local) in
+        [("/t/pathrouted/echo/a?b=%20", "/echo/a?b=%20"), ("/t/pathrouted", "/"), ("/t/PathRouted?x", "/?x")]
+    {
+        let request = format!("GET {public} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         let response = raw::http(env.ingress_addr(), request.as_bytes()).await;
         assert_eq!(response.status, 200, "{public}");
         assert_eq!(upstream.next_request().await.target, local);
@@ -237,28 +180,18 @@ async fn proxy_headers_are_set_and_hop_by_hop_headers_dropped() {
     assert_eq!(response.status(), 200);
     let seen = upstream.next_request().await;
     for hop in ["x-hop", "keep-alive", "proxy-authorization"] {
-        assert!(
-            seen.header_values(hop).is_empty(),
-            "{hop} must not be forwarded"
-        );
+        assert!(seen.header_values(hop).is_empty(), "{hop} must not be forwarded");
     }
     assert_eq!(seen.header("x-end-to-end"), "kept");
     assert_eq!(seen.header("x-forwarded-for"), "203.0.113.7, 127.0.0.1");
     assert_eq!(seen.header("x-forwarded-proto"), "http");
-    assert_eq!(
-        seen.header("x-forwarded-host"),
-        env.public_host(&tunnel.name)
-    );
+    assert_eq!(seen.header("x-forwarded-host"), env.public_host(&tunnel.name));
     assert_eq!(seen.header("host"), env.public_host(&tunnel.name));
     assert_eq!(seen.header("x-request-id"), "trace-me-123");
 
     env.get(&tunnel.name, "/x").await;
     let generated = upstream.next_request().await.header("x-request-id");
-    assert_eq!(
-        generated.len(),
-        36,
-        "a UUID is generated when the client sends none: {generated}"
-    );
+    assert_eq!(generated.len(), 36, "a UUID is generated when the client sends none: {generated}");
 }
 
 #[tokio::test]
@@ -268,21 +201,11 @@ async fn five_hundred_concurrent_requests_each_get_their_own_response() {
     let tunnel = env.tunnel(upstream.port(), None).await;
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..500 {
-        let request = env
-            .request(Method::POST, &tunnel.name, &format!("/echo/{i}"))
-            .body(format!("body-{i}"));
+        let request = env.request(Method::POST, &tunnel.name, &format!("/echo/{i}")).body(format!("body-{i}"));
         requests.spawn(async move {
             let response = request.send().await.expect("response");
-            let target = response.headers()["x-echo-target"]
-                .to_str()
-                .expect("ascii")
-                .to_owned();
-            (
-                i,
-                response.status(),
-                target,
-                response.text().await.expect("body"),
-            )
+            let target = response.headers()["x-echo-target"].to_str().expect("ascii").to_owned();
+            (i, response.status(), target, response.text().await.expect("body"))
         });
     }
     let mut seen = 0;

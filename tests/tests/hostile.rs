@@ -19,34 +19,15 @@ async fn refused_after(env: &TestEnv, message: Message, code: ErrorCode) {
 
 #[tokio::test]
 async fn garbage_oversized_and_wrong_version_clients_are_closed_while_others_work() {
-    let env = TestEnv::start_with(EnvOptions {
-        handshake_timeout_secs: 1,
-        ..EnvOptions::default()
-    })
-    .await;
+    let env = TestEnv::start_with(EnvOptions { handshake_timeout_secs: 1, ..EnvOptions::default() }).await;
     let upstream = Upstream::start().await;
     let healthy = env.tunnel(upstream.port(), Some("healthy")).await;
     assert_eq!(env.get(&healthy.name, "/").await.status(), 200);
 
-    refused_after(
-        &env,
-        Message::Binary(vec![0xc1, 0xff, 0x00, 0x13].into()),
-        ErrorCode::BadFrame,
-    )
-    .await;
-    refused_after(
-        &env,
-        Message::Binary(tunnel_schemas::encode(&"just a string").into()),
-        ErrorCode::BadFrame,
-    )
-    .await;
+    refused_after(&env, Message::Binary(vec![0xc1, 0xff, 0x00, 0x13].into()), ErrorCode::BadFrame).await;
+    refused_after(&env, Message::Binary(tunnel_schemas::encode(&"just a string").into()), ErrorCode::BadFrame).await;
     refused_after(&env, Message::Text("hello?".into()), ErrorCode::BadFrame).await;
-    refused_after(
-        &env,
-        Message::Binary(tunnel_schemas::encode(&ClientFrame::Bye).into()),
-        ErrorCode::BadFrame,
-    )
-    .await;
+    refused_after(&env, Message::Binary(tunnel_schemas::encode(&ClientFrame::Bye).into()), ErrorCode::BadFrame).await;
 
     let mut wrong_version = raw::ws_connect(&env.server_url()).await;
     match raw::ws_hello(&mut wrong_version, 99, None, None).await {
@@ -58,9 +39,7 @@ async fn garbage_oversized_and_wrong_version_clients_are_closed_while_others_wor
     }
 
     let mut oversized = raw::ws_connect(&env.server_url()).await;
-    let _ = oversized
-        .send(Message::Binary(vec![0_u8; 17 << 20].into()))
-        .await;
+    let _ = oversized.send(Message::Binary(vec![0_u8; 17 << 20].into())).await;
     raw::ws_closed(&mut oversized).await;
 
     let mut silent = raw::ws_connect(&env.server_url()).await;
@@ -69,11 +48,7 @@ async fn garbage_oversized_and_wrong_version_clients_are_closed_while_others_wor
         other => panic!("expected a handshake timeout, got {other:?}"),
     }
 
-    assert_eq!(
-        env.get(&healthy.name, "/").await.status(),
-        200,
-        "the healthy tunnel still serves"
-    );
+    assert_eq!(env.get(&healthy.name, "/").await.status(), 200, "the healthy tunnel still serves");
 }
 
 #[tokio::test]
@@ -83,32 +58,17 @@ async fn garbage_after_the_handshake_closes_only_that_session() {
     let healthy = env.tunnel(upstream.port(), None).await;
 
     let mut rogue = raw::ws_connect(&env.server_url()).await;
-    assert!(matches!(
-        raw::ws_hello(&mut rogue, 1, Some("rogue"), None).await,
-        HostFrame::Welcome(_)
-    ));
+    assert!(matches!(raw::ws_hello(&mut rogue, 1, Some("rogue"), None).await, HostFrame::Welcome(_)));
     // A reply for a stream that does not exist is ignored.
-    let stray = ClientFrame::Reply {
-        stream: 4242,
-        reply: vec![1, 2, 3].into(),
-    };
-    rogue
-        .send(Message::Binary(tunnel_schemas::encode(&stray).into()))
-        .await
-        .expect("send");
-    rogue
-        .send(Message::Binary(vec![0x92, 0xff].into()))
-        .await
-        .expect("send");
+    let stray = ClientFrame::Reply { stream: 4242, reply: vec![1, 2, 3].into(), end: true };
+    rogue.send(Message::Binary(tunnel_schemas::encode(&stray).into())).await.expect("send");
+    rogue.send(Message::Binary(vec![0x92, 0xff].into())).await.expect("send");
     match raw::ws_next_frame(&mut rogue).await {
         Some(HostFrame::Refused(failure)) => assert_eq!(failure.code, ErrorCode::BadFrame),
         other => panic!("expected a bad-frame refusal, got {other:?}"),
     }
     raw::ws_closed(&mut rogue).await;
-    assert_eq!(
-        env.get("rogue", "/").await.headers()["x-tunnel-error"],
-        "tunnel_offline"
-    );
+    assert_eq!(env.get("rogue", "/").await.headers()["x-tunnel-error"], "tunnel_offline");
     assert_eq!(env.get(&healthy.name, "/").await.status(), 200);
 }
 
@@ -116,26 +76,14 @@ async fn garbage_after_the_handshake_closes_only_that_session() {
 async fn an_undecodable_reply_fails_only_its_own_request() {
     let env = TestEnv::start().await;
     let mut rogue = raw::ws_connect(&env.server_url()).await;
-    assert!(matches!(
-        raw::ws_hello(&mut rogue, 1, Some("liar"), None).await,
-        HostFrame::Welcome(_)
-    ));
+    assert!(matches!(raw::ws_hello(&mut rogue, 1, Some("liar"), None).await, HostFrame::Welcome(_)));
     let pending = tokio::spawn(env.request(reqwest::Method::GET, "liar", "/").send());
     let Some(HostFrame::Request { stream, .. }) = raw::ws_next_frame(&mut rogue).await else {
         panic!("expected a request frame");
     };
-    let lie = ClientFrame::Reply {
-        stream,
-        reply: b"\xc1 not msgpack".to_vec().into(),
-    };
-    rogue
-        .send(Message::Binary(tunnel_schemas::encode(&lie).into()))
-        .await
-        .expect("send");
+    let lie = ClientFrame::Reply { stream, reply: b"\xc1 not msgpack".to_vec().into(), end: true };
+    rogue.send(Message::Binary(tunnel_schemas::encode(&lie).into())).await.expect("send");
     let response = pending.await.expect("task").expect("response");
     assert_eq!(response.status(), 502);
-    assert_eq!(
-        response.headers()["x-tunnel-error"],
-        "upstream_bad_response"
-    );
+    assert_eq!(response.headers()["x-tunnel-error"], "upstream_bad_response");
 }

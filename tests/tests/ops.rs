@@ -19,18 +19,9 @@ async fn health_readiness_and_metrics_answer() {
         assert_eq!(get(addr, "/readyz").await.status, 200);
     }
     let metrics = String::from_utf8(get(env.ingress_addr(), "/metrics").await.body).expect("text");
-    assert!(
-        metrics.contains("ingress_requests_total{result=\"ok\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("ingress_requests_total{result=\"tunnel_offline\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("ingress_request_seconds_bucket"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("ingress_requests_total{result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("ingress_requests_total{result=\"tunnel_offline\"}"), "{metrics}");
+    assert!(metrics.contains("ingress_request_seconds_bucket"), "{metrics}");
     let metrics = String::from_utf8(get(env.host_addr(), "/metrics").await.body).expect("text");
     assert!(metrics.contains("host_sessions"), "{metrics}");
 }
@@ -41,10 +32,6 @@ async fn tunnel_paths_are_never_shadowed_by_ops_routes() {
     let mut upstream = Upstream::start().await;
     let tunnel = env.tunnel(upstream.port(), None).await;
     let response = env.get(&tunnel.name, "/metrics").await;
-    assert_eq!(
-        response.text().await.expect("body"),
-        "ok",
-        "tunnel paths are never shadowed by ops routes"
-    );
+    assert_eq!(response.text().await.expect("body"), "ok", "tunnel paths are never shadowed by ops routes");
     assert_eq!(upstream.next_request().await.target, "/metrics");
 }

@@ -15,10 +15,7 @@ async fn a_client_killed_mid_request_fails_the_request_within_a_second() {
     let mut upstream = Upstream::start().await;
     let tunnel = env.tunnel(upstream.port(), None).await;
     let name = tunnel.name.clone();
-    let request = env
-        .request(Method::GET, &name, "/hang")
-        .header("accept", "application/json")
-        .send();
+    let request = env.request(Method::GET, &name, "/hang").header("accept", "application/json").send();
     let pending = tokio::spawn(request);
     upstream.next_request().await; // the request reached the local service
     let killed_at = Instant::now();
@@ -45,23 +42,14 @@ async fn a_reconnecting_client_keeps_its_url() {
     assert_eq!(env.get(&name, "/").await.status(), 200);
     for _ in 0..3 {
         proxy.cut();
-        assert!(matches!(
-            tunnel.next_event().await,
-            Some(Event::Disconnected { .. })
-        ));
+        assert!(matches!(tunnel.next_event().await, Some(Event::Disconnected { .. })));
         let resumed = loop {
             match tunnel.next_event().await {
                 Some(Event::Reconnecting { .. }) => {}
                 other => break other,
             }
         };
-        assert_eq!(
-            resumed,
-            Some(Event::Resumed {
-                url: url.clone(),
-                name: name.clone()
-            })
-        );
+        assert_eq!(resumed, Some(Event::Resumed { url: url.clone(), name: name.clone() }));
         assert_eq!(env.get(&name, "/").await.status(), 200);
     }
 }
@@ -94,10 +82,7 @@ async fn a_name_held_by_a_vanished_client_is_kept_for_its_resume_but_released_by
     let tunnel = env.tunnel(upstream.port(), Some("keepsake")).await;
     tunnel.kill();
     let intruder = env.spawn_client(&env.server_url(), upstream.port(), Some("keepsake"));
-    assert_eq!(
-        intruder.finish().await.expect_err("refused").code(),
-        ErrorCode::NameInUse
-    );
+    assert_eq!(intruder.finish().await.expect_err("refused").code(), ErrorCode::NameInUse);
 
     let polite = env.tunnel(upstream.port(), Some("polite")).await;
     polite.stop().await;
@@ -109,8 +94,7 @@ async fn a_name_held_by_a_vanished_client_is_kept_for_its_resume_but_released_by
 async fn resuming_evicts_the_stale_session_and_a_wrong_secret_is_refused() {
     let env = TestEnv::start().await;
     let mut old = raw::ws_connect(&env.server_url()).await;
-    let HostFrame::Welcome(welcome) = raw::ws_hello(&mut old, 1, Some("evictee"), None).await
-    else {
+    let HostFrame::Welcome(welcome) = raw::ws_hello(&mut old, 1, Some("evictee"), None).await else {
         panic!("expected a welcome");
     };
     let mut thief = raw::ws_connect(&env.server_url()).await;
@@ -138,11 +122,7 @@ async fn random_names_are_distinct_valid_labels() {
     let b = env.tunnel(upstream.port(), None).await;
     assert_ne!(a.name, b.name);
     for tunnel in [&a, &b] {
-        assert!(
-            tunnel_schemas::names::TunnelName::parse(&tunnel.name).is_ok(),
-            "{}",
-            tunnel.name
-        );
+        assert!(tunnel_schemas::names::TunnelName::parse(&tunnel.name).is_ok(), "{}", tunnel.name);
         assert!(tunnel.url.contains(&tunnel.name));
         assert_eq!(env.get(&tunnel.name, "/").await.status(), 200);
     }
@@ -151,16 +131,10 @@ async fn random_names_are_distinct_valid_labels() {
 #[tokio::test]
 async fn invalid_and_reserved_names_are_refused_with_their_codes() {
     let env = TestEnv::start().await;
-    for (name, code) in [
-        ("Bad_Name", ErrorCode::InvalidName),
-        ("-x-", ErrorCode::InvalidName),
-        ("www", ErrorCode::ReservedName),
-    ] {
+    for (name, code) in
+        [("Bad_Name", ErrorCode::InvalidName), ("-x-", ErrorCode::InvalidName), ("www", ErrorCode::ReservedName)]
+    {
         let client = env.spawn_client(&env.server_url(), 9, Some(name));
-        assert_eq!(
-            client.finish().await.expect_err("refused").code(),
-            code,
-            "{name}"
-        );
+        assert_eq!(client.finish().await.expect_err("refused").code(), code, "{name}");
     }
 }

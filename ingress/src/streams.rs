@@ -1,0 +1,93 @@
+//! The ingress end of stream subjects: one wildcard subscription per process, demultiplexed to
+//! the exchange that owns each stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_nats::Subject;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tunnel_schemas::stream::{MAX_FRAMES_IN_FLIGHT, StreamFrame};
+use tunnel_schemas::{MAX_FRAME_BYTES, subjects};
+
+/// Frames a stream may have queued: a window of data frames plus control frames. A host that
+/// ignores its credit overflows this and the frame is dropped, which the sequence check turns
+/// into a reset.
+const STREAM_QUEUE: usize = MAX_FRAMES_IN_FLIGHT + 32;
+
+/// A frame for an exchange and the subject its sender listens on.
+pub type Incoming = (StreamFrame, Option<Subject>);
+
+/// Routes stream frames to exchanges.
+pub struct StreamHub {
+    /// `<inbox prefix>.<instance>`: unique per process, so ingress nodes sharing a node id never
+    /// see each other's streams.
+    prefix: String,
+    next_id: AtomicU64,
+    routes: Mutex<HashMap<u64, mpsc::Sender<Incoming>>>,
+}
+
+impl StreamHub {
+    /// Subscribes to this process's stream subjects and starts routing.
+    ///
+    /// # Errors
+    /// When the subscription cannot be made.
+    pub async fn start(nats: &async_nats::Client, inbox_prefix: &str) -> Result<Arc<Self>, async_nats::SubscribeError> {
+        let prefix = format!("{inbox_prefix}.{}", uuid::Uuid::new_v4().simple());
+        let mut subscription = nats.subscribe(subjects::stream_subjects(&prefix)).await?;
+        let hub = Arc::new(Self { prefix, next_id: AtomicU64::new(1), routes: Mutex::default() });
+        let router = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                let Some(hub) = router.upgrade() else { return };
+                hub.route(message);
+            }
+        });
+        Ok(hub)
+    }
+
+    fn route(&self, message: async_nats::Message) {
+        let Some(id) = message.subject.rsplit('.').next().and_then(|id| id.parse::<u64>().ok()) else { return };
+        let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable stream frame");
+                return;
+            }
+        };
+        let route = self.routes.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
+        match route {
+            Some(route) => {
+                if route.try_send((frame, message.reply)).is_err() {
+                    metrics::counter!("ingress_stream_frames_dropped_total").increment(1);
+                }
+            }
+            None => tracing::trace!(id, "frame for a finished stream"),
+        }
+    }
+
+    /// Opens a stream: its subject and the receiver of its frames; closed when the
+    /// [`Registration`] drops.
+    pub fn open(self: &Arc<Self>) -> (Registration, mpsc::Receiver<Incoming>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(STREAM_QUEUE);
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner).insert(id, sender);
+        let subject = subjects::stream_subject(&self.prefix, id);
+        (Registration { hub: self.clone(), id, subject }, receiver)
+    }
+}
+
+/// A registered stream; unregistered on drop.
+pub struct Registration {
+    hub: Arc<StreamHub>,
+    id: u64,
+    /// The subject its frames arrive on.
+    pub subject: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.routes.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
+}

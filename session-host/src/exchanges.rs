@@ -1,0 +1,192 @@
+//! The exchanges of one session: the relay between each request's NATS side (reply inbox and
+//! ingress stream subject) and its WebSocket stream id.
+//!
+//! The host relays; it holds no body bytes. Flow control is end to end between ingress and
+//! client, so what is in flight per stream is bounded by the window whatever this host does.
+//! The host watches the ingress side of each stream: it pings an idle ingress and resets a stream
+//! whose ingress went silent.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use async_nats::Subject;
+use bytes::Bytes;
+use tunnel_schemas::events::{Failure, TunnelReply};
+use tunnel_schemas::frames::{HostFrame, StreamId};
+use tunnel_schemas::stream::{IDLE_TIMEOUT, PING_INTERVAL, StreamFrame};
+use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, encode, subjects};
+
+/// One request relayed to the client and not finished.
+struct Exchange {
+    /// Inbox awaiting the response head; `None` once answered.
+    reply: Option<Subject>,
+    /// Ingress stream subject, from the request's `Tun-Stream` header.
+    ingress: Option<Subject>,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+/// The exchanges of one session.
+pub struct Exchanges {
+    nats: async_nats::Client,
+    /// Prefix of this session's stream subjects (`_INBOX.host.<node>.<session>`).
+    prefix: String,
+    open: HashMap<StreamId, Exchange>,
+    max_reply_bytes: u64,
+}
+
+impl Exchanges {
+    /// No exchanges yet; stream subjects under `prefix`.
+    pub fn new(nats: async_nats::Client, prefix: String, max_reply_bytes: u64) -> Self {
+        Self { nats, prefix, open: HashMap::new(), max_reply_bytes }
+    }
+
+    /// The wildcard subject this session's stream frames arrive on.
+    pub fn subjects(&self) -> String {
+        subjects::stream_subjects(&self.prefix)
+    }
+
+    /// Number of open exchanges.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Registers a request relayed on `stream`.
+    pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>) {
+        let now = Instant::now();
+        self.open.insert(stream, Exchange { reply: Some(reply), ingress, last_heard: now, last_sent: now });
+    }
+
+    /// Publishes the client's reply (the response head) to the requester; the exchange ends
+    /// with it when `end`.
+    pub async fn reply(&mut self, stream: StreamId, reply: Bytes, end: bool) {
+        let Some(exchange) = self.open.get_mut(&stream) else {
+            tracing::debug!(stream, "reply for an unknown or finished stream");
+            return;
+        };
+        let Some(inbox) = exchange.reply.take() else {
+            tracing::debug!(stream, "second reply on a stream");
+            return;
+        };
+        exchange.last_sent = Instant::now();
+        if reply.len() as u64 > self.max_reply_bytes {
+            let failure =
+                TunnelReply::Failure(Failure::new(ErrorCode::ResponseTooLarge, "reply exceeds the nats payload limit"));
+            self.publish(inbox, encode(&failure).into()).await;
+            self.finish(stream, ErrorCode::ResponseTooLarge).await;
+            return;
+        }
+        let host = self.subject(stream);
+        if let Err(e) = self.nats.publish_with_reply(inbox, host, reply).await {
+            tracing::warn!(error = %e, "reply not published");
+        }
+        if end {
+            self.open.remove(&stream);
+        }
+    }
+
+    /// Relays a client stream frame to ingress; the exchange ends with an `End` or `Reset`.
+    pub async fn relay_to_ingress(&mut self, stream: StreamId, frame: StreamFrame) {
+        let Some(exchange) = self.open.get_mut(&stream) else { return };
+        let Some(ingress) = exchange.ingress.clone() else { return };
+        exchange.last_sent = Instant::now();
+        let ends = matches!(frame, StreamFrame::End | StreamFrame::Reset { .. });
+        let host = self.subject(stream);
+        if let Err(e) = self.nats.publish_with_reply(ingress, host, encode(&frame).into()).await {
+            tracing::debug!(error = %e, "stream frame not published");
+        }
+        if ends {
+            self.open.remove(&stream);
+        }
+    }
+
+    /// An ingress stream frame for the client, when it belongs to an open exchange; a `Reset`
+    /// ends the exchange, a `Ping` only proves the ingress alive.
+    pub fn relay_from_ingress(&mut self, message: &async_nats::Message) -> Option<HostFrame> {
+        let stream = message.subject.rsplit('.').next()?.parse::<StreamId>().ok()?;
+        let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable stream frame from ingress");
+                return None;
+            }
+        };
+        let exchange = self.open.get_mut(&stream)?;
+        exchange.last_heard = Instant::now();
+        match frame {
+            StreamFrame::Ping => None,
+            StreamFrame::Reset { .. } => {
+                self.open.remove(&stream);
+                Some(HostFrame::Stream { stream, frame })
+            }
+            frame => Some(HostFrame::Stream { stream, frame }),
+        }
+    }
+
+    /// Pings idle ingress ends and resets streams whose ingress went silent; returns the resets
+    /// to send to the client.
+    pub async fn sweep(&mut self) -> Vec<HostFrame> {
+        let mut silent = Vec::new();
+        let mut idle = Vec::new();
+        for (stream, exchange) in &self.open {
+            if exchange.ingress.is_none() {
+                continue;
+            }
+            if exchange.last_heard.elapsed() >= IDLE_TIMEOUT {
+                silent.push(*stream);
+            } else if exchange.last_sent.elapsed() >= PING_INTERVAL {
+                idle.push(*stream);
+            }
+        }
+        for stream in idle {
+            self.relay_to_ingress(stream, StreamFrame::Ping).await;
+        }
+        let mut resets = Vec::with_capacity(silent.len());
+        for stream in silent {
+            self.finish(stream, ErrorCode::UpstreamTimeout).await;
+            resets.push(HostFrame::Stream { stream, frame: StreamFrame::Reset { code: ErrorCode::UpstreamTimeout } });
+        }
+        resets
+    }
+
+    /// Fails every exchange: a failure reply where the head is still awaited, a reset otherwise.
+    pub async fn fail_all(&mut self, code: ErrorCode, detail: &str) {
+        let streams: Vec<StreamId> = self.open.keys().copied().collect();
+        for stream in streams {
+            if let Some(inbox) = self.open.get_mut(&stream).and_then(|exchange| exchange.reply.take()) {
+                self.publish(inbox, encode(&TunnelReply::Failure(Failure::new(code, detail))).into()).await;
+            }
+            self.finish(stream, code).await;
+        }
+    }
+
+    /// Ends `stream`, telling ingress if its head was already answered.
+    async fn finish(&mut self, stream: StreamId, code: ErrorCode) {
+        if let Some(exchange) = self.open.get(&stream)
+            && exchange.reply.is_none()
+        {
+            self.relay_to_ingress(stream, StreamFrame::Reset { code }).await;
+        }
+        self.open.remove(&stream);
+    }
+
+    /// Answers a request that never became an exchange.
+    pub async fn refuse(&self, inbox: Subject, code: ErrorCode, detail: &str) {
+        self.publish(inbox, encode(&TunnelReply::Failure(Failure::new(code, detail))).into()).await;
+    }
+
+    fn subject(&self, stream: StreamId) -> Subject {
+        subjects::stream_subject(&self.prefix, stream).into()
+    }
+
+    async fn publish(&self, subject: Subject, payload: Bytes) {
+        if let Err(e) = self.nats.publish(subject, payload).await {
+            tracing::warn!(error = %e, "reply not published");
+        }
+    }
+}
