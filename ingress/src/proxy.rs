@@ -18,7 +18,9 @@ use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tracing::Instrument;
-use tunnel_schemas::events::{Failure, REQUEST_ID_HEADER, STREAM_HEADER, TunnelReply, TunnelRequest, TunnelResponse};
+use tunnel_schemas::events::{
+    Failure, REQUEST_ID_HEADER, STREAM_HEADER, TunnelReply, TunnelRequest, TunnelResponse, UPLOAD_HEADER,
+};
 use tunnel_schemas::http::{Header, RequestHead};
 use tunnel_schemas::stream::INLINE_BYTES;
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION, audit, subjects};
@@ -282,6 +284,9 @@ impl Proxy {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, request_id);
         headers.insert(STREAM_HEADER, stream);
+        if !event.end {
+            headers.insert(UPLOAD_HEADER, "1");
+        }
         let request = async_nats::Request::new()
             .headers(headers)
             .payload(Bytes::from(tunnel_schemas::encode(event)))

@@ -19,6 +19,11 @@ pub const REQUEST_ID_HEADER: &str = "Tun-Request-Id";
 /// exchange's stream frames (routing metadata, so the session-host relays without decoding).
 pub const STREAM_HEADER: &str = "Tun-Stream";
 
+/// NATS header of a [`TunnelRequest`] whose body (or upgraded connection) follows as stream
+/// frames: the session-host answers at once with a `Ping` from its own stream subject, so
+/// ingress learns where to send them.
+pub const UPLOAD_HEADER: &str = "Tun-Upload";
+
 /// A public request on its way to a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelRequest {

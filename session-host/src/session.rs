@@ -11,9 +11,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
-use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER};
+use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER, UPLOAD_HEADER};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
 use tunnel_schemas::names::{NameError, TunnelName};
+use tunnel_schemas::stream::StreamFrame;
 use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode, subjects};
 
 use tunnel_kit::service::ServiceConfig;
@@ -356,6 +357,10 @@ impl Session {
         }
         let ingress = headers.and_then(|h| h.get(STREAM_HEADER)).map(|v| Subject::from(v.as_str()));
         self.exchanges.open(stream, reply, ingress);
+        if headers.is_some_and(|h| h.get(UPLOAD_HEADER).is_some()) {
+            // Ingress waits to learn this host's stream subject before it sends the body.
+            self.exchanges.relay_to_ingress(stream, StreamFrame::Ping).await;
+        }
         self.send(HostFrame::Request { stream, request: message.payload }).await
     }
 

@@ -23,7 +23,7 @@ mod upstream;
 pub use env::{EnvOptions, TestEnv, Tunnel};
 pub use nats::NatsServer;
 pub use proxy::CutProxy;
-pub use upstream::{Recorded, Upstream};
+pub use upstream::{Recorded, Upstream, pattern, sha256_hex};
 
 use std::time::Duration;
 

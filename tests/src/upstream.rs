@@ -6,6 +6,11 @@
 //! - `/status/<code>`: that status, no body;
 //! - `/head`: `content-length: 1234` and that many bytes (none for HEAD);
 //! - `/slow`: answers after 30 seconds;
+//! - `/stream/<n>`: `n` bytes of [`pattern`], chunked, without a length;
+//! - `/sse`: one server-sent event, then nothing for 30 seconds, then a second one;
+//! - `/endless`: 16 KiB chunks forever; the drop of the body is reported (the connection closed);
+//! - `/sha256`: reads the body as it streams and answers its length and SHA-256;
+//! - `/ws`: a WebSocket echo server (messages echoed whole; a close echoed with its code);
 //! - `/delay/<ms>`: answers `ok` after that many milliseconds;
 //! - `/hang`: never answers; the handler's drop is reported (the connection closed);
 //! - anything else: 200 `ok`.
@@ -19,6 +24,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 /// A request as the local service received it.
@@ -75,8 +81,10 @@ impl Upstream {
         let addr = listener.local_addr().expect("upstream address");
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (hangs_tx, hangs_dropped) = mpsc::unbounded_channel();
-        let app =
-            Router::new().fallback(handle).with_state(Recorder { requests: requests_tx, hangs_dropped: hangs_tx });
+        let app = Router::new()
+            .route("/ws", axum::routing::get(websocket_echo))
+            .fallback(handle)
+            .with_state(Recorder { requests: requests_tx, hangs_dropped: hangs_tx });
         // The same accept loop as the services: it accepts more than hyper's default of 100 headers.
         let task = tokio::spawn(tunnel_kit::serve::serve(listener, app, Default::default(), Default::default()));
         Self { addr, requests, hangs_dropped, task }
@@ -121,9 +129,51 @@ impl Drop for DropReporter {
     }
 }
 
+/// Byte `i` of the `/stream` bodies.
+pub fn pattern(i: u64) -> u8 {
+    // Truncation is the point: a cheap, position-dependent byte.
+    #[allow(clippy::cast_possible_truncation)]
+    let byte = (i.wrapping_mul(31).wrapping_add(i >> 11) % 251) as u8;
+    byte
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `length` bytes of [`pattern`] in 64 KiB chunks.
+fn pattern_stream(length: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    const CHUNK: u64 = 64 << 10;
+    futures_util::stream::unfold(0_u64, move |offset| async move {
+        (offset < length).then(|| {
+            let end = (offset + CHUNK).min(length);
+            let chunk: Vec<u8> = (offset..end).map(pattern).collect();
+            (Ok(Bytes::from(chunk)), end)
+        })
+    })
+}
+
+async fn websocket_echo(upgrade: axum::extract::ws::WebSocketUpgrade) -> Response {
+    use axum::extract::ws::Message;
+    upgrade.max_message_size(64 << 20).on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            let echo = match message {
+                // The WebSocket library answers a close with the same code; reading on sends it.
+                Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
+                other => other,
+            };
+            if socket.send(echo).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 async fn handle(State(recorder): State<Recorder>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 256 << 20).await.unwrap_or_default();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let recorded = Recorded {
         method: parts.method.to_string(),
@@ -155,6 +205,27 @@ async fn handle(State(recorder): State<Recorder>, request: Request) -> Response 
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         *response.body_mut() = Body::from("ok");
+    } else if let Some(length) = path.strip_prefix("/stream/") {
+        let length: u64 = length.parse().unwrap_or(0);
+        *response.body_mut() = Body::from_stream(pattern_stream(length));
+    } else if path == "/sse" {
+        response.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+        let events =
+            futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"data: first\n\n")) })
+                .chain(futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(Bytes::from_static(b"data: second\n\n"))
+                }));
+        *response.body_mut() = Body::from_stream(events);
+    } else if path == "/endless" {
+        let reporter = DropReporter(recorder.hangs_dropped.clone());
+        let chunks = futures_util::stream::unfold(reporter, |reporter| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'e'; 16 << 10])), reporter))
+        });
+        *response.body_mut() = Body::from_stream(chunks);
+    } else if path == "/sha256" {
+        *response.body_mut() = Body::from(format!("{} {}", body.len(), sha256_hex(&body)));
     } else if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(30)).await;
     } else if path == "/hang" {
