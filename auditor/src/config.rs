@@ -63,9 +63,6 @@ impl ServiceConfig for AuditorConfig {
     }
 
     fn redacted(&self) -> Self {
-        Self {
-            nats_url: config::redact_url(&self.nats_url),
-            ..self.clone()
-        }
+        Self { nats_url: config::redact_url(&self.nats_url), ..self.clone() }
     }
 }

@@ -34,12 +34,7 @@ pub async fn run(
     let audit = stream::ensure_stream(&js, &config).await?;
     let consumer = stream::ensure_consumer(&audit).await?;
     let ops = tunnel_kit::ops::router(metrics, nats);
-    let server = tokio::spawn(tunnel_kit::serve::serve(
-        listener,
-        ops,
-        shutdown.clone(),
-        Default::default(),
-    ));
+    let server = tokio::spawn(tunnel_kit::serve::serve(listener, ops, shutdown.clone(), Default::default()));
     tokio::select! {
         () = consume(&consumer) => {}
         () = shutdown.cancelled() => {}
@@ -51,12 +46,7 @@ pub async fn run(
 /// Reads, handles and acknowledges events; reconnects the pull after errors.
 async fn consume(consumer: &async_nats::jetstream::consumer::PullConsumer) {
     loop {
-        let mut messages = match consumer
-            .stream()
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await
-        {
+        let mut messages = match consumer.stream().heartbeat(Duration::from_secs(5)).messages().await {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot pull audit events; retrying");

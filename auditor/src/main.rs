@@ -15,19 +15,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let started = tunnel_kit::service::start::<AuditorConfig, _>(
-        "tunnel-auditor",
-        args.common.config.as_deref(),
-        &args.common,
-    )
-    .await?;
-    tunnel_auditor::run(
-        started.listener,
-        started.nats.clone(),
-        started.config,
-        started.metrics,
-        started.shutdown,
-    )
-    .await?;
+    let started =
+        tunnel_kit::service::start::<AuditorConfig, _>("tunnel-auditor", args.common.config.as_deref(), &args.common)
+            .await?;
+    tunnel_auditor::run(started.listener, started.nats.clone(), started.config, started.metrics, started.shutdown)
+        .await?;
     tunnel_kit::service::stop(started.nats).await
 }

@@ -23,10 +23,7 @@ pub struct SetupError(String);
 ///
 /// # Errors
 /// [`SetupError`] when JetStream refuses.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    config: &AuditorConfig,
-) -> Result<stream::Stream, SetupError> {
+pub async fn ensure_stream(js: &jetstream::Context, config: &AuditorConfig) -> Result<stream::Stream, SetupError> {
     js.get_or_create_stream(stream::Config {
         name: AUDIT_STREAM.into(),
         subjects: vec![AUDIT_SUBJECTS.into()],
@@ -47,9 +44,7 @@ pub async fn ensure_stream(
 ///
 /// # Errors
 /// [`SetupError`] when JetStream refuses.
-pub async fn ensure_consumer(
-    stream: &stream::Stream,
-) -> Result<consumer::PullConsumer, SetupError> {
+pub async fn ensure_consumer(stream: &stream::Stream) -> Result<consumer::PullConsumer, SetupError> {
     stream
         .get_or_create_consumer(
             CONSUMER,
