@@ -1,0 +1,966 @@
+#!/usr/bin/env python3
+"""Benchmark driver for http-tunnel against direct access, rathole and bore.
+
+Run through bench/run.sh, which installs the tools, builds the binaries and passes their paths
+here. Everything runs on this machine, on loopback. See docs/benchmarks.md for what each workload
+means.
+
+Configurations (all started once, measured in turn, A B A B, for --rounds rounds):
+  direct       load generator -> upstream
+  http-tunnel  load generator -> tunnel-ingress -> NATS -> tunnel-session-host -> tunnel -> upstream
+  rathole      load generator -> rathole server -> rathole client -> upstream
+  bore         load generator -> bore server -> bore local -> upstream
+
+Workloads:
+  a  small response, 32 connections, keep-alive: req/s, p50/p99, CPU per request
+  b  1 MiB response, 8 connections, keep-alive: req/s, MB/s, CPU per request
+  c  one connection, sequential requests: p50/p99 and the latency added over direct
+  d  1 GiB download and 1 GiB upload through one request (curl): MB/s, CPU per GiB
+  e  idle sessions: RSS of a fresh session-host with 0, 1, 1000 and 10000 idle sessions
+  f  time from starting the tunnel client to the first request served through it
+  g  a new TCP connection per request (Connection: close), 32 connections: req/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+CONFIGS = ["direct", "http-tunnel", "rathole", "bore"]
+TUNNEL_NAME = "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# (workload key, title, path, connections, threads, extra headers)
+LOAD_WORKLOADS = {
+    "a": ("small response, 32 conns, keep-alive", "/small", 32, 2, []),
+    "b": ("1 MiB response, 8 conns, keep-alive", "/1m", 8, 2, []),
+    "c": ("1 conn, sequential requests", "/small", 1, 1, []),
+    "g": ("new TCP connection per request, 32 conns", "/small", 32, 2, ["Connection: close"]),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+class Procs:
+    """Every process the benchmark starts, stopped in reverse order at the end."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], stdin=subprocess.DEVNULL, env: dict | None = None) -> subprocess.Popen:
+        out = open(self.workdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=stdin,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
+        out.close()
+        self.started.append((name, proc))
+        return proc
+
+    def log_of(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def stop(self, proc: subprocess.Popen, grace: float = 5.0) -> None:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.started = [(n, p) for n, p in self.started if p is not proc]
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(list(self.started)):
+            self.stop(proc)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` (all threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total / CLK_TCK
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all CPUs), from /proc/stat, in seconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def wait_for_quiet(threshold: float, patience: float) -> float:
+    """Waits up to `patience` seconds for the 1-minute load average to fall below `threshold`."""
+    deadline = time.monotonic() + patience
+    load = load_average()
+    if load >= threshold:
+        log(f"load average {load:.2f} >= {threshold}: waiting up to {patience:.0f}s for a quieter machine")
+    while load >= threshold and time.monotonic() < deadline:
+        time.sleep(5)
+        load = load_average()
+    if load >= threshold:
+        log(f"WARNING: load average still {load:.2f}: other work on this machine will skew the numbers")
+    return load
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def http_status(url: str, host: str | None = None, timeout: float = 1.0) -> int | None:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, ValueError):
+        return None
+
+
+def wait_until(what: str, check, timeout: float = 30.0, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def wait_port(port: int, timeout: float = 30.0, proc=None) -> None:
+    def check():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(f"port {port}", check, timeout, proc)
+
+
+def first_line_matching(path: Path, pattern: str) -> str | None:
+    try:
+        for line in path.read_text(errors="replace").splitlines():
+            if re.search(pattern, line):
+                return line
+    except FileNotFoundError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the systems under test
+
+
+class Target:
+    """One configuration: where to send requests, and which processes are its own."""
+
+    def __init__(self, name: str, base: str, host: str | None, pids: dict[str, int]):
+        self.name = name
+        self.base = base
+        self.host = host
+        # The configuration's own processes, by role: their CPU time is charged to it.
+        self.roles = pids
+        self.pids = list(pids.values())
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.workdir = Path(tempfile.mkdtemp(prefix="http-tunnel-bench-"))
+        self.procs = Procs(self.workdir)
+        self.bin = Path(args.tunnel_bin_dir)
+        self.tools = Path(args.bench_bin_dir)
+        self.targets: dict[str, Target] = {}
+        self.results: dict = {}
+
+    # ---- start-up
+
+    def start_upstream(self) -> None:
+        proc = self.procs.start(
+            "upstream", [str(self.tools / "bench-upstream"), "--threads", str(self.args.upstream_threads)]
+        )
+        line = wait_until(
+            "upstream", lambda: first_line_matching(self.procs.log_of("upstream"), r"^listening "), 10, proc
+        )
+        self.upstream_port = int(line.rsplit(":", 1)[1])
+        self.upstream_pid = proc.pid
+        self.targets["direct"] = Target("direct", f"http://127.0.0.1:{self.upstream_port}", None, {})
+        log(f"upstream on port {self.upstream_port}")
+
+    def start_nats(self) -> None:
+        self.nats_port = free_port()
+        store = self.workdir / "nats-store"
+        conf = self.workdir / "nats.conf"
+        # max_payload 8MB: bodies travel inline in one NATS message for now, and a 1 MiB
+        # response plus its envelope does not fit the default 1 MB.
+        conf.write_text(
+            f"listen: 127.0.0.1:{self.nats_port}\n"
+            "max_payload: 8MB\n"
+            "max_pending: 64MB\n"
+            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n'
+        )
+        self.nats = self.procs.start("nats-server", [self.args.nats_server, "-c", str(conf)])
+        wait_port(self.nats_port, proc=self.nats)
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        log(f"nats-server on port {self.nats_port} (max_payload 8MB)")
+
+    def start_service(self, name: str, binary: str, extra: list[str], env: dict | None = None) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        proc = self.procs.start(
+            name,
+            [str(self.bin / binary), "--nats", self.nats_url, "--listen", f"127.0.0.1:{port}", *extra],
+            env=env,
+        )
+        wait_until(
+            name, lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, proc
+        )
+        return proc, port
+
+    def start_tunnel_client(self, name: str, log_name: str) -> subprocess.Popen:
+        return self.procs.start(
+            log_name,
+            [
+                str(self.bin / "tunnel"),
+                "http",
+                str(self.upstream_port),
+                "--server",
+                f"ws://127.0.0.1:{self.host_port}",
+                "--name",
+                name,
+            ],
+        )
+
+    def start_http_tunnel(self) -> None:
+        self.auditor, _ = self.start_service("tunnel-auditor", "tunnel-auditor", [])
+        self.ingress_port = free_port()
+        self.host, self.host_port = self.start_service(
+            "tunnel-session-host",
+            "tunnel-session-host",
+            ["--public-url", f"http://{{name}}.localhost:{self.ingress_port}"],
+        )
+        port = self.ingress_port
+        self.ingress = self.procs.start(
+            "tunnel-ingress",
+            [
+                str(self.bin / "tunnel-ingress"),
+                "--nats",
+                self.nats_url,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--domain",
+                "localhost",
+            ],
+        )
+        wait_until(
+            "tunnel-ingress", lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, self.ingress
+        )
+        self.client = self.start_tunnel_client(TUNNEL_NAME, "tunnel-client")
+        ready = wait_until(
+            "tunnel client",
+            lambda: first_line_matching(self.procs.log_of("tunnel-client"), r'"event":"ready"'),
+            30,
+            self.client,
+        )
+        host = f"{TUNNEL_NAME}.localhost:{port}"
+        wait_until(
+            "first request through http-tunnel",
+            lambda: http_status(f"http://127.0.0.1:{port}/small", host) == 200,
+            30,
+        )
+        self.targets["http-tunnel"] = Target(
+            "http-tunnel",
+            f"http://127.0.0.1:{port}",
+            host,
+            {
+                "ingress": self.ingress.pid,
+                "nats-server": self.nats.pid,
+                "session-host": self.host.pid,
+                "client": self.client.pid,
+            },
+        )
+        self.auditor_pid = self.auditor.pid
+        log(f"http-tunnel up: {json.loads(ready).get('url')} (ingress port {port})")
+
+    def start_rathole(self) -> None:
+        control, service, start_service = free_port(), free_port(), free_port()
+        self.rathole_start_port = start_service
+        server = self.workdir / "rathole-server.toml"
+        server.write_text(
+            "[server]\n"
+            f'bind_addr = "127.0.0.1:{control}"\n'
+            "[server.services.bench]\n"
+            'token = "bench-token"\n'
+            f'bind_addr = "127.0.0.1:{service}"\n'
+            "[server.services.start]\n"
+            'token = "bench-token"\n'
+            f'bind_addr = "127.0.0.1:{start_service}"\n'
+        )
+        for name, svc in (("bench", "rathole-client.toml"), ("start", "rathole-client-start.toml")):
+            (self.workdir / svc).write_text(
+                "[client]\n"
+                f'remote_addr = "127.0.0.1:{control}"\n'
+                f"[client.services.{name}]\n"
+                'token = "bench-token"\n'
+                f'local_addr = "127.0.0.1:{self.upstream_port}"\n'
+            )
+        rathole = self.args.rathole
+        s = self.procs.start("rathole-server", [rathole, "-s", str(server)])
+        wait_port(control, proc=s)
+        c = self.procs.start("rathole-client", [rathole, "-c", str(self.workdir / "rathole-client.toml")])
+        wait_until(
+            "rathole", lambda: http_status(f"http://127.0.0.1:{service}/small") == 200, 30, c
+        )
+        self.targets["rathole"] = Target("rathole", f"http://127.0.0.1:{service}", None, {"server": s.pid, "client": c.pid})
+        log(f"rathole up on port {service}")
+
+    def start_bore(self) -> None:
+        # bore's control port is fixed at 7835; the tunnel ports come from a narrow range.
+        self.bore_port, self.bore_start_port = free_port(), free_port()
+        bore = self.args.bore
+        lo, hi = sorted((self.bore_port, self.bore_start_port))
+        s = self.procs.start(
+            "bore-server",
+            [bore, "server", "--bind-addr", "127.0.0.1", "--min-port", str(lo), "--max-port", str(hi)],
+        )
+        wait_port(7835, proc=s)
+        c = self.procs.start(
+            "bore-client",
+            [bore, "local", str(self.upstream_port), "-l", "127.0.0.1", "--to", "127.0.0.1", "--port", str(self.bore_port)],
+        )
+        wait_until(
+            "bore", lambda: http_status(f"http://127.0.0.1:{self.bore_port}/small") == 200, 30, c
+        )
+        self.targets["bore"] = Target("bore", f"http://127.0.0.1:{self.bore_port}", None, {"server": s.pid, "client": c.pid})
+        log(f"bore up on port {self.bore_port}")
+
+    # ---- load generation
+
+    def load(self, target: Target, path: str, conns: int, threads: int, headers: list[str], duration: float) -> dict:
+        hdrs = list(headers)
+        if target.host:
+            hdrs.append(f"Host: {target.host}")
+        url = target.base + path
+        if self.args.loadgen == "wrk":
+            argv = [self.args.wrk, f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s"]
+            for h in hdrs:
+                argv += ["-H", h]
+            argv.append(url)
+        else:
+            argv = [self.args.oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns), "-t", "10s"]
+            for h in hdrs:
+                if h.lower() == "connection: close":
+                    argv.append("--disable-keepalive")
+                else:
+                    argv += ["-H", h]
+            argv.append(url)
+        roles = dict(target.roles)
+        if target.name == "http-tunnel":
+            roles["auditor"] = self.auditor_pid  # reported apart: not in the brief's sum
+        ours = self.all_pids()
+        ours_before, busy_before, kids_before = cpu_seconds(ours), busy_seconds(), children_cpu_seconds()
+        before = {role: cpu_seconds([pid]) for role, pid in roles.items()}
+        t0 = time.monotonic()
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        elapsed = time.monotonic() - t0
+        after = {role: cpu_seconds([pid]) for role, pid in roles.items()}
+        ours_used = cpu_seconds(ours) - ours_before + children_cpu_seconds() - kids_before
+        foreign = (busy_seconds() - busy_before - ours_used) / elapsed
+        if out.returncode != 0:
+            raise RuntimeError(f"load generator failed: {out.stderr.strip() or out.stdout.strip()}")
+        result = parse_wrk(out.stdout) if self.args.loadgen == "wrk" else parse_oha(out.stdout)
+        # CPU (in cores) that processes outside this benchmark used during the run.
+        result["foreign_cpu_cores"] = max(0.0, foreign)
+        done = result["requests"]
+        if done:
+            per_role = {role: (after[role] - before[role]) * 1e6 / done for role in roles}
+            for role, us in per_role.items():
+                result[f"cpu_us_per_req.{role}"] = us
+            if target.pids:
+                result["cpu_us_per_req"] = sum(per_role[r] for r in target.roles)
+        return result
+
+    def all_pids(self) -> list[int]:
+        pids = [self.upstream_pid] + [p for t in self.targets.values() for p in t.pids]
+        if getattr(self, "auditor_pid", None):
+            pids.append(self.auditor_pid)
+        return sorted(set(pids))
+
+    def warm_up(self) -> None:
+        for name, target in self.targets.items():
+            for key in self.args.workloads:
+                if key in LOAD_WORKLOADS:
+                    _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                    self.load(target, path, conns, threads, headers, 1)
+        log("warm-up done")
+
+    def run_load_workloads(self) -> None:
+        keys = [k for k in self.args.workloads if k in LOAD_WORKLOADS]
+        runs = {k: {c: [] for c in self.targets} for k in keys}
+        for r in range(self.args.rounds):
+            for key in keys:
+                title, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                for name, target in self.targets.items():  # A B A B: configs alternate
+                    result = self.load(target, path, conns, threads, headers, self.args.duration)
+                    runs[key][name].append(result)
+                    bad = result.get("errors", 0) + result.get("non_2xx", 0)
+                    log(
+                        f"round {r + 1}/{self.args.rounds} ({key}) {name:12} "
+                        f"{result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
+                        + (f"  cpu {result['cpu_us_per_req']:.0f} us/req" if "cpu_us_per_req" in result else "")
+                        + f"  other load {result['foreign_cpu_cores']:.2f} cores"
+                        + (f"  ERRORS {bad}" if bad else "")
+                    )
+        for key in keys:
+            self.results[key] = {
+                "title": LOAD_WORKLOADS[key][0],
+                "runs": runs[key],
+                "median": {name: median_of(rs) for name, rs in runs[key].items()},
+            }
+
+    # ---- (d) big transfers
+
+    def run_big(self) -> None:
+        big = self.workdir / "1g.bin"
+        with open(big, "wb") as f:
+            f.truncate(1 << 30)  # sparse: reads cost no disk
+        out: dict = {"download": {}, "upload": {}}
+        for name, target in self.targets.items():
+            if name == "http-tunnel":
+                out["download"][name] = out["upload"][name] = "not supported"
+                continue
+            for kind in ("download", "upload"):
+                rates, cpus = [], []
+                for _ in range(self.args.big_rounds):
+                    if kind == "download":
+                        argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{speed_download} %{size_download}", target.base + "/1g"]
+                    else:
+                        argv = ["curl", "-sS", "-o", "/dev/null", "-T", str(big), "-H", "Expect:", "-w", "%{http_code} %{speed_upload} %{size_upload}", target.base + "/upload"]
+                    before = cpu_seconds(target.pids) if target.pids else 0
+                    res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+                    after = cpu_seconds(target.pids) if target.pids else 0
+                    code, speed, size = res.stdout.split()
+                    if code != "200" or int(float(size)) != 1 << 30:
+                        raise RuntimeError(f"{kind} via {name} failed: {res.stdout} {res.stderr}")
+                    rates.append(float(speed) / 1e6)
+                    if target.pids:
+                        cpus.append(after - before)
+                out[kind][name] = {
+                    "mb_per_s": statistics.median(rates),
+                    "runs_mb_per_s": rates,
+                    **({"cpu_s_per_gib": statistics.median(cpus)} if cpus else {}),
+                }
+                log(f"(d) {kind:8} {name:12} {statistics.median(rates):8.0f} MB/s")
+        big.unlink()
+        self.results["d"] = {"title": "1 GiB through one request", **out}
+
+    # ---- (e) idle sessions
+
+    def run_idle(self) -> None:
+        counts = self.args.idle_counts
+        host, port = self.start_service(
+            "tunnel-session-host-idle",
+            "tunnel-session-host",
+            ["--public-url", "http://{name}.localhost:1"],
+            env={"TUNNEL_NODE_ID": "idle"},
+        )
+        time.sleep(1)
+        steps = [{"sessions": 0, "host_rss_kib": rss_kib(host.pid), "nats_rss_kib": rss_kib(self.nats.pid)}]
+        idle = self.procs.start(
+            "idle-sessions",
+            [str(self.tools / "idle-sessions"), "--url", f"ws://127.0.0.1:{port}/v1/connect"],
+            stdin=subprocess.PIPE,
+        )
+        logf = self.procs.log_of("idle-sessions")
+        seen = 0
+        total = 0
+        try:
+            for count in counts:
+                idle.stdin.write(f"open {count - total}\n".encode())
+                idle.stdin.flush()
+                seen += 1
+                line = wait_until(
+                    f"{count} idle sessions",
+                    lambda: (lambda lines: lines[seen - 1] if len(lines) >= seen else None)(
+                        [l for l in logf.read_text().splitlines() if l.startswith("{")]
+                    ),
+                    600,
+                    idle,
+                )
+                report = json.loads(line)
+                total = count
+                time.sleep(self.args.idle_settle)
+                step = {
+                    "sessions": report["open"],
+                    "requested": count,
+                    "failed": report["failed"],
+                    "open_ms": report["ms"],
+                    "first_error": report["error"],
+                    "host_rss_kib": rss_kib(host.pid),
+                    "nats_rss_kib": rss_kib(self.nats.pid),
+                }
+                if count == counts[-1]:
+                    window = self.args.idle_cpu_window
+                    h0, n0 = cpu_seconds([host.pid]), cpu_seconds([self.nats.pid])
+                    time.sleep(window)
+                    h1, n1 = cpu_seconds([host.pid]), cpu_seconds([self.nats.pid])
+                    step["idle_host_cpu_pct"] = (h1 - h0) * 100 / window
+                    step["idle_nats_cpu_pct"] = (n1 - n0) * 100 / window
+                    step["host_rss_kib"] = rss_kib(host.pid)
+                    step["nats_rss_kib"] = rss_kib(self.nats.pid)
+                steps.append(step)
+                log(
+                    f"(e) {report['open']:>6} idle sessions (failed {report['failed']}, {report['ms']} ms to open): "
+                    f"session-host RSS {step['host_rss_kib'] / 1024:.1f} MiB, nats-server RSS {step['nats_rss_kib'] / 1024:.1f} MiB"
+                )
+        finally:
+            try:
+                idle.stdin.write(b"quit\n")
+                idle.stdin.close()
+            except OSError:
+                pass
+            self.procs.stop(idle)
+            self.procs.stop(host, grace=15)
+        self.results["e"] = {"title": "idle tunnel sessions", "steps": steps}
+
+    # ---- (f) start-up time
+
+    def run_startup(self) -> None:
+        out: dict = {}
+        for r in range(self.args.rounds):
+            for name in self.targets:
+                if name == "direct":
+                    continue
+                t = self.startup_once(name, r)
+                out.setdefault(name, []).append(t)
+                log(f"(f) round {r + 1} {name:12} first request served after {t * 1000:.0f} ms")
+        self.results["f"] = {
+            "title": "client start to first request served",
+            "runs_ms": {k: [v * 1000 for v in vs] for k, vs in out.items()},
+            "median_ms": {k: statistics.median(vs) * 1000 for k, vs in out.items()},
+        }
+
+    def startup_once(self, name: str, r: int) -> float:
+        if name == "http-tunnel":
+            tunnel = f"bench-start-{r}"
+            url = f"http://127.0.0.1:{self.ingress_port}/small"
+            host = f"{tunnel}.localhost:{self.ingress_port}"
+            t0 = time.monotonic()
+            proc = self.start_tunnel_client(tunnel, f"tunnel-client-start-{r}")
+        elif name == "rathole":
+            url, host = f"http://127.0.0.1:{self.rathole_start_port}/small", None
+            t0 = time.monotonic()
+            proc = self.procs.start(
+                f"rathole-client-start-{r}",
+                [self.args.rathole, "-c", str(self.workdir / "rathole-client-start.toml")],
+            )
+        else:
+            url, host = f"http://127.0.0.1:{self.bore_start_port}/small", None
+            t0 = time.monotonic()
+            proc = self.procs.start(
+                f"bore-client-start-{r}",
+                [self.args.bore, "local", str(self.upstream_port), "-l", "127.0.0.1", "--to", "127.0.0.1", "--port", str(self.bore_start_port)],
+            )
+        try:
+            deadline = t0 + 30
+            while time.monotonic() < deadline:
+                if http_status(url, host, timeout=1.0) == 200:
+                    return time.monotonic() - t0
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} client exited during the start-up test")
+                time.sleep(0.002)
+            raise RuntimeError(f"{name}: no request served within 30 s of the client's start")
+        finally:
+            self.procs.stop(proc)
+            # The freed port or name must be free again before the next round.
+            time.sleep(0.5)
+
+    # ---- driver
+
+    def machine(self) -> dict:
+        model = ""
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        mem_kib = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+
+        def version(argv):
+            try:
+                res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                text = (res.stdout + res.stderr).strip().splitlines()
+                return text[0] if text else ""
+            except OSError:
+                return ""
+
+        return {
+            "nproc": os.cpu_count(),
+            "cpu_model": model,
+            "kernel": platform.release(),
+            "memory_gib": round(mem_kib / 1024 / 1024, 1),
+            "nats_server": version([self.args.nats_server, "--version"]),
+            "loadgen": version([self.args.wrk, "-v"]) if self.args.loadgen == "wrk" else version([self.args.oha, "--version"]),
+            "rathole": "rathole " + next(
+                (l.split(":", 1)[1].strip() for l in subprocess.run([self.args.rathole, "--version"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Build Version")),
+                "?",
+            ),
+            "bore": version([self.args.bore, "--version"]),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# parsing and reporting
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"unparsable duration {text!r}")
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def to_bytes(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)([KMGT]?B)", text)
+    if not m:
+        return 0.0
+    return float(m.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    res: dict = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+\w+) read", out)
+    if not m:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    res["requests"] = int(m.group(1))
+    res["seconds"] = to_ms(m.group(2) + m.group(3)) / 1000
+    res["bytes"] = to_bytes(m.group(4))
+    res["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    res["mb_per_s"] = res["bytes"] / res["seconds"] / 1e6
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res[key] = to_ms(m.group(1)) if m else float("nan")
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    return res
+
+
+def parse_oha(out: str) -> dict:
+    data = json.loads(out)
+    summary = data["summary"]
+    codes = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    total = sum(codes.values())
+    pct = data.get("latencyPercentiles", {})
+    seconds = summary["total"]
+    size = summary.get("totalData", 0)
+    return {
+        "requests": total,
+        "seconds": seconds,
+        "bytes": size,
+        "rps": summary["requestsPerSec"],
+        "mb_per_s": size / seconds / 1e6 if seconds else 0.0,
+        "p50_ms": (pct.get("p50") or 0) * 1000,
+        "p99_ms": (pct.get("p99") or 0) * 1000,
+        "errors": sum(data.get("errorDistribution", {}).values()),
+        "non_2xx": total - ok,
+    }
+
+
+def foreign_summary(results: dict) -> dict:
+    values = [
+        r["foreign_cpu_cores"]
+        for key in LOAD_WORKLOADS
+        for runs in results.get(key, {}).get("runs", {}).values()
+        for r in runs
+        if "foreign_cpu_cores" in r
+    ]
+    if not values:
+        return {}
+    return {"median": statistics.median(values), "max": max(values)}
+
+
+def median_of(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if all(isinstance(r.get(k), (int, float)) for r in runs)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def fmt(v: float, digits: int = 0) -> str:
+    if v != v:  # NaN
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(v: float, base: float) -> str:
+    return f" ({v / base:.2f}x)" if base else ""
+
+
+def table(report: dict) -> str:
+    res = report["results"]
+    names = [n for n in CONFIGS if any(n in res.get(k, {}).get("median", {}) for k in LOAD_WORKLOADS)] or CONFIGS
+    lines = ["| workload | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+
+    def row(workload: str, metric: str, cells: list[str]) -> None:
+        lines.append(f"| {workload} | {metric} | " + " | ".join(cells) + " |")
+
+    for key in ("a", "b", "c", "g"):
+        if key not in res:
+            continue
+        med = res[key]["median"]
+        d = med.get("direct", {})
+        title = f"({key}) {res[key]['title']}"
+        row(title, "req/s (ratio to direct)", [fmt(med[n]["rps"]) + ratio(med[n]["rps"], d.get("rps", 0)) if n != "direct" else fmt(med[n]["rps"]) for n in names])
+        if key == "b":
+            row("", "MB/s", [fmt(med[n]["mb_per_s"]) for n in names])
+        if key in ("a", "c", "b"):
+            row("", "p50 / p99 latency, ms", [f"{med[n]['p50_ms']:.3f} / {med[n]['p99_ms']:.3f}" for n in names])
+        if key == "c":
+            row("", "p50 / p99 added over direct, ms", ["-" if n == "direct" else f"+{med[n]['p50_ms'] - d.get('p50_ms', 0):.3f} / +{med[n]['p99_ms'] - d.get('p99_ms', 0):.3f}" for n in names])
+        row("", "tunnel CPU per request, us", [fmt(med[n]["cpu_us_per_req"]) if "cpu_us_per_req" in med[n] else "-" for n in names])
+        errs = [med[n].get("errors", 0) + med[n].get("non_2xx", 0) for n in names]
+        if any(errs):
+            row("", "errors + non-2xx (median)", [fmt(e) for e in errs])
+    if "d" in res:
+        for kind in ("download", "upload"):
+            cells = []
+            for n in names:
+                v = res["d"][kind].get(n)
+                if isinstance(v, dict):
+                    cpu = f", {v['cpu_s_per_gib']:.2f} CPU-s/GiB" if "cpu_s_per_gib" in v else ""
+                    cells.append(f"{fmt(v['mb_per_s'])} MB/s{cpu}")
+                else:
+                    cells.append(v or "-")
+            row("(d) 1 GiB through one request" if kind == "download" else "", kind, cells)
+    if "f" in res:
+        med = res["f"]["median_ms"]
+        row("(f) client start to first request served", "ms (median)", [fmt(med[n], 0) if n in med else "-" for n in names])
+    out = "\n".join(lines)
+    roles = ["ingress", "nats-server", "session-host", "client", "auditor"]
+    per = [
+        (key, res[key]["median"].get("http-tunnel", {}))
+        for key in ("a", "b", "c", "g")
+        if key in res and "http-tunnel" in res[key]["median"]
+    ]
+    if per:
+        p = [
+            "",
+            "http-tunnel CPU per request by process, us (the auditor is not in the sum above):",
+            "",
+            "| workload | " + " | ".join(roles) + " |",
+            "|---|" + "---|" * len(roles),
+        ]
+        for key, med in per:
+            p.append(f"| ({key}) | " + " | ".join(fmt(med.get(f"cpu_us_per_req.{r}", float("nan"))) for r in roles) + " |")
+        out += "\n" + "\n".join(p)
+    if "e" in res:
+        e = ["", "| (e) idle sessions | session-host RSS, MiB | nats-server RSS, MiB | time to open, s | failed |", "|---|---|---|---|---|"]
+        for step in res["e"]["steps"]:
+            e.append(
+                f"| {step['sessions']:,} | {step['host_rss_kib'] / 1024:.1f} | {step['nats_rss_kib'] / 1024:.1f} | "
+                + (f"{step['open_ms'] / 1000:.1f}" if "open_ms" in step else "-")
+                + f" | {step.get('failed', '-')} |"
+            )
+        last = res["e"]["steps"][-1]
+        if "idle_host_cpu_pct" in last:
+            e.append(
+                f"\nWith {last['sessions']:,} idle sessions: session-host {last['idle_host_cpu_pct']:.1f}% CPU, "
+                f"nats-server {last['idle_nats_cpu_pct']:.1f}% CPU (of one core, over {report['settings'].get('idle_cpu_window_s', 10)} s)."
+            )
+        out += "\n" + "\n".join(e)
+    return out
+
+
+def hold(bench: Bench) -> None:
+    """Keeps the configurations up for manual runs and profiling until SIGINT or SIGTERM."""
+    info = {
+        name: {"url": t.base, "host": t.host, "pids": t.roles} for name, t in bench.targets.items()
+    }
+    info["logs"] = str(bench.workdir)
+    print(json.dumps(info, indent=2), flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
+    p.add_argument("--duration", type=int, default=5, help="seconds per load run")
+    p.add_argument("--workloads", default="abcdefg", help="which workloads to run, e.g. 'ac'")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
+    p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
+    p.add_argument("--idle-cpu-window", type=float, default=10, help="seconds of idle CPU measured at the largest count")
+    p.add_argument("--big-rounds", type=int, default=3, help="rounds of the 1 GiB transfers in (d)")
+    p.add_argument("--upstream-threads", type=int, default=2)
+    p.add_argument("--loadgen", choices=["wrk", "oha"], default="wrk")
+    p.add_argument("--wrk", default="wrk")
+    p.add_argument("--oha", default="oha")
+    p.add_argument("--bore", default="bore")
+    p.add_argument("--rathole", default="rathole")
+    p.add_argument("--nats-server", default="nats-server")
+    p.add_argument("--tunnel-bin-dir", required=True, help="directory of the http-tunnel release binaries")
+    p.add_argument("--bench-bin-dir", required=True, help="directory of bench-upstream and idle-sessions")
+    p.add_argument("--results-dir", required=True)
+    p.add_argument("--git", default="", help="commit being measured, for the record")
+    p.add_argument("--command", default="", help="the command line, for the record")
+    p.add_argument("--quiet-load", type=float, default=1.0, help="wait for the 1-min load average to fall below this before measuring")
+    p.add_argument("--quiet-wait", type=float, default=300, help="seconds to wait for a quiet machine at most")
+    p.add_argument("--hold", action="store_true", help="start every configuration, print the targets, wait for Ctrl-C (for profiling)")
+    p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with every process's log")
+    args = p.parse_args()
+    args.idle_counts = sorted(int(x) for x in args.idle_counts.split(","))
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if "direct" not in configs:
+        configs.insert(0, "direct")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, min(hard, 1 << 20))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    need = max(args.idle_counts) + 1000
+    if "e" in args.workloads and want < need:
+        log(f"open-file limit {want} is below {need}: (e) will open fewer sessions")
+
+    bench = Bench(args)
+    report = None
+    try:
+        bench.start_upstream()
+        bench.start_nats()
+        if "http-tunnel" in configs:
+            bench.start_http_tunnel()
+        else:
+            bench.auditor_pid = None
+        if "rathole" in configs:
+            bench.start_rathole()
+        if "bore" in configs:
+            bench.start_bore()
+        bench.targets = {k: bench.targets[k] for k in CONFIGS if k in bench.targets}
+        started = time.monotonic()
+        load_before = wait_for_quiet(args.quiet_load, args.quiet_wait) if not args.hold else load_average()
+        if args.hold:
+            hold(bench)
+            return 0
+        if any(k in LOAD_WORKLOADS for k in args.workloads):
+            bench.warm_up()
+            bench.run_load_workloads()
+        if "d" in args.workloads:
+            bench.run_big()
+        if "f" in args.workloads:
+            bench.run_startup()
+        if "e" in args.workloads and "http-tunnel" in configs:
+            bench.run_idle()
+        report = {
+            "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": args.command,
+            "git": args.git,
+            "machine": bench.machine(),
+            "settings": {
+                "rounds": args.rounds,
+                "duration_s": args.duration,
+                "loadgen": args.loadgen,
+                "upstream_threads": args.upstream_threads,
+                "nats_max_payload": "8MB",
+                "workloads": args.workloads,
+                "configs": list(bench.targets),
+                "idle_cpu_window_s": args.idle_cpu_window,
+            },
+            "results": bench.results,
+            "load_average_before": load_before,
+            "foreign_cpu_cores": foreign_summary(bench.results),
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+    finally:
+        bench.procs.stop_all()
+        if report is None or args.keep_logs:
+            log(f"process logs kept in {bench.workdir}")
+        else:
+            shutil.rmtree(bench.workdir, ignore_errors=True)
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = results_dir / f"bench-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    m = report["machine"]
+    print(f"\nhttp-tunnel benchmark, {report['when']}, git {report['git'] or '?'}")
+    print(f"machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['memory_gib']} GiB, kernel {m['kernel']}")
+    print(f"tools: {m['loadgen']}; {m['nats_server']}; {m['rathole']}; {m['bore']}")
+    print(f"settings: {args.rounds} rounds x {args.duration:g} s per run, medians; nats max_payload 8MB")
+    fc = report["foreign_cpu_cores"]
+    if fc:
+        print(
+            f"other load: 1-min load average {report['load_average_before']:.2f} before; CPU used by processes outside "
+            f"the benchmark during load runs: median {fc['median']:.2f}, max {fc['max']:.2f} cores"
+        )
+    print()
+    print(table(report))
+    print(f"\nfull results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
