@@ -96,8 +96,8 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
         pump.deliver_to(sink);
         LocalBody::streamed(rest)
     };
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let local = forwarder.send(head, body);
+    let span = tracing::debug_span!("request", request_id = %request_id);
+    let local = tracing::Instrument::instrument(forwarder.send(head, body), span);
     tokio::pin!(local);
     let response = loop {
         tokio::select! {
@@ -108,7 +108,6 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
             },
         }
     };
-    let _enter = span.enter();
     let (status, error) = match &response {
         Ok(response) => (response.status().as_u16(), None),
         Err(failure) => (failure.code.http_status(), Some(failure.code.as_str().to_owned())),
@@ -124,7 +123,6 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
             return reply(&out, stream, &TunnelReply::Failure(failure), true).await;
         }
     };
-    drop(_enter);
     let (mut parts, body) = response.into_parts();
     let head = ResponseHead {
         status: parts.status.as_u16(),

@@ -99,7 +99,7 @@ pub async fn handle(
     };
     let request_id = request_id(&parts.headers);
     let on_upgrade = parts.extensions.remove::<OnUpgrade>();
-    let span = tracing::info_span!("request", tunnel = %route.name, request_id = %request_id);
+    let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
     let mut outcome = proxy.forward(&parts, body, on_upgrade, route.clone(), peer, &request_id).instrument(span).await;
     let result = outcome.error.map_or("ok", ErrorCode::as_str);
     metrics::counter!("ingress_requests_total", "result" => result).increment(1);
