@@ -24,7 +24,7 @@ pub struct SetupError(String);
 /// # Errors
 /// [`SetupError`] when JetStream refuses.
 pub async fn ensure_stream(js: &jetstream::Context, config: &AuditorConfig) -> Result<stream::Stream, SetupError> {
-    js.get_or_create_stream(stream::Config {
+    let wanted = stream::Config {
         name: AUDIT_STREAM.into(),
         subjects: vec![AUDIT_SUBJECTS.into()],
         retention: stream::RetentionPolicy::Limits,
@@ -35,9 +35,22 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &AuditorConfig) -> R
         num_replicas: config.replicas,
         duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| SetupError(e.to_string()))
+    };
+    let mut stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| SetupError(e.to_string()))?;
+    let actual = &stream.info().await.map_err(|e| SetupError(e.to_string()))?.config;
+    if actual.max_age != wanted.max_age
+        || actual.num_replicas != wanted.num_replicas
+        || actual.subjects != wanted.subjects
+    {
+        tracing::warn!(
+            stream = AUDIT_STREAM,
+            max_age = ?actual.max_age,
+            replicas = actual.num_replicas,
+            subjects = ?actual.subjects,
+            "the audit stream exists with other settings; it is used as it is"
+        );
+    }
+    Ok(stream)
 }
 
 /// The auditor's durable pull consumer on `stream`, created when absent.

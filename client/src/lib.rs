@@ -43,13 +43,17 @@ pub enum ClientError {
     /// The server refused the tunnel in a way retrying cannot fix.
     #[error("{}: {}", .0.code.message(), .0.detail)]
     Refused(Failure),
+    /// The server URL is not a `ws://` or `wss://` URL.
+    #[error("invalid server URL {0:?}: expected ws://host[:port] or wss://host[:port]")]
+    InvalidServer(String),
 }
 
 impl ClientError {
     /// The typed code of the refusal.
-    pub fn code(&self) -> tunnel_schemas::ErrorCode {
+    pub fn code(&self) -> &'static str {
         match self {
-            Self::Refused(failure) => failure.code,
+            Self::Refused(failure) => failure.code.as_str(),
+            Self::InvalidServer(_) => "invalid_server",
         }
     }
 }
@@ -59,13 +63,20 @@ impl ClientError {
 ///
 /// # Errors
 /// [`ClientError::Refused`] when the name is in use, invalid or reserved, the protocol versions
-/// differ, or another session took the tunnel over.
+/// differ, or another session took the tunnel over; [`ClientError::InvalidServer`] for a server
+/// URL that is not `ws://` or `wss://`.
 pub async fn run(
     options: Options,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
     let server = connect_url(&options.server);
+    let valid = server
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| matches!(uri.scheme_str(), Some("ws" | "wss")) && uri.authority().is_some());
+    if !valid {
+        return Err(ClientError::InvalidServer(options.server));
+    }
     let forwarder = Arc::new(Forwarder::new(options.target.clone()));
     let mut resume: Option<Resume> = None;
     let mut backoff = Backoff::default();

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
-use tunnel_client::{ClientError, Event, Options, Target};
+use tunnel_client::{Event, Options, Target};
 
 /// Expose a local HTTP service at a public URL through an http-tunnel server.
 #[derive(Debug, Parser)]
@@ -62,7 +62,7 @@ async fn main() -> std::process::ExitCode {
     let _ = printer.await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e @ ClientError::Refused(_)) => fail(json, e.code().as_str(), &e.to_string()),
+        Err(e) => fail(json, e.code(), &e.to_string()),
     }
 }
 

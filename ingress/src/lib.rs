@@ -9,6 +9,7 @@
 //! Requests that name no tunnel reach the operational routes (`/healthz`, `/readyz`,
 //! `/metrics`) or get a 404 `no_tunnel_name` page.
 
+mod audit;
 pub mod config;
 mod error_page;
 mod exchange;

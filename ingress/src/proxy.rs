@@ -25,6 +25,7 @@ use tunnel_schemas::http::{Header, RequestHead};
 use tunnel_schemas::stream::INLINE_BYTES;
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION, audit, subjects};
 
+use crate::audit::AuditSink;
 use crate::config::IngressConfig;
 use crate::error_page::{error_response, wants_json};
 use crate::exchange::Exchange;
@@ -48,6 +49,7 @@ struct Inner {
     /// Routes for requests that name no tunnel (`/healthz`, `/readyz`, `/metrics`).
     ops: Router,
     streams: Arc<StreamHub>,
+    audit: AuditSink,
 }
 
 /// Response chunks queued for the public client beyond what the exchange holds.
@@ -76,7 +78,8 @@ impl Proxy {
     /// requests naming no tunnel go to `ops`.
     pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router, streams: Arc<StreamHub>) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
-        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams }) }
+        let audit = AuditSink::start(nats.clone());
+        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams, audit }) }
     }
 }
 
@@ -120,10 +123,10 @@ pub async fn handle(
             at_ms: unix_ms(),
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
-        let nats = proxy.inner.nats.clone();
         match outcome.streaming.take() {
-            None => publish_audit(&nats, subject, &record).await,
+            None => proxy.inner.audit.record(subject, &record),
             Some(streaming) => {
+                let sink = proxy.inner.audit.clone();
                 tokio::spawn(async move {
                     let mut record = record;
                     if let Ok(summary) = streaming.await {
@@ -133,19 +136,12 @@ pub async fn handle(
                             record.error = Some(code);
                         }
                     }
-                    publish_audit(&nats, subject, &record).await;
+                    sink.record(subject, &record);
                 });
             }
         }
     }
     outcome.response
-}
-
-async fn publish_audit(nats: &async_nats::Client, subject: String, record: &audit::RequestAudit) {
-    if let Err(e) = nats.publish(subject, tunnel_schemas::encode(record).into()).await {
-        metrics::counter!("ingress_audit_publish_errors_total").increment(1);
-        tracing::warn!(error = %e, "audit event not published");
-    }
 }
 
 impl Proxy {
@@ -247,7 +243,11 @@ impl Proxy {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = status;
         *response.headers_mut() = response_headers(head.headers, switching && upgrade.is_some());
+        let mut bytes_in = bytes_in;
         let streaming = if end {
+            // The upload is over or abandoned: count what streamed up. A streaming exchange
+            // reports its whole upload in its summary instead.
+            bytes_in += exchange.bytes_sent();
             if !exchange.sending() {
                 exchange.finish();
             }

@@ -12,13 +12,19 @@ pub struct ConnectError {
 }
 
 /// Connects to `url` (comma-separated list) as `name`, with replies under `inbox_prefix`, and
-/// logs connection events.
+/// logs connection events. A `user:password@` in the first URL authenticates (async-nats does not
+/// read it from the URL by itself).
 ///
 /// # Errors
 /// [`ConnectError`] when no server answers within the connection timeout.
 pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_nats::Client, ConnectError> {
     let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    let first = servers.first().and_then(|server| server.parse::<async_nats::ServerAddr>().ok());
+    if let Some((user, password)) = first.as_ref().and_then(|addr| Some((addr.username()?, addr.password()?))) {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    options
         .name(name)
         .custom_inbox_prefix(inbox_prefix)
         .ping_interval(Duration::from_secs(10))
@@ -27,6 +33,7 @@ pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_
             match event {
                 async_nats::Event::Connected => tracing::info!("nats connected"),
                 async_nats::Event::SlowConsumer(_) => metrics::counter!("nats_slow_consumer_total").increment(1),
+                async_nats::Event::Draining | async_nats::Event::Closed => tracing::info!(event = %event, "nats event"),
                 other => tracing::warn!(event = %other, "nats event"),
             }
         })

@@ -171,6 +171,11 @@ impl<O: FrameOut> Pump<O> {
         self.incoming = Some(sink);
     }
 
+    /// Bytes sent as `Data` so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Whether outgoing bytes are still being sent.
     pub fn sending(&self) -> bool {
         self.outgoing.is_some()

@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber: `RUST_LOG` filtering (default `info`), text or JSON.
 pub fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     // A second initialisation (tests running several services) keeps the first subscriber.
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

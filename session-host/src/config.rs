@@ -19,6 +19,9 @@ pub struct HostConfig {
     /// Seconds a lease outlives its last renewal: how long a crashed host or a vanished client
     /// keeps its name (the window in which the client may resume it).
     pub lease_ttl_secs: u64,
+    /// Replicas of the lease bucket when this host creates it (1 on a single server, 3 on a
+    /// cluster).
+    pub lease_replicas: usize,
     /// Seconds a client has to send its hello.
     pub handshake_timeout_secs: u64,
     /// Seconds between WebSocket pings; a client silent for three intervals is dropped.
@@ -41,6 +44,7 @@ impl Default for HostConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             public_url: "http://{name}.localhost:8080".into(),
             lease_ttl_secs: 30,
+            lease_replicas: 1,
             handshake_timeout_secs: 10,
             ping_interval_secs: 15,
             drain_grace_secs: 10,
@@ -58,6 +62,7 @@ impl Validate for HostConfig {
         config::check_range("handshake_timeout_secs", self.handshake_timeout_secs, 1..=300)?;
         config::check_range("ping_interval_secs", self.ping_interval_secs, 1..=3600)?;
         config::check_range("drain_grace_secs", self.drain_grace_secs, 1..=3600)?;
+        config::check_range("lease_replicas", self.lease_replicas, 1..=5)?;
         config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
         config::check_log_format(&self.log_format)?;
         if !self.public_url.contains("{name}") {

@@ -63,17 +63,21 @@ impl Leases {
     ///
     /// # Errors
     /// [`LeaseError::Unavailable`] when JetStream refuses.
-    pub async fn open(js: &jetstream::Context, ttl: Duration) -> Result<Self, LeaseError> {
+    pub async fn open(js: &jetstream::Context, ttl: Duration, replicas: usize) -> Result<Self, LeaseError> {
         let config = kv::Config {
             bucket: LEASES_BUCKET.into(),
             description: "tunnel name leases".into(),
             history: 1,
             max_age: ttl,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         };
         let kv = match js.get_key_value(LEASES_BUCKET).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                warn_on_drift(&kv, ttl, replicas).await;
+                kv
+            }
             Err(_) => js.create_key_value(config).await.map_err(unavailable)?,
         };
         Ok(Self { kv })
@@ -130,7 +134,21 @@ impl Leases {
                 lease.revision = revision;
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => self.recreate(lease).await,
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// After a failed renewal: when the lease merely expired (NATS was unreachable for longer
+    /// than the TTL) and nobody took the name, takes it again; otherwise it is lost.
+    async fn recreate(&self, lease: &mut Lease) -> Result<(), LeaseError> {
+        match self.kv.create(&lease.key, lease.record.clone()).await {
+            Ok(revision) => {
+                tracing::warn!(tunnel = %lease.name, "lease had expired; taken again");
+                lease.revision = revision;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(LeaseError::Lost),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -140,6 +158,26 @@ impl Leases {
         if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {
             tracing::debug!(error = %e, "lease not released (already taken over or expired)");
         }
+    }
+}
+
+/// Logs when the existing bucket was created with other settings than this host's.
+async fn warn_on_drift(kv: &kv::Store, ttl: Duration, replicas: usize) {
+    match kv.status().await {
+        Ok(status) => {
+            let config = &status.info.config;
+            if config.max_age != ttl || config.num_replicas != replicas {
+                tracing::warn!(
+                    bucket = LEASES_BUCKET,
+                    max_age = ?config.max_age,
+                    replicas = config.num_replicas,
+                    wanted_max_age = ?ttl,
+                    wanted_replicas = replicas,
+                    "the lease bucket exists with other settings; it is used as it is"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the lease bucket's settings"),
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), HostError> {
     let js = async_nats::jetstream::new(nats.clone());
-    let leases = leases::Leases::open(&js, config.lease_ttl()).await?;
+    let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
     let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone() });
     let sessions = TaskTracker::new();

@@ -402,7 +402,7 @@ impl Session {
 
     async fn keepalive(&mut self, interval: Duration) -> Result<(), Failure> {
         if self.last_seen.elapsed() > interval * 3 {
-            return Err(Failure::new(ErrorCode::HandshakeTimeout, "client stopped answering pings"));
+            return Err(Failure::new(ErrorCode::TunnelDisconnected, "client stopped answering pings"));
         }
         self.out
             .send(Message::Ping(Bytes::new()))

@@ -1,4 +1,5 @@
-//! A whole system per test: nats-server, ingress and session-host on port 0, clients on demand.
+//! A whole system per test: nats-server, ingress, session-host and auditor on port 0, clients on
+//! demand.
 
 use std::net::SocketAddr;
 use std::sync::Once;
@@ -95,6 +96,26 @@ impl TestEnv {
             )
             .await
             .expect("ingress runs");
+        }));
+
+        let auditor_config = tunnel_auditor::AuditorConfig { nats_url: nats.url().to_owned(), ..Default::default() };
+        let auditor_nats = connect(nats.url(), "aud").await;
+        // The stream exists before the first request, so no audit event finds it missing.
+        tunnel_auditor::stream::ensure_stream(&async_nats::jetstream::new(auditor_nats.clone()), &auditor_config)
+            .await
+            .expect("audit stream");
+        let auditor_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind auditor");
+        let (metrics_for_auditor, shutdown_for_auditor) = (metrics.clone(), shutdown.clone());
+        services.push(tokio::spawn(async move {
+            tunnel_auditor::run(
+                auditor_listener,
+                auditor_nats,
+                auditor_config,
+                metrics_for_auditor,
+                shutdown_for_auditor,
+            )
+            .await
+            .expect("auditor runs");
         }));
 
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");

@@ -140,3 +140,16 @@ async fn a_bad_setting_is_refused_naming_its_key() {
         assert!(stderr.contains(key), "the error names {key}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_server_url_that_is_not_websocket_is_refused_at_once() {
+    let output = Command::new(binary("tunnel"))
+        .args(["http", "3000", "--server", "http://example.invalid"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&output.stdout);
+    let error: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON error line");
+    assert_eq!(error["code"], "invalid_server");
+}

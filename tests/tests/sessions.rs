@@ -69,7 +69,7 @@ async fn two_clients_racing_for_one_name_exactly_one_wins() {
             other => panic!("expected exactly one ready client, got {other:?}"),
         };
         let error = loser.finish().await.expect_err("the loser is refused");
-        assert_eq!(error.code(), ErrorCode::NameInUse);
+        assert_eq!(error.code(), ErrorCode::NameInUse.as_str());
         assert_eq!(env.get(&name, "/").await.status(), 200, "the winner serves");
         winner.stop().await;
     }
@@ -82,7 +82,7 @@ async fn a_name_held_by_a_vanished_client_is_kept_for_its_resume_but_released_by
     let tunnel = env.tunnel(upstream.port(), Some("keepsake")).await;
     tunnel.kill();
     let intruder = env.spawn_client(&env.server_url(), upstream.port(), Some("keepsake"));
-    assert_eq!(intruder.finish().await.expect_err("refused").code(), ErrorCode::NameInUse);
+    assert_eq!(intruder.finish().await.expect_err("refused").code(), ErrorCode::NameInUse.as_str());
 
     let polite = env.tunnel(upstream.port(), Some("polite")).await;
     polite.stop().await;
@@ -135,6 +135,6 @@ async fn invalid_and_reserved_names_are_refused_with_their_codes() {
         [("Bad_Name", ErrorCode::InvalidName), ("-x-", ErrorCode::InvalidName), ("www", ErrorCode::ReservedName)]
     {
         let client = env.spawn_client(&env.server_url(), 9, Some(name));
-        assert_eq!(client.finish().await.expect_err("refused").code(), code, "{name}");
+        assert_eq!(client.finish().await.expect_err("refused").code(), code.as_str(), "{name}");
     }
 }

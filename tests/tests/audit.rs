@@ -1,0 +1,68 @@
+//! Every public request leaves an audit record in the `AUDIT` stream, bodies counted whole
+//! whether they travelled inline or streamed, and no header value or query string in it.
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt;
+use reqwest::Method;
+use tunnel_schemas::ErrorCode;
+use tunnel_schemas::audit::RequestAudit;
+use tunnel_tests::{DEADLINE, TestEnv, Upstream, within};
+
+/// The audit records of tunnel `name`, as they are stored.
+async fn records(env: &TestEnv, name: &str) -> impl futures_util::Stream<Item = RequestAudit> {
+    let nats = async_nats::connect(env.nats.url()).await.expect("nats");
+    let stream = async_nats::jetstream::new(nats).get_stream("AUDIT").await.expect("audit stream");
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("audit.{name}.req"),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    consumer.messages().await.expect("messages").map(|message| {
+        let message = message.expect("message");
+        tunnel_schemas::decode(&message.payload, usize::MAX).expect("an audit record")
+    })
+}
+
+#[tokio::test]
+async fn requests_are_audited_with_whole_body_sizes_and_no_secrets() {
+    let env = TestEnv::start().await;
+    let upstream = Upstream::start().await;
+    let tunnel = env.tunnel(upstream.port(), None).await;
+    let upload = vec![7_u8; 3 << 20];
+    let response = env
+        .request(Method::POST, &tunnel.name, "/sha256?token=secret-in-query")
+        .header("authorization", "Bearer secret-token")
+        .body(upload)
+        .send()
+        .await
+        .expect("response");
+    let answer = response.text().await.expect("body");
+    env.get(&tunnel.name, "/stream/2097152").await.bytes().await.expect("download");
+
+    let mut records = Box::pin(records(&env, &tunnel.name).await);
+    let upload = within(DEADLINE, "the upload's record", records.next()).await.expect("a record");
+    assert_eq!((upload.method.as_str(), upload.path.as_str(), upload.status), ("POST", "/sha256", 200));
+    assert_eq!(upload.bytes_in, 3 << 20, "a streamed upload counts whole");
+    assert_eq!(upload.bytes_out, answer.len() as u64);
+    let download = within(DEADLINE, "the download's record", records.next()).await.expect("a record");
+    assert_eq!(download.bytes_out, 2 << 20, "a streamed download counts whole");
+    assert_eq!(download.error, None);
+    for record in [&upload, &download] {
+        let bytes = tunnel_schemas::encode(record);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("secret"), "no query string or header value in the audit trail: {text}");
+    }
+}
+
+#[tokio::test]
+async fn failed_requests_are_audited_with_their_error_code() {
+    let env = TestEnv::start().await;
+    assert_eq!(env.get("nobody-here", "/x").await.status(), 502);
+    let mut records = Box::pin(records(&env, "nobody-here").await);
+    let record = within(DEADLINE, "the record", records.next()).await.expect("a record");
+    assert_eq!(record.status, 502);
+    assert_eq!(record.error, Some(ErrorCode::TunnelOffline));
+}
