@@ -3,7 +3,7 @@
 //!
 //! It creates the stream when absent, reads it through a durable pull consumer with explicit
 //! acks (so an event is acknowledged only after it was handled, and nothing is lost across
-//! restarts), and logs each event. Usage counters, quotas and replay build on this consumer.
+//! restarts), and counts the records of each batch (logged one by one at debug level). Usage counters, quotas and replay build on this consumer.
 
 pub mod config;
 pub mod stream;
@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tunnel_kit::telemetry::PrometheusHandle;
-use tunnel_schemas::audit::RequestAudit;
+use tunnel_schemas::audit::AuditBatch;
 
 pub use config::AuditorConfig;
 
@@ -71,25 +71,27 @@ async fn consume(consumer: &async_nats::jetstream::consumer::PullConsumer) {
 }
 
 fn record(subject: &str, payload: &[u8]) {
-    match tunnel_schemas::decode::<RequestAudit>(payload, usize::MAX) {
-        Ok(event) => {
-            metrics::counter!("auditor_events_total").increment(1);
-            tracing::info!(
-                tunnel = %event.tunnel,
-                request_id = %event.request_id,
-                method = %event.method,
-                path = %event.path,
-                status = event.status,
-                error = event.error.map(|code| code.as_str()),
-                bytes_in = event.bytes_in,
-                bytes_out = event.bytes_out,
-                duration_us = event.duration_us,
-                "audit"
-            );
+    match tunnel_schemas::decode::<AuditBatch>(payload, usize::MAX) {
+        Ok(batch) => {
+            metrics::counter!("auditor_events_total").increment(batch.records.len() as u64);
+            for event in &batch.records {
+                tracing::debug!(
+                    tunnel = %event.tunnel,
+                    request_id = %event.request_id,
+                    method = %event.method,
+                    path = %event.path,
+                    status = event.status,
+                    error = event.error.map(|code| code.as_str()),
+                    bytes_in = event.bytes_in,
+                    bytes_out = event.bytes_out,
+                    duration_us = event.duration_us,
+                    "audit"
+                );
+            }
         }
         Err(e) => {
             metrics::counter!("auditor_undecodable_total").increment(1);
-            tracing::warn!(subject, error = %e, "undecodable audit event");
+            tracing::warn!(subject, error = %e, "undecodable audit batch");
         }
     }
 }

@@ -54,8 +54,17 @@ async fn main() -> std::process::ExitCode {
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);
     let printer = tokio::spawn(async move {
+        let mut lines = String::new();
         while let Some(event) = received.recv().await {
-            print_event(json, &event);
+            // Under load, write what has queued up with one write and one flush.
+            push_line(&mut lines, json, &event);
+            while let Ok(event) = received.try_recv() {
+                push_line(&mut lines, json, &event);
+            }
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(lines.as_bytes());
+            let _ = stdout.flush();
+            lines.clear();
         }
     });
     let result = tunnel_client::run(options, events, shutdown).await;
@@ -66,11 +75,13 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn print_event(json: bool, event: &Event) {
-    let line = if json { serde_json::to_string(event).unwrap_or_default() } else { event.human() };
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
+fn push_line(lines: &mut String, json: bool, event: &Event) {
+    if json {
+        lines.push_str(&serde_json::to_string(event).unwrap_or_default());
+    } else {
+        lines.push_str(&event.human());
+    }
+    lines.push('\n');
 }
 
 fn fail(json: bool, code: &str, message: &str) -> std::process::ExitCode {

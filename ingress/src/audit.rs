@@ -1,36 +1,37 @@
 //! Audit events leave through a bounded queue to one JetStream publisher, so a request never
-//! waits for the audit stream. Each event has its own message id: a publish retried after a
-//! failed acknowledgement is stored once. What cannot be queued (the stream has been unreachable
-//! for long) is counted as dropped, never buffered without bound.
+//! waits for the audit stream. Events are batched per subject (one tunnel) for up to
+//! [`BATCH_WINDOW`] or [`MAX_BATCH`] events: one stored message per batch instead of one per
+//! request is what keeps auditing cheap under load. Each batch has its own message id, so a
+//! publish retried after a failed acknowledgement is stored once. What cannot be queued (the
+//! stream has been unreachable for long) is counted as dropped, never buffered without bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
-use tunnel_schemas::audit::RequestAudit;
+use tokio::time::MissedTickBehavior;
+use tunnel_schemas::PROTOCOL_VERSION;
+use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 
-/// Events waiting to be published.
+/// Events waiting to be batched.
 const QUEUE: usize = 16_384;
-/// Publishes awaiting their acknowledgement.
-const MAX_UNACKED: usize = 512;
-/// Publishes of one event before it is given up.
+/// Longest an event waits for its batch to fill.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Most events in one batch.
+const MAX_BATCH: usize = 256;
+/// Batches awaiting their acknowledgement.
+const MAX_UNACKED: usize = 64;
+/// Publishes of one batch before it is given up.
 const ATTEMPTS: u8 = 3;
 
 /// Where the proxy hands audit events.
 #[derive(Clone)]
 pub struct AuditSink {
-    queue: mpsc::Sender<Pending>,
-}
-
-/// An event on its way.
-struct Pending {
-    subject: String,
-    id: String,
-    payload: Bytes,
-    attempts: u8,
+    queue: mpsc::Sender<(String, RequestAudit)>,
 }
 
 impl AuditSink {
@@ -42,43 +43,73 @@ impl AuditSink {
     }
 
     /// Queues `record` for `subject`; drops it (counted) when the queue is full.
-    pub fn record(&self, subject: String, record: &RequestAudit) {
-        let pending = Pending {
-            subject,
-            id: uuid::Uuid::now_v7().simple().to_string(),
-            payload: tunnel_schemas::encode(record).into(),
-            attempts: 0,
-        };
-        if self.queue.try_send(pending).is_err() {
+    pub fn record(&self, subject: String, record: RequestAudit) {
+        if self.queue.try_send((subject, record)).is_err() {
             metrics::counter!("ingress_audit_dropped_total").increment(1);
         }
     }
 }
 
-async fn publish(js: jetstream::Context, mut events: mpsc::Receiver<Pending>) {
+/// A sealed batch on its way.
+struct Pending {
+    subject: String,
+    id: String,
+    payload: Bytes,
+    events: usize,
+    attempts: u8,
+}
+
+impl Pending {
+    fn seal(subject: String, records: Vec<RequestAudit>) -> Self {
+        let events = records.len();
+        let payload = tunnel_schemas::encode(&AuditBatch { v: PROTOCOL_VERSION, records }).into();
+        Self { subject, id: uuid::Uuid::now_v7().simple().to_string(), payload, events, attempts: 0 }
+    }
+}
+
+async fn publish(js: jetstream::Context, mut events: mpsc::Receiver<(String, RequestAudit)>) {
+    let mut open: HashMap<String, Vec<RequestAudit>> = HashMap::new();
+    let mut ready: VecDeque<Pending> = VecDeque::new();
     let mut unacked = FuturesUnordered::new();
-    let mut retries = VecDeque::new();
+    let mut window = tokio::time::interval(BATCH_WINDOW);
+    window.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut closed = false;
     loop {
-        let next = tokio::select! {
+        if closed && open.is_empty() && ready.is_empty() && unacked.is_empty() {
+            return;
+        }
+        if unacked.len() < MAX_UNACKED
+            && let Some(pending) = ready.pop_front()
+        {
+            match send(&js, &pending).await {
+                Ok(ack) => unacked.push(async move { (ack.await.map(|_| ()), pending) }),
+                Err(e) => retry(&mut ready, pending, &e),
+            }
+            continue;
+        }
+        tokio::select! {
             Some((acked, pending)) = unacked.next(), if !unacked.is_empty() => {
                 if let Err(e) = acked {
-                    retry(&mut retries, pending, &e);
+                    retry(&mut ready, pending, &e);
                 }
-                continue;
             }
-            pending = events.recv(), if unacked.len() < MAX_UNACKED && retries.is_empty() => match pending {
-                Some(pending) => pending,
-                None if unacked.is_empty() => return,
-                None => continue,
+            event = events.recv(), if !closed => match event {
+                Some((subject, record)) => {
+                    let batch = open.entry(subject.clone()).or_default();
+                    batch.push(record);
+                    if batch.len() >= MAX_BATCH {
+                        let records = open.remove(&subject).unwrap_or_default();
+                        ready.push_back(Pending::seal(subject, records));
+                    }
+                }
+                None => {
+                    closed = true;
+                    ready.extend(open.drain().map(|(subject, records)| Pending::seal(subject, records)));
+                }
             },
-            () = std::future::ready(()), if unacked.len() < MAX_UNACKED && !retries.is_empty() => match retries.pop_front() {
-                Some(pending) => pending,
-                None => continue,
-            },
-        };
-        match send(&js, &next).await {
-            Ok(ack) => unacked.push(async move { (ack.await.map(|_| ()), next) }),
-            Err(e) => retry(&mut retries, next, &e),
+            _ = window.tick(), if !open.is_empty() => {
+                ready.extend(open.drain().map(|(subject, records)| Pending::seal(subject, records)));
+            }
         }
     }
 }
@@ -91,12 +122,12 @@ async fn send(
     js.send_publish(pending.subject.clone(), message).await
 }
 
-fn retry(retries: &mut VecDeque<Pending>, mut pending: Pending, error: &dyn std::fmt::Display) {
+fn retry(ready: &mut VecDeque<Pending>, mut pending: Pending, error: &dyn std::fmt::Display) {
     pending.attempts += 1;
     if pending.attempts < ATTEMPTS {
-        retries.push_back(pending);
+        ready.push_back(pending);
     } else {
-        metrics::counter!("ingress_audit_dropped_total").increment(1);
-        tracing::warn!(error = %error, subject = %pending.subject, "audit event given up");
+        metrics::counter!("ingress_audit_dropped_total").increment(pending.events as u64);
+        tracing::warn!(error = %error, subject = %pending.subject, events = pending.events, "audit batch given up");
     }
 }

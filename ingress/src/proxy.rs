@@ -124,7 +124,7 @@ pub async fn handle(
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
         match outcome.streaming.take() {
-            None => proxy.inner.audit.record(subject, &record),
+            None => proxy.inner.audit.record(subject, record),
             Some(streaming) => {
                 let sink = proxy.inner.audit.clone();
                 tokio::spawn(async move {
@@ -136,7 +136,7 @@ pub async fn handle(
                             record.error = Some(code);
                         }
                     }
-                    sink.record(subject, &record);
+                    sink.record(subject, record);
                 });
             }
         }

@@ -1,4 +1,5 @@
-//! Audit events: one per public request, published to the `AUDIT` stream.
+//! Audit events: one [`RequestAudit`] per public request, published to the `AUDIT` stream in
+//! [`AuditBatch`]es (one stored message per batch, on the subject of the batch's tunnel).
 //!
 //! They hold no header values, query strings or bodies, so no secret (token, cookie,
 //! `Authorization`) ever lands in the audit trail by default.
@@ -38,4 +39,13 @@ pub struct RequestAudit {
     pub remote_addr: String,
     /// Unix time of arrival in milliseconds.
     pub at_ms: u64,
+}
+
+/// Audit records of one tunnel, stored as one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditBatch {
+    /// Protocol version of the publisher.
+    pub v: u16,
+    /// The records, in the order their requests completed.
+    pub records: Vec<RequestAudit>,
 }

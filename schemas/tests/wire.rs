@@ -2,7 +2,7 @@
 //! accidental change to the contract fails here before it reaches a peer.
 
 use bytes::Bytes;
-use tunnel_schemas::audit::RequestAudit;
+use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 use tunnel_schemas::events::{Control, Failure, TunnelReply, TunnelRequest, TunnelResponse};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, Welcome};
 use tunnel_schemas::http::{Header, RequestHead, ResponseHead};
@@ -144,6 +144,10 @@ fn audit_events() {
     pin(
         &audit,
         "8ca17601aa726571756573745f6964a3696431a674756e6e656ca464656d6fa66d6574686f64a3474554a470617468a12fa6737461747573cd01f6a56572726f72ae74756e6e656c5f6f66666c696e65a862797465735f696e00a962797465735f6f757400ab6475726174696f6e5f7573cd0384ab72656d6f74655f61646472a93132372e302e302e31a561745f6d73cf000001a3185c5000",
+    );
+    pin(
+        &AuditBatch { v: 1, records: vec![audit] },
+        "82a17601a77265636f726473918ca17601aa726571756573745f6964a3696431a674756e6e656ca464656d6fa66d6574686f64a3474554a470617468a12fa6737461747573cd01f6a56572726f72ae74756e6e656c5f6f66666c696e65a862797465735f696e00a962797465735f6f757400ab6475726174696f6e5f7573cd0384ab72656d6f74655f61646472a93132372e302e302e31a561745f6d73cf000001a3185c5000",
     );
 }
 

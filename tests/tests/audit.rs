@@ -5,7 +5,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::StreamExt;
 use reqwest::Method;
 use tunnel_schemas::ErrorCode;
-use tunnel_schemas::audit::RequestAudit;
+use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 use tunnel_tests::{DEADLINE, TestEnv, Upstream, within};
 
 /// The audit records of tunnel `name`, as they are stored.
@@ -20,9 +20,10 @@ async fn records(env: &TestEnv, name: &str) -> impl futures_util::Stream<Item = 
         })
         .await
         .expect("consumer");
-    consumer.messages().await.expect("messages").map(|message| {
+    consumer.messages().await.expect("messages").flat_map(|message| {
         let message = message.expect("message");
-        tunnel_schemas::decode(&message.payload, usize::MAX).expect("an audit record")
+        let batch: AuditBatch = tunnel_schemas::decode(&message.payload, usize::MAX).expect("an audit batch");
+        futures_util::stream::iter(batch.records)
     })
 }
 
