@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tunnel_kit::telemetry::PrometheusHandle;
-use tunnel_schemas::audit::AuditBatch;
+use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 
 pub use config::AuditorConfig;
 
@@ -71,7 +71,13 @@ async fn consume(consumer: &async_nats::jetstream::consumer::PullConsumer) {
 }
 
 fn record(subject: &str, payload: &[u8]) {
-    match tunnel_schemas::decode::<AuditBatch>(payload, usize::MAX) {
+    // Single records come from ingress nodes older than batching; they may still be in the stream.
+    let batch = tunnel_schemas::decode::<AuditBatch>(payload, usize::MAX).or_else(|e| {
+        tunnel_schemas::decode::<RequestAudit>(payload, usize::MAX)
+            .map(|record| AuditBatch { v: record.v, records: vec![record] })
+            .map_err(|_| e)
+    });
+    match batch {
         Ok(batch) => {
             metrics::counter!("auditor_events_total").increment(batch.records.len() as u64);
             for event in &batch.records {

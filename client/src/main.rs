@@ -43,7 +43,8 @@ struct HttpArgs {
 async fn main() -> std::process::ExitCode {
     let Command::Http(args) = Cli::parse().command;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours).init();
     let json = args.json || !std::io::stdout().is_terminal();
     let target =
         match args.to.as_deref().map(Target::parse).unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80)))) {

@@ -111,9 +111,11 @@ pub async fn open(server: &str, name: Option<&str>, resume: Option<&Resume>) -> 
 /// Whether a refusal is worth retrying.
 fn classify(failure: Failure) -> OpenError {
     match failure.code {
-        ErrorCode::Unavailable | ErrorCode::GoingAway | ErrorCode::Internal | ErrorCode::HandshakeTimeout => {
-            OpenError::Transient(format!("{}: {}", failure.code, failure.detail))
-        }
+        ErrorCode::Unavailable
+        | ErrorCode::GoingAway
+        | ErrorCode::Internal
+        | ErrorCode::HandshakeTimeout
+        | ErrorCode::TunnelDisconnected => OpenError::Transient(format!("{}: {}", failure.code, failure.detail)),
         _ => OpenError::Fatal(failure),
     }
 }

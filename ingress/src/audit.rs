@@ -23,6 +23,10 @@ const QUEUE: usize = 16_384;
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Most events in one batch.
 const MAX_BATCH: usize = 256;
+/// Most estimated bytes in one batch, well under the stream's 256 KiB message limit.
+const MAX_BATCH_BYTES: usize = 128 << 10;
+/// Encoded size of a record beyond its variable fields (names, numbers, framing).
+const RECORD_OVERHEAD_BYTES: usize = 192;
 /// Batches awaiting their acknowledgement.
 const MAX_UNACKED: usize = 64;
 /// Publishes of one batch before it is given up.
@@ -67,8 +71,37 @@ impl Pending {
     }
 }
 
+/// The batches being filled, one per subject.
+#[derive(Default)]
+struct Batches {
+    open: HashMap<String, (Vec<RequestAudit>, usize)>,
+}
+
+impl Batches {
+    /// Adds `record`; returns its batch sealed when that filled it (by count or by size).
+    fn add(&mut self, subject: String, record: RequestAudit) -> Option<Pending> {
+        let (records, bytes) = self.open.entry(subject.clone()).or_default();
+        *bytes += estimated_size(&record);
+        records.push(record);
+        if records.len() < MAX_BATCH && *bytes < MAX_BATCH_BYTES {
+            return None;
+        }
+        let (records, _) = self.open.remove(&subject)?;
+        Some(Pending::seal(subject, records))
+    }
+
+    /// Seals every open batch.
+    fn seal_all(&mut self) -> Vec<Pending> {
+        self.open.drain().map(|(subject, (records, _))| Pending::seal(subject, records)).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
 async fn publish(js: jetstream::Context, mut events: mpsc::Receiver<(String, RequestAudit)>) {
-    let mut open: HashMap<String, Vec<RequestAudit>> = HashMap::new();
+    let mut open = Batches::default();
     let mut ready: VecDeque<Pending> = VecDeque::new();
     let mut unacked = FuturesUnordered::new();
     let mut window = tokio::time::interval(BATCH_WINDOW);
@@ -94,24 +127,25 @@ async fn publish(js: jetstream::Context, mut events: mpsc::Receiver<(String, Req
                 }
             }
             event = events.recv(), if !closed => match event {
-                Some((subject, record)) => {
-                    let batch = open.entry(subject.clone()).or_default();
-                    batch.push(record);
-                    if batch.len() >= MAX_BATCH {
-                        let records = open.remove(&subject).unwrap_or_default();
-                        ready.push_back(Pending::seal(subject, records));
-                    }
-                }
+                Some((subject, record)) => ready.extend(open.add(subject, record)),
                 None => {
                     closed = true;
-                    ready.extend(open.drain().map(|(subject, records)| Pending::seal(subject, records)));
+                    ready.extend(open.seal_all());
                 }
             },
-            _ = window.tick(), if !open.is_empty() => {
-                ready.extend(open.drain().map(|(subject, records)| Pending::seal(subject, records)));
-            }
+            _ = window.tick(), if !open.is_empty() => ready.extend(open.seal_all()),
         }
     }
+}
+
+/// An upper estimate of a record's encoded size.
+fn estimated_size(record: &RequestAudit) -> usize {
+    RECORD_OVERHEAD_BYTES
+        + record.request_id.len()
+        + record.tunnel.len()
+        + record.method.len()
+        + record.path.len()
+        + record.remote_addr.len()
 }
 
 async fn send(
@@ -129,5 +163,52 @@ fn retry(ready: &mut VecDeque<Pending>, mut pending: Pending, error: &dyn std::f
     } else {
         metrics::counter!("ingress_audit_dropped_total").increment(pending.events as u64);
         tracing::warn!(error = %error, subject = %pending.subject, events = pending.events, "audit batch given up");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path_len: usize) -> RequestAudit {
+        RequestAudit {
+            v: PROTOCOL_VERSION,
+            request_id: uuid::Uuid::now_v7().to_string(),
+            tunnel: "demo".into(),
+            method: "GET".into(),
+            path: format!("/{}", "p".repeat(path_len)),
+            status: 200,
+            error: None,
+            bytes_in: u64::MAX,
+            bytes_out: u64::MAX,
+            duration_us: u64::MAX,
+            remote_addr: "2001:db8::1".into(),
+            at_ms: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn batches_seal_by_count_and_by_size_within_the_stream_limit() {
+        let mut batches = Batches::default();
+        let sealed: Vec<Pending> =
+            (0..MAX_BATCH).filter_map(|_| batches.add("audit.a.req".into(), record(10))).collect();
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].events, MAX_BATCH);
+        assert!(batches.is_empty());
+
+        let mut sealed = Vec::new();
+        for _ in 0..200 {
+            sealed.extend(batches.add("audit.b.req".into(), record(7000)));
+        }
+        sealed.extend(batches.seal_all());
+        assert!(sealed.len() > 1, "long records seal before the count limit");
+        assert_eq!(sealed.iter().map(|p| p.events).sum::<usize>(), 200);
+        for pending in &sealed {
+            assert!(
+                pending.payload.len() < 256 << 10,
+                "{} bytes would be refused by the stream",
+                pending.payload.len()
+            );
+        }
     }
 }

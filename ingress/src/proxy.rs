@@ -90,6 +90,7 @@ pub async fn handle(
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let arrived_ms = unix_ms();
     let (mut parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let host = host_of(&parts);
@@ -120,7 +121,7 @@ pub async fn handle(
             bytes_out: outcome.bytes_out,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             remote_addr: peer.ip().to_string(),
-            at_ms: unix_ms(),
+            at_ms: arrived_ms,
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
         match outcome.streaming.take() {
@@ -219,7 +220,7 @@ impl Proxy {
                         Ended::Reset(code) => code,
                         Ended::Complete => ErrorCode::Internal,
                     };
-                    return fail(code, bytes_in);
+                    return fail(code, bytes_in + exchange.bytes_sent());
                 },
             }
         };
@@ -230,7 +231,7 @@ impl Proxy {
                 if !failure.detail.is_empty() {
                     tracing::debug!(detail = %failure.detail, "tunnel reported a failure");
                 }
-                return fail(failure.code, bytes_in);
+                return fail(failure.code, bytes_in + exchange.bytes_sent());
             }
         };
         tunnel_kit::pump::FrameOut::learn(exchange.out(), host);

@@ -139,9 +139,19 @@ impl Leases {
         }
     }
 
-    /// After a failed renewal: when the lease merely expired (NATS was unreachable for longer
-    /// than the TTL) and nobody took the name, takes it again; otherwise it is lost.
+    /// After a renewal refused for its revision: the stored lease may still be this session's
+    /// (an earlier renewal was stored but its acknowledgement was lost), or it may have expired
+    /// while NATS was unreachable with nobody taking the name since; in both cases the session
+    /// keeps it. Otherwise it is lost.
     async fn recreate(&self, lease: &mut Lease) -> Result<(), LeaseError> {
+        match self.kv.entry(&lease.key).await.map_err(unavailable)? {
+            Some(entry) if entry.operation == kv::Operation::Put && entry.value == lease.record => {
+                lease.revision = entry.revision;
+                return Ok(());
+            }
+            Some(entry) if entry.operation == kv::Operation::Put => return Err(LeaseError::Lost),
+            _ => {}
+        }
         match self.kv.create(&lease.key, lease.record.clone()).await {
             Ok(revision) => {
                 tracing::warn!(tunnel = %lease.name, "lease had expired; taken again");
