@@ -39,7 +39,10 @@ struct HttpArgs {
     json: bool,
 }
 
-#[tokio::main]
+// One developer's traffic fits one thread; a single-threaded runtime saves the wake-ups between
+// worker threads that dominate at low load (measured: about half the CPU per request at one
+// connection). TOKIO_WORKER_THREADS does not apply here.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let Command::Http(args) = Cli::parse().command;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
