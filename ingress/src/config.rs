@@ -19,6 +19,10 @@ pub struct IngressConfig {
     /// Seconds the tunnel has to produce the response head before 504 (long polls wait this
     /// long; a response that has started is bounded by the stream idle timeout instead).
     pub request_timeout_secs: u64,
+    /// Seconds a streaming exchange may go without body bytes either way before it is cut
+    /// (504 before the head, a broken body after it); 0 never cuts a quiet stream (long polls,
+    /// silent SSE feeds), which pings keep alive as long as both ends are.
+    pub stream_idle_timeout_secs: u64,
     /// Largest request body carried, in bytes (413 above); 0 for no limit.
     pub max_body_bytes: u64,
     /// Largest total size of request header names and values, in bytes (431 above).
@@ -41,6 +45,7 @@ impl Default for IngressConfig {
             domain: "localhost".into(),
             public_scheme: "http".into(),
             request_timeout_secs: 900,
+            stream_idle_timeout_secs: 0,
             max_body_bytes: 0,
             max_header_bytes: 64 << 10,
             max_uri_bytes: 8 << 10,
@@ -55,6 +60,7 @@ impl Validate for IngressConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         config::check_socket_addr("listen", &self.listen)?;
         config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
+        config::check_range("stream_idle_timeout_secs", self.stream_idle_timeout_secs, 0..=86_400)?;
         config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
         config::check_log_format(&self.log_format)?;

@@ -1,6 +1,8 @@
 //! The ingress end of an exchange's streams: a [`Pump`] whose frames go over NATS to the
 //! session-host holding the tunnel.
 
+use std::time::Duration;
+
 use async_nats::Subject;
 use tunnel_kit::pump::{Completes, FrameOut, Pump};
 use tunnel_schemas::stream::StreamFrame;
@@ -14,11 +16,13 @@ pub type Exchange = Pump<NatsOut>;
 const FRAME_HEADROOM_BYTES: usize = 1024;
 
 /// Opens an exchange receiving its frames through `hub`.
-pub fn open(nats: async_nats::Client, hub: &std::sync::Arc<StreamHub>) -> Exchange {
+///
+/// Without body bytes either way for `data_idle`, the exchange is reset (`None`: never).
+pub fn open(nats: async_nats::Client, hub: &std::sync::Arc<StreamHub>, data_idle: Option<Duration>) -> Exchange {
     let (registration, frames) = hub.open();
     let chunk = nats.server_info().max_payload.saturating_sub(FRAME_HEADROOM_BYTES);
     Pump::new(NatsOut { nats, host: None, registration }, frames, Completes::OnIncoming)
-        .with_liveness()
+        .with_liveness(data_idle)
         .with_chunk(chunk)
 }
 

@@ -266,7 +266,12 @@ impl Proxy {
     }
 
     fn exchange(&self) -> Exchange {
-        crate::exchange::open(self.inner.nats.clone(), &self.inner.streams)
+        let data_idle = self.inner.config.stream_idle_timeout_secs;
+        crate::exchange::open(
+            self.inner.nats.clone(),
+            &self.inner.streams,
+            (data_idle > 0).then(|| Duration::from_secs(data_idle)),
+        )
     }
 
     /// Sends `event` to the tunnel and waits for the response head; returns it with the

@@ -105,6 +105,11 @@ pub struct Pump<O: FrameOut> {
 struct Liveness {
     last_heard: Instant,
     last_sent: Instant,
+    /// Last `Data` either way, for the optional data idle timeout.
+    last_data: Instant,
+    /// Reset after this long without body bytes either way; `None`: never (pings alone keep a
+    /// quiet stream, such as a long poll or a silent SSE feed, alive).
+    data_idle: Option<Duration>,
     tick: Interval,
 }
 
@@ -133,11 +138,12 @@ impl<O: FrameOut> Pump<O> {
 
     /// Pings after [`PING_INTERVAL`] of silence and resets after [`IDLE_TIMEOUT`] without a frame.
     #[must_use]
-    pub fn with_liveness(mut self) -> Self {
+    /// With `data_idle`, also resets once no body bytes moved either way for that long.
+    pub fn with_liveness(mut self, data_idle: Option<Duration>) -> Self {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let now = Instant::now();
-        self.liveness = Some(Liveness { last_heard: now, last_sent: now, tick });
+        self.liveness = Some(Liveness { last_heard: now, last_sent: now, last_data: now, data_idle, tick });
         self
     }
 
@@ -239,6 +245,7 @@ impl<O: FrameOut> Pump<O> {
     async fn on_frame(&mut self, frame: StreamFrame) -> Option<Ended> {
         match frame {
             StreamFrame::Data { seq, bytes } => {
+                self.data_moved();
                 if let Err(violation) = self.receive.receive(seq, bytes.len()) {
                     tracing::debug!(%violation, "stream broken");
                     return Some(self.reset(ErrorCode::BadFrame).await);
@@ -272,6 +279,7 @@ impl<O: FrameOut> Pump<O> {
     async fn on_outgoing(&mut self, chunk: Option<Result<Bytes, io::Error>>) -> Option<Ended> {
         match chunk {
             Some(Ok(bytes)) => {
+                self.data_moved();
                 self.sent += bytes.len() as u64;
                 if self.outgoing_limit.is_some_and(|limit| self.sent > limit) {
                     return Some(self.reset(ErrorCode::BodyTooLarge).await);
@@ -297,6 +305,12 @@ impl<O: FrameOut> Pump<O> {
                 };
                 Some(self.reset(code).await)
             }
+        }
+    }
+
+    fn data_moved(&mut self) {
+        if let Some(liveness) = &mut self.liveness {
+            liveness.last_data = Instant::now();
         }
     }
 
@@ -339,7 +353,8 @@ impl<O: FrameOut> Pump<O> {
 
     async fn on_tick(&mut self) -> Option<Ended> {
         let liveness = self.liveness.as_ref()?;
-        if liveness.last_heard.elapsed() >= IDLE_TIMEOUT {
+        let data_idle = liveness.data_idle.is_some_and(|limit| liveness.last_data.elapsed() >= limit);
+        if liveness.last_heard.elapsed() >= IDLE_TIMEOUT || data_idle {
             return Some(self.reset(ErrorCode::UpstreamTimeout).await);
         }
         if liveness.last_sent.elapsed() >= PING_INTERVAL {

@@ -22,6 +22,8 @@ pub const DOMAIN: &str = "tunnel.test";
 pub struct EnvOptions {
     /// Ingress: seconds before 504.
     pub request_timeout_secs: u64,
+    /// Ingress: seconds without body bytes before a stream is cut (0: never).
+    pub stream_idle_timeout_secs: u64,
     /// Ingress: largest request body (0: no limit).
     pub max_body_bytes: u64,
     /// Session-host: seconds a client has to say hello.
@@ -36,6 +38,7 @@ impl Default for EnvOptions {
     fn default() -> Self {
         Self {
             request_timeout_secs: 10,
+            stream_idle_timeout_secs: 0,
             max_body_bytes: 0,
             handshake_timeout_secs: 5,
             lease_ttl_secs: 30,
@@ -81,6 +84,7 @@ impl TestEnv {
             domain: DOMAIN.into(),
             request_timeout_secs: options.request_timeout_secs,
             max_body_bytes: options.max_body_bytes,
+            stream_idle_timeout_secs: options.stream_idle_timeout_secs,
             ..IngressConfig::default()
         };
         let ingress_nats = connect(nats.url(), "ing").await;

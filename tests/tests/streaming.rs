@@ -108,6 +108,18 @@ async fn a_tunnel_client_dropping_mid_download_breaks_the_public_body() {
 }
 
 #[tokio::test]
+async fn a_configured_data_idle_timeout_cuts_a_silent_stream() {
+    let env = TestEnv::start_with(EnvOptions { stream_idle_timeout_secs: 2, ..EnvOptions::default() }).await;
+    let upstream = Upstream::start().await;
+    let tunnel = env.tunnel(upstream.port(), None).await;
+    let mut body = env.get(&tunnel.name, "/sse").await.bytes_stream();
+    within(DEADLINE, "the first event", body.next()).await.expect("a chunk").expect("data");
+    // The second event is 30 s away; with 2 s allowed between bytes the stream is cut, broken.
+    let next = within(Duration::from_secs(10), "the cut", body.next()).await;
+    assert!(matches!(next, Some(Err(_))), "a cut stream ends with an error, never cleanly: {next:?}");
+}
+
+#[tokio::test]
 async fn a_long_poll_outlives_the_stream_idle_timeout() {
     let env = TestEnv::start_with(EnvOptions { request_timeout_secs: 60, ..EnvOptions::default() }).await;
     let upstream = Upstream::start().await;
