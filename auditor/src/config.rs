@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 use tunnel_kit::config::{self, ConfigError, Validate};
-use tunnel_kit::service::ServiceConfig;
 
 /// Settings of the auditor. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,28 +40,4 @@ impl Validate for AuditorConfig {
     }
 }
 
-impl ServiceConfig for AuditorConfig {
-    fn nats_url(&self) -> &str {
-        &self.nats_url
-    }
-
-    fn listen(&self) -> &str {
-        &self.listen
-    }
-
-    fn log_format(&self) -> &str {
-        &self.log_format
-    }
-
-    fn nats_name(&self) -> String {
-        "auditor".into()
-    }
-
-    fn inbox_prefix(&self) -> String {
-        tunnel_schemas::subjects::inbox_prefix("aud", "1")
-    }
-
-    fn redacted(&self) -> Self {
-        Self { nats_url: config::redact_url(&self.nats_url), ..self.clone() }
-    }
-}
+tunnel_kit::service_config!(AuditorConfig, |_| name: "auditor".into(), inbox: tunnel_schemas::subjects::inbox_prefix("aud", "1"));

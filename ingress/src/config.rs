@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 use tunnel_kit::config::{self, ConfigError, Validate};
-use tunnel_kit::service::ServiceConfig;
 
 /// Settings of one ingress node. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,31 +76,10 @@ impl Validate for IngressConfig {
     }
 }
 
-impl ServiceConfig for IngressConfig {
-    fn nats_url(&self) -> &str {
-        &self.nats_url
-    }
-
-    fn listen(&self) -> &str {
-        &self.listen
-    }
-
-    fn log_format(&self) -> &str {
-        &self.log_format
-    }
-
-    fn nats_name(&self) -> String {
-        format!("ingress-{}", self.node_id)
-    }
-
-    fn inbox_prefix(&self) -> String {
-        tunnel_schemas::subjects::inbox_prefix("ing", &self.node_id)
-    }
-
-    fn redacted(&self) -> Self {
-        Self { nats_url: config::redact_url(&self.nats_url), ..self.clone() }
-    }
-}
+tunnel_kit::service_config!(IngressConfig, |config|
+    name: format!("ingress-{}", config.node_id),
+    inbox: tunnel_schemas::subjects::inbox_prefix("ing", &config.node_id),
+);
 
 #[cfg(test)]
 mod tests {

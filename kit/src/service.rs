@@ -29,6 +29,47 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate + Deb
     fn redacted(&self) -> Self;
 }
 
+/// Implements [`ServiceConfig`] for a configuration struct with `nats_url`, `listen` and
+/// `log_format` fields, given the NATS connection name and inbox prefix as expressions of the
+/// configuration:
+///
+/// ```ignore
+/// tunnel_kit::service_config!(IngressConfig, |config| name: format!("ingress-{}", config.node_id),
+///     inbox: tunnel_schemas::subjects::inbox_prefix("ing", &config.node_id));
+/// ```
+#[macro_export]
+macro_rules! service_config {
+    ($type:ty, |$config:pat_param| name: $name:expr, inbox: $inbox:expr $(,)?) => {
+        impl $crate::service::ServiceConfig for $type {
+            fn nats_url(&self) -> &str {
+                &self.nats_url
+            }
+
+            fn listen(&self) -> &str {
+                &self.listen
+            }
+
+            fn log_format(&self) -> &str {
+                &self.log_format
+            }
+
+            fn nats_name(&self) -> String {
+                let $config = self;
+                $name
+            }
+
+            fn inbox_prefix(&self) -> String {
+                let $config = self;
+                $inbox
+            }
+
+            fn redacted(&self) -> Self {
+                Self { nats_url: $crate::config::redact_url(&self.nats_url), ..self.clone() }
+            }
+        }
+    };
+}
+
 /// What a started server runs with.
 pub struct Started<C> {
     /// The validated configuration.

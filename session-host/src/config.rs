@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tunnel_kit::config::{self, ConfigError, Validate};
-use tunnel_kit::service::ServiceConfig;
 
 /// Settings of one session-host. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,31 +109,10 @@ impl HostConfig {
     }
 }
 
-impl ServiceConfig for HostConfig {
-    fn nats_url(&self) -> &str {
-        &self.nats_url
-    }
-
-    fn listen(&self) -> &str {
-        &self.listen
-    }
-
-    fn log_format(&self) -> &str {
-        &self.log_format
-    }
-
-    fn nats_name(&self) -> String {
-        format!("session-host-{}", self.node_id)
-    }
-
-    fn inbox_prefix(&self) -> String {
-        tunnel_schemas::subjects::inbox_prefix("host", &self.node_id)
-    }
-
-    fn redacted(&self) -> Self {
-        Self { nats_url: config::redact_url(&self.nats_url), ..self.clone() }
-    }
-}
+tunnel_kit::service_config!(HostConfig, |config|
+    name: format!("session-host-{}", config.node_id),
+    inbox: tunnel_schemas::subjects::inbox_prefix("host", &config.node_id),
+);
 
 #[cfg(test)]
 mod tests {
