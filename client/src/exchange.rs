@@ -71,7 +71,7 @@ pub struct Link {
 pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
     let started = Instant::now();
     let Link { stream, frames, out, events, max_reply } = link;
-    let request = match tunnel_schemas::decode::<TunnelRequest>(&request, MAX_FRAME_BYTES) {
+    let request = match tunnel_schemas::decode_shared::<TunnelRequest>(&request, MAX_FRAME_BYTES) {
         Ok(request) if request.v == PROTOCOL_VERSION => request,
         Ok(request) => {
             let detail = format!("request event version {} is not {PROTOCOL_VERSION}", request.v);

@@ -35,6 +35,10 @@ const SERVER_SILENCE: Duration = Duration::from_secs(60);
 const WRITE_QUEUE: usize = 1024;
 /// Frames an exchange may have queued: a window of data frames plus control frames.
 const STREAM_QUEUE: usize = MAX_FRAMES_IN_FLIGHT + 32;
+/// Bytes the WebSocket reads at a time. The reader zero-fills this much before every read, so
+/// the default 128 KiB cost more in `memset` than small frames did in parsing; larger frames
+/// still arrive whole, over several reads.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// What a previous session granted, to take the name back.
 #[derive(Debug, Clone)]
@@ -76,8 +80,10 @@ pub async fn open(server: &str, name: Option<&str>, resume: Option<&Resume>) -> 
         agent: concat!("tunnel/", env!("CARGO_PKG_VERSION")).to_owned(),
     };
     let handshake = async {
-        let config =
-            WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
+            .read_buffer_size(READ_BUFFER_BYTES);
         let (mut socket, _) = tokio_tungstenite::connect_async_with_config(server, Some(config), true)
             .await
             .map_err(|e| OpenError::Transient(format!("cannot connect to {server}: {e}")))?;
@@ -229,7 +235,7 @@ impl Connection {
             Some(Ok(_)) => return None,
             Some(Err(e)) => return Some(SessionEnd::Lost(e.to_string())),
         };
-        match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
+        match tunnel_schemas::decode_shared::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
             Ok(HostFrame::Request { stream, request }) => {
                 let (route, frames) = mpsc::channel(STREAM_QUEUE);
                 self.routes.insert(stream, route);

@@ -22,7 +22,7 @@ const HOP_BY_HOP: [&str; 9] = [
 #[derive(Debug, Clone)]
 pub struct Forwarded<'a> {
     /// Public client IP address.
-    pub client_ip: String,
+    pub client_ip: &'a str,
     /// `http` or `https`.
     pub proto: &'a str,
     /// Host the public client asked for.
@@ -129,7 +129,7 @@ mod tests {
     use super::*;
 
     fn forwarded() -> Forwarded<'static> {
-        Forwarded { client_ip: "10.0.0.9".into(), proto: "https", host: Some("demo.example.com"), request_id: "rid-1" }
+        Forwarded { client_ip: "10.0.0.9", proto: "https", host: Some("demo.example.com"), request_id: "rid-1" }
     }
 
     fn find<'a>(headers: &'a [Header], name: &str) -> Vec<&'a [u8]> {

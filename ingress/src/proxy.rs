@@ -50,6 +50,32 @@ struct Inner {
     ops: Router,
     streams: Arc<StreamHub>,
     audit: AuditSink,
+    metrics: RequestMetrics,
+}
+
+/// The per-request metrics, registered once: looking a labelled metric up by name costs more
+/// than the increment.
+struct RequestMetrics {
+    ok: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl RequestMetrics {
+    fn new() -> Self {
+        Self {
+            ok: metrics::counter!("ingress_requests_total", "result" => "ok"),
+            seconds: metrics::histogram!("ingress_request_seconds"),
+        }
+    }
+
+    /// Counts a request by result and records its duration to the response head.
+    fn record(&self, error: Option<ErrorCode>, elapsed: Duration) {
+        match error {
+            None => self.ok.increment(1),
+            Some(code) => metrics::counter!("ingress_requests_total", "result" => code.as_str()).increment(1),
+        }
+        self.seconds.record(elapsed.as_secs_f64());
+    }
 }
 
 /// Response chunks queued for the public client beyond what the exchange holds.
@@ -79,7 +105,7 @@ impl Proxy {
     pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router, streams: Arc<StreamHub>) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
         let audit = AuditSink::start(nats.clone());
-        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams, audit }) }
+        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams, audit, metrics: RequestMetrics::new() }) }
     }
 }
 
@@ -103,11 +129,11 @@ pub async fn handle(
     };
     let request_id = request_id(&parts.headers);
     let on_upgrade = parts.extensions.remove::<OnUpgrade>();
+    let client_ip = peer.ip().to_string();
     let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
-    let mut outcome = proxy.forward(&parts, body, on_upgrade, route.clone(), peer, &request_id).instrument(span).await;
-    let result = outcome.error.map_or("ok", ErrorCode::as_str);
-    metrics::counter!("ingress_requests_total", "result" => result).increment(1);
-    metrics::histogram!("ingress_request_seconds").record(started.elapsed().as_secs_f64());
+    let mut outcome =
+        proxy.forward(&parts, body, on_upgrade, route.clone(), &client_ip, &request_id).instrument(span).await;
+    proxy.inner.metrics.record(outcome.error, started.elapsed());
     if proxy.inner.config.audit {
         let record = audit::RequestAudit {
             v: PROTOCOL_VERSION,
@@ -120,7 +146,7 @@ pub async fn handle(
             bytes_in: outcome.bytes_in,
             bytes_out: outcome.bytes_out,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            remote_addr: peer.ip().to_string(),
+            remote_addr: client_ip,
             at_ms: arrived_ms,
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
@@ -152,7 +178,7 @@ impl Proxy {
         body: Body,
         on_upgrade: Option<OnUpgrade>,
         route: Route,
-        peer: SocketAddr,
+        client_ip: &str,
         request_id: &str,
     ) -> Outcome {
         let json = wants_json(&parts.headers);
@@ -189,12 +215,7 @@ impl Proxy {
             (Bytes::new(), false)
         };
         let bytes_in = inline.len() as u64;
-        let forwarded = Forwarded {
-            client_ip: peer.ip().to_string(),
-            proto: &config.public_scheme,
-            host: host_of(parts),
-            request_id,
-        };
+        let forwarded = Forwarded { client_ip, proto: &config.public_scheme, host: host_of(parts), request_id };
         let mut headers = request_headers(&parts.headers, &forwarded);
         if let Some(protocol) = &upgrade {
             headers.push(Header("connection".into(), Bytes::from_static(b"upgrade")));
@@ -308,7 +329,7 @@ impl Proxy {
                 _ => Failure::new(ErrorCode::Unavailable, e.to_string()),
             }
         })?;
-        match tunnel_schemas::decode::<TunnelReply>(&reply.payload, usize::MAX) {
+        match tunnel_schemas::decode_shared::<TunnelReply>(&reply.payload, usize::MAX) {
             Ok(TunnelReply::Response(response)) => Ok((response, reply.reply)),
             Ok(TunnelReply::Failure(failure)) => Err(failure),
             Err(e) => Err(Failure::new(

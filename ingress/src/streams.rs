@@ -49,7 +49,7 @@ impl StreamHub {
 
     fn route(&self, message: async_nats::Message) {
         let Some(id) = message.subject.rsplit('.').next().and_then(|id| id.parse::<u64>().ok()) else { return };
-        let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
+        let frame = match tunnel_schemas::decode_shared::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable stream frame");

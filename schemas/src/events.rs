@@ -34,6 +34,7 @@ pub struct TunnelRequest {
     /// Method, target and headers.
     pub head: RequestHead,
     /// The body, or its first part when `end` is false.
+    #[serde(deserialize_with = "crate::shared::body")]
     pub body: Bytes,
     /// Whether `body` is the whole body; when false the rest follows as stream frames.
     #[serde(default = "complete")]
@@ -63,6 +64,7 @@ pub struct TunnelResponse {
     /// Status and headers.
     pub head: ResponseHead,
     /// The body, or its first part when `end` is false.
+    #[serde(deserialize_with = "crate::shared::body")]
     pub body: Bytes,
     /// Whether `body` is the whole body; when false the rest follows as stream frames.
     #[serde(default = "complete")]

@@ -63,6 +63,7 @@ pub enum ClientFrame {
         /// Stream being answered.
         stream: StreamId,
         /// The encoded reply event.
+        #[serde(deserialize_with = "crate::shared::body")]
         reply: Bytes,
         /// Whether the exchange ends with this reply (a failure, or a response whose body was
         /// carried whole); otherwise stream frames follow.
@@ -95,6 +96,7 @@ pub enum HostFrame {
         /// Stream to answer on.
         stream: StreamId,
         /// The encoded request event.
+        #[serde(deserialize_with = "crate::shared::body")]
         request: Bytes,
     },
     /// A stream frame of `stream` from ingress (request body, credit for the response body, …).

@@ -21,6 +21,7 @@ pub mod events;
 pub mod frames;
 pub mod http;
 pub mod names;
+mod shared;
 pub mod stream;
 pub mod subjects;
 
@@ -73,4 +74,13 @@ pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> R
         return Err(DecodeError::TooLarge { size: bytes.len(), limit });
     }
     Ok(rmp_serde::from_slice(bytes)?)
+}
+
+/// Decodes a message like [`decode`], but its body fields (request and response bodies, stream
+/// data, relayed events) share `bytes`' buffer instead of being copied out of it.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_shared<T: serde::de::DeserializeOwned>(bytes: &bytes::Bytes, limit: usize) -> Result<T, DecodeError> {
+    shared::with_source(bytes, || decode(bytes, limit))
 }

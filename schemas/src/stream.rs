@@ -51,6 +51,7 @@ pub enum StreamFrame {
         /// Position of this frame among the sender's `Data` frames.
         seq: u32,
         /// The bytes, at most [`CHUNK_BYTES`].
+        #[serde(deserialize_with = "crate::shared::body")]
         bytes: Bytes,
     },
     /// The sender's body is complete.

@@ -182,3 +182,30 @@ fn oversized_and_malformed_input_is_refused() {
         assert!(decode::<ClientFrame>(garbage, 1024).is_err(), "{}", hex(garbage));
     }
 }
+
+/// Body fields decoded with `decode_shared` point into the message's own buffer, and decode to
+/// the same values as a plain decode.
+#[test]
+fn shared_decoding_borrows_bodies_from_the_message() {
+    use bytes::Bytes;
+    use tunnel_schemas::frames::{ClientFrame, HostFrame};
+    use tunnel_schemas::stream::StreamFrame;
+    use tunnel_schemas::{MAX_FRAME_BYTES, decode, decode_shared, encode};
+
+    let chunk = Bytes::from(vec![0xA5_u8; 70_000]);
+    let frame = ClientFrame::Stream { stream: 9, frame: StreamFrame::Data { seq: 3, bytes: chunk.clone() } };
+    let message = Bytes::from(encode(&frame));
+    let decoded: ClientFrame = decode_shared(&message, MAX_FRAME_BYTES).expect("decodes");
+    assert_eq!(decoded, frame);
+    assert_eq!(decoded, decode::<ClientFrame>(&message, MAX_FRAME_BYTES).expect("decodes"));
+    let ClientFrame::Stream { frame: StreamFrame::Data { bytes, .. }, .. } = decoded else { panic!("not data") };
+    let inside = message.as_ptr() as usize..message.as_ptr() as usize + message.len();
+    assert!(inside.contains(&(bytes.as_ptr() as usize)), "the chunk was copied");
+
+    let request = HostFrame::Request { stream: 1, request: Bytes::from_static(b"encoded event") };
+    let message = Bytes::from(encode(&request));
+    assert_eq!(decode_shared::<HostFrame>(&message, MAX_FRAME_BYTES).expect("decodes"), request);
+    // Outside a shared decode, bodies are copied as before.
+    assert_eq!(decode::<HostFrame>(&message, MAX_FRAME_BYTES).expect("decodes"), request);
+    assert!(decode_shared::<HostFrame>(&message, 4).is_err());
+}

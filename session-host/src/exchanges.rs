@@ -22,6 +22,8 @@ struct Exchange {
     reply: Option<Subject>,
     /// Ingress stream subject, from the request's `Tun-Stream` header.
     ingress: Option<Subject>,
+    /// This host's subject for the stream, the reply subject of everything sent to ingress.
+    host: Subject,
     last_heard: Instant,
     last_sent: Instant,
 }
@@ -59,7 +61,8 @@ impl Exchanges {
     /// Registers a request relayed on `stream`.
     pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>) {
         let now = Instant::now();
-        self.open.insert(stream, Exchange { reply: Some(reply), ingress, last_heard: now, last_sent: now });
+        let host = self.subject(stream);
+        self.open.insert(stream, Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now });
     }
 
     /// Publishes the client's reply (the response head) to the requester; the exchange ends
@@ -81,7 +84,7 @@ impl Exchanges {
             self.finish(stream, ErrorCode::ResponseTooLarge).await;
             return;
         }
-        let host = self.subject(stream);
+        let host = exchange.host.clone();
         if let Err(e) = self.nats.publish_with_reply(inbox, host, reply).await {
             tracing::warn!(error = %e, "reply not published");
         }
@@ -96,7 +99,7 @@ impl Exchanges {
         let Some(ingress) = exchange.ingress.clone() else { return };
         exchange.last_sent = Instant::now();
         let ends = matches!(frame, StreamFrame::End | StreamFrame::Reset { .. });
-        let host = self.subject(stream);
+        let host = exchange.host.clone();
         if let Err(e) = self.nats.publish_with_reply(ingress, host, encode(&frame).into()).await {
             tracing::debug!(error = %e, "stream frame not published");
         }
@@ -109,7 +112,7 @@ impl Exchanges {
     /// ends the exchange, a `Ping` only proves the ingress alive.
     pub fn relay_from_ingress(&mut self, message: &async_nats::Message) -> Option<HostFrame> {
         let stream = message.subject.rsplit('.').next()?.parse::<StreamId>().ok()?;
-        let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
+        let frame = match tunnel_schemas::decode_shared::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable stream frame from ingress");
