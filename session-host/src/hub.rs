@@ -4,6 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HostConfig;
 use crate::leases::Leases;
+use crate::registry::Registry;
 
 /// Resources shared by the sessions of one host.
 pub struct Hub {
@@ -15,6 +16,8 @@ pub struct Hub {
     pub config: HostConfig,
     /// Cancelled when the host shuts down; sessions then close with `going_away`.
     pub shutdown: CancellationToken,
+    /// The open sessions, for the host-wide subscriptions to deliver to.
+    pub registry: Registry,
 }
 
 /// Room left in a NATS message for the headers of a reply.

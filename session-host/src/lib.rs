@@ -5,13 +5,16 @@
 //! the host reserves the tunnel name with a lease in JetStream KV ([`leases`]), subscribes to the
 //! tunnel's request subject in the tunnel's queue group and welcomes the client ([`session`]).
 //! Each NATS request is relayed as a frame on a fresh stream id, each reply frame published to
-//! the request's reply subject. Apart from its sockets the host keeps no state: clients may land
-//! on any host.
+//! the request's reply subject. Takeover notices and stream frames from ingress arrive on two
+//! host-wide subscriptions (`dispatch`) that hand them to the sessions (`registry`). Apart from
+//! its sockets the host keeps no state: clients may land on any host.
 
 pub mod config;
+mod dispatch;
 mod exchanges;
 mod hub;
 pub mod leases;
+mod registry;
 mod session;
 
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tunnel_kit::service::ServiceConfig;
 use tunnel_kit::telemetry::PrometheusHandle;
 use tunnel_schemas::MAX_FRAME_BYTES;
 use tunnel_schemas::frames::CONNECT_PATH;
@@ -40,13 +44,16 @@ pub enum HostError {
     /// The lease bucket could not be opened.
     #[error(transparent)]
     Leases(#[from] leases::LeaseError),
+    /// NATS refused the host-wide subscriptions.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
 }
 
 /// Serves clients on `listener` until `shutdown` is cancelled, then closes every session with
 /// `going_away` and waits for them.
 ///
 /// # Errors
-/// [`HostError`] when the lease bucket cannot be opened.
+/// [`HostError`] when the lease bucket cannot be opened or NATS refuses a subscription.
 pub async fn run(
     listener: TcpListener,
     nats: async_nats::Client,
@@ -54,10 +61,14 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), HostError> {
+    let registry = registry::Registry::default();
+    // Subscribed before the lease bucket is opened: the server has the subscriptions once
+    // JetStream answers on the same connection.
+    let dispatch = dispatch::Dispatch::start(&nats, &config.inbox_prefix(), &registry).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
-    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone() });
+    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone(), registry });
     let sessions = TaskTracker::new();
     let app = Router::new()
         .route(CONNECT_PATH, get(connect))
@@ -68,6 +79,7 @@ pub async fn run(
     if tokio::time::timeout(session_grace, sessions.wait()).await.is_err() {
         tracing::warn!("sessions still open after the grace period");
     }
+    dispatch.stop().await;
     Ok(())
 }
 

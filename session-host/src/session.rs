@@ -19,9 +19,11 @@ use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, 
 
 use tunnel_kit::service::ServiceConfig;
 
+use crate::dispatch;
 use crate::exchanges::Exchanges;
 use crate::hub::Hub;
 use crate::leases::{Lease, LeaseError};
+use crate::registry::Registration;
 
 /// Frames queued for the WebSocket writer; a full queue makes the session wait (back-pressure).
 const WRITE_QUEUE: usize = 1024;
@@ -31,6 +33,8 @@ const RANDOM_NAME_ATTEMPTS: usize = 8;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time the writer gets to flush the last frames after the session ends.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
+/// Interval of the checks on open exchanges' ingress ends; idle sessions skip them.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 type WsStream = SplitStream<WebSocket>;
 
@@ -147,9 +151,8 @@ struct Session {
     lease: Lease,
     out: mpsc::Sender<Message>,
     requests: Subscriber,
-    control: Subscriber,
-    /// Stream frames from ingress for this session's exchanges.
-    streams: Subscriber,
+    /// Stream frames and takeover notices from the host-wide subscriptions.
+    registration: Registration,
     exchanges: Exchanges,
     next_stream: StreamId,
     last_seen: Instant,
@@ -175,28 +178,22 @@ impl Session {
         let lease = acquire(hub, &hello, &id).await?;
         let name = &lease.name;
         let nats = &hub.nats;
+        let registration = hub.registry.register(name.as_str(), &id);
         let requests = nats
             .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
-        let control = nats
-            .subscribe(subjects::tunnel_control(name))
-            .await
-            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
-        let prefix = format!("{}.{id}", hub.config.inbox_prefix());
-        let exchanges = Exchanges::new(nats.clone(), prefix, hub.max_reply_bytes());
-        let streams = nats
-            .subscribe(exchanges.subjects())
-            .await
-            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        let inbox_prefix = hub.config.inbox_prefix();
+        let exchanges =
+            Exchanges::new(nats.clone(), dispatch::session_prefix(&inbox_prefix, &id), hub.max_reply_bytes());
+        debug_assert_eq!(dispatch::session_of(&inbox_prefix, &exchanges.subjects()), Some(id.as_str()));
         let mut session = Self {
             hub: hub.clone(),
             id,
             lease,
             out,
             requests,
-            control,
-            streams,
+            registration,
             exchanges,
             next_stream: 0,
             last_seen: Instant::now(),
@@ -240,7 +237,8 @@ impl Session {
         let ping_interval = self.hub.config.ping_interval();
         let mut ping = tokio::time::interval(ping_interval);
         ping.reset();
-        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut release = false;
         let ending = loop {
             if self.requests_done
@@ -269,8 +267,8 @@ impl Session {
                     Ok(Incoming::Closed) => break Ending::ClientLeft,
                     Err(failure) => Err(failure),
                 },
-                Some(message) = self.control.next() => self.on_control(&message.payload).await,
-                Some(message) = self.streams.next() => match self.exchanges.relay_from_ingress(&message) {
+                Ok(()) = self.registration.takeover.changed() => self.on_takeover().await,
+                Some(message) = self.registration.streams.recv() => match self.exchanges.relay_from_ingress(&message) {
                     Some(frame) => self.send(frame).await,
                     None => Ok(()),
                 },
@@ -286,7 +284,7 @@ impl Session {
                     }
                 },
                 _ = ping.tick() => self.keepalive(ping_interval).await,
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick(), if !self.exchanges.is_empty() => self.sweep().await,
                 () = sleep_until_or_never(end_at), if end_at.is_some() => match self.end.take() {
                     Some((_, failure)) => Err(failure),
                     None => Ok(()),
@@ -385,19 +383,13 @@ impl Session {
 
     /// A takeover by another session drains this one: requests already relayed are still
     /// answered (the client may be alive, moving away from a host that shuts down).
-    async fn on_control(&mut self, payload: &Bytes) -> Result<(), Failure> {
-        match tunnel_schemas::decode::<Control>(payload, MAX_FRAME_BYTES) {
-            Ok(Control::Takeover { session }) if session != self.id => {
-                let detail = format!("session {session} resumed the tunnel");
-                self.start_drain(Failure::new(ErrorCode::SessionReplaced, detail)).await;
-                Ok(())
-            }
-            Ok(Control::Takeover { .. }) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable control message");
-                Ok(())
-            }
+    async fn on_takeover(&mut self) -> Result<(), Failure> {
+        let by = self.registration.takeover.borrow_and_update().clone();
+        if let Some(session) = by {
+            let detail = format!("session {session} resumed the tunnel");
+            self.start_drain(Failure::new(ErrorCode::SessionReplaced, detail)).await;
         }
+        Ok(())
     }
 
     async fn keepalive(&mut self, interval: Duration) -> Result<(), Failure> {
@@ -426,7 +418,6 @@ impl Session {
             }
             _ => (ErrorCode::TunnelDisconnected, "tunnel client disconnected"),
         };
-        let _ = self.control.unsubscribe().await;
         // Drain: UNSUB, then a PING; requests the server routed here before it saw the UNSUB
         // arrive before the PONG and are answered, and after it the server routes none here.
         if !self.drained {
@@ -449,7 +440,6 @@ impl Session {
             }
         }
         self.exchanges.fail_all(code, detail).await;
-        let _ = self.streams.unsubscribe().await;
         if release {
             self.hub.leases.release(&self.lease).await;
         }

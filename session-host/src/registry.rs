@@ -1,0 +1,167 @@
+//! The sessions open on this host, by tunnel name and by session id, so that the host-wide
+//! subscriptions ([`crate::dispatch`]) can hand each message to the session it is for.
+//!
+//! A session registers once it holds its lease and stays registered until its [`Registration`]
+//! drops, when the session ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, watch};
+
+/// Stream frames from ingress queued for one session; beyond it frames are dropped and counted,
+/// as NATS itself drops messages for a slow subscriber.
+const STREAM_QUEUE: usize = 65_536;
+
+/// The open sessions of this host.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Sessions>>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    /// Session ids by tunnel name: more than one while a takeover on this host drains the old one.
+    by_tunnel: HashMap<String, Vec<String>>,
+    /// Delivery of stream frames and takeover notices, by session id.
+    by_session: HashMap<String, Delivery>,
+}
+
+/// Where the messages for one session go.
+struct Delivery {
+    streams: mpsc::Sender<Box<async_nats::Message>>,
+    takeover: watch::Sender<Option<String>>,
+}
+
+/// What the host-wide subscriptions deliver to one session; dropping it unregisters the session.
+pub struct Registration {
+    registry: Registry,
+    tunnel: String,
+    session: String,
+    /// Stream frames from ingress for this session's exchanges, in the order NATS delivered them.
+    pub streams: mpsc::Receiver<Box<async_nats::Message>>,
+    /// Set to the id of the session that took this one's tunnel over.
+    pub takeover: watch::Receiver<Option<String>>,
+}
+
+/// Why a message could not be delivered to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Undelivered {
+    /// No session with that id is open on this host (it ended, or is on another host).
+    NoSession,
+    /// The session's stream queue is full.
+    QueueFull,
+}
+
+impl Registry {
+    /// Registers `session`, holding `tunnel`.
+    pub fn register(&self, tunnel: &str, session: &str) -> Registration {
+        let (streams_tx, streams) = mpsc::channel(STREAM_QUEUE);
+        let (takeover_tx, takeover) = watch::channel(None);
+        let mut sessions = self.lock();
+        sessions.by_tunnel.entry(tunnel.to_owned()).or_default().push(session.to_owned());
+        sessions.by_session.insert(session.to_owned(), Delivery { streams: streams_tx, takeover: takeover_tx });
+        Registration {
+            registry: self.clone(),
+            tunnel: tunnel.to_owned(),
+            session: session.to_owned(),
+            streams,
+            takeover,
+        }
+    }
+
+    /// Queues a stream frame for `session`, without waiting.
+    ///
+    /// # Errors
+    /// [`Undelivered`] when the session is not here or cannot keep up.
+    pub fn deliver_stream(&self, session: &str, message: async_nats::Message) -> Result<(), Undelivered> {
+        let sessions = self.lock();
+        let delivery = sessions.by_session.get(session).ok_or(Undelivered::NoSession)?;
+        delivery.streams.try_send(Box::new(message)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Undelivered::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => Undelivered::NoSession,
+        })
+    }
+
+    /// Tells every session of `tunnel` on this host but `by` that session `by` took it over;
+    /// returns how many were told.
+    pub fn take_over(&self, tunnel: &str, by: &str) -> usize {
+        let sessions = self.lock();
+        let Some(ids) = sessions.by_tunnel.get(tunnel) else { return 0 };
+        let mut told = 0;
+        for id in ids.iter().filter(|id| *id != by) {
+            if let Some(delivery) = sessions.by_session.get(id) {
+                delivery.takeover.send_replace(Some(by.to_owned()));
+                told += 1;
+            }
+        }
+        told
+    }
+
+    fn unregister(&self, tunnel: &str, session: &str) {
+        let mut sessions = self.lock();
+        sessions.by_session.remove(session);
+        if let Some(ids) = sessions.by_tunnel.get_mut(tunnel) {
+            ids.retain(|id| id != session);
+            if ids.is_empty() {
+                sessions.by_tunnel.remove(tunnel);
+            }
+        }
+    }
+
+    /// The maps stay consistent whatever a panicking holder did: every change is one insert or
+    /// remove.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.tunnel, &self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(subject: &str) -> async_nats::Message {
+        async_nats::Message {
+            subject: subject.into(),
+            reply: None,
+            payload: bytes::Bytes::new(),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_takeover_reaches_every_other_session_of_the_tunnel_only() {
+        let registry = Registry::default();
+        let old = registry.register("demo", "s1");
+        let new = registry.register("demo", "s2");
+        let other = registry.register("other", "s3");
+        assert_eq!(registry.take_over("demo", "s2"), 1);
+        assert_eq!(old.takeover.borrow().as_deref(), Some("s2"));
+        assert_eq!(*new.takeover.borrow(), None);
+        assert_eq!(*other.takeover.borrow(), None);
+        assert_eq!(registry.take_over("elsewhere", "s9"), 0, "tunnels of other hosts are ignored");
+    }
+
+    #[test]
+    fn stream_frames_reach_their_session_in_order_until_it_ends() {
+        let registry = Registry::default();
+        let mut session = registry.register("demo", "s1");
+        registry.deliver_stream("s1", message("a")).expect("delivered");
+        registry.deliver_stream("s1", message("b")).expect("delivered");
+        assert_eq!(registry.deliver_stream("s2", message("c")), Err(Undelivered::NoSession));
+        assert_eq!(session.streams.try_recv().expect("first").subject.as_str(), "a");
+        assert_eq!(session.streams.try_recv().expect("second").subject.as_str(), "b");
+        drop(session);
+        assert_eq!(registry.deliver_stream("s1", message("d")), Err(Undelivered::NoSession));
+        assert_eq!(registry.take_over("demo", "s2"), 0);
+    }
+}
