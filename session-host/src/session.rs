@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER, UPLOAD_HEADER};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
 use tunnel_schemas::names::{NameError, TunnelName};
@@ -39,14 +40,21 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 type WsStream = SplitStream<WebSocket>;
 
 /// Runs one session on `socket` to its end.
-pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
-    let (sink, mut stream) = socket.split();
+///
+/// The socket is split before the future is built, so that the future, which every idle session
+/// keeps, holds no room for the socket itself.
+pub fn run(hub: Arc<Hub>, socket: WebSocket) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
     let writer = tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx));
+    serve_socket(hub, stream, out, writer)
+}
+
+async fn serve_socket(hub: Arc<Hub>, mut stream: WsStream, out: mpsc::Sender<Message>, writer: JoinHandle<()>) {
     let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream)).await {
         Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
         Ok(Err(failure)) => Ending::Refused(failure),
-        Ok(Ok(hello)) => match Session::open(&hub, hello, out.clone()).await {
+        Ok(Ok(hello)) => match Box::pin(Session::open(&hub, hello, out.clone())).await {
             Err(failure) => Ending::Refused(failure),
             Ok(session) => {
                 let span = tracing::info_span!("session", tunnel = %session.lease.name, session = %session.id);
@@ -240,6 +248,8 @@ impl Session {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut release = false;
+        // Steps that are rare or hold much state (lease renewal, relaying, the sweep) run boxed,
+        // so that their state does not enlarge the future every idle session keeps.
         let ending = loop {
             if self.requests_done
                 && self.exchanges.is_empty()
@@ -251,7 +261,7 @@ impl Session {
             let step = tokio::select! {
                 () = self.hub.shutdown.cancelled(), if !self.going_away => self.go_away().await,
                 message = self.requests.next(), if !self.requests_done => match message {
-                    Some(message) => self.relay_request(message).await,
+                    Some(message) => Box::pin(self.relay_request(message)).await,
                     None if self.drained => {
                         self.requests_done = true;
                         Ok(())
@@ -259,7 +269,7 @@ impl Session {
                     None => Err(Failure::new(ErrorCode::Unavailable, "request subscription ended")),
                 },
                 incoming = next_frame(&mut stream) => match incoming {
-                    Ok(Incoming::Frame(frame)) => self.on_frame(frame, &mut release).await,
+                    Ok(Incoming::Frame(frame)) => Box::pin(self.on_frame(frame, &mut release)).await,
                     Ok(Incoming::Alive) => {
                         self.last_seen = Instant::now();
                         Ok(())
@@ -272,7 +282,7 @@ impl Session {
                     Some(frame) => self.send(frame).await,
                     None => Ok(()),
                 },
-                _ = renew.tick(), if !self.drained => match self.hub.leases.renew(&mut self.lease).await {
+                _ = renew.tick(), if !self.drained => match Box::pin(self.hub.leases.renew(&mut self.lease)).await {
                     Ok(()) => Ok(()),
                     Err(LeaseError::Lost | LeaseError::InUse) => {
                         self.start_drain(Failure::new(ErrorCode::SessionReplaced, "lease lost")).await;
@@ -284,7 +294,7 @@ impl Session {
                     }
                 },
                 _ = ping.tick() => self.keepalive(ping_interval).await,
-                _ = sweep.tick(), if !self.exchanges.is_empty() => self.sweep().await,
+                _ = sweep.tick(), if !self.exchanges.is_empty() => Box::pin(self.sweep()).await,
                 () = sleep_until_or_never(end_at), if end_at.is_some() => match self.end.take() {
                     Some((_, failure)) => Err(failure),
                     None => Ok(()),
@@ -297,7 +307,7 @@ impl Session {
                 break Ending::Refused(failure);
             }
         };
-        self.close(&ending, release).await;
+        Box::pin(self.close(&ending, release)).await;
         metrics::gauge!("host_sessions").decrement(1.0);
         ending
     }
