@@ -68,6 +68,9 @@ pub struct Summary {
     pub received: u64,
 }
 
+/// How often liveness is checked.
+const LIVENESS_TICK: Duration = Duration::from_secs(1);
+
 /// What woke the pump.
 enum Event {
     Frame(Option<StreamFrame>),
@@ -140,9 +143,10 @@ impl<O: FrameOut> Pump<O> {
     #[must_use]
     /// With `data_idle`, also resets once no body bytes moved either way for that long.
     pub fn with_liveness(mut self, data_idle: Option<Duration>) -> Self {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let now = Instant::now();
+        // The first tick a second from now: a short exchange ends before it and never wakes for it.
+        let mut tick = tokio::time::interval_at((now + LIVENESS_TICK).into(), LIVENESS_TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.liveness = Some(Liveness { last_heard: now, last_sent: now, last_data: now, data_idle, tick });
         self
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One header field: lowercase name and raw value bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header(pub String, pub Bytes);
+pub struct Header(pub String, #[serde(deserialize_with = "crate::shared::body")] pub Bytes);
 
 /// The head of a request forwarded to the local service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

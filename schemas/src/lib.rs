@@ -76,8 +76,8 @@ pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> R
     Ok(rmp_serde::from_slice(bytes)?)
 }
 
-/// Decodes a message like [`decode`], but its body fields (request and response bodies, stream
-/// data, relayed events) share `bytes`' buffer instead of being copied out of it.
+/// Decodes a message like [`decode`], but its byte fields (bodies, stream data, relayed events,
+/// header values) share `bytes`' buffer instead of being copied out of it.
 ///
 /// # Errors
 /// As [`decode`].
