@@ -43,11 +43,6 @@ impl Exchanges {
         Self { nats, prefix, open: HashMap::new(), max_reply_bytes }
     }
 
-    /// The wildcard subject this session's stream frames arrive on.
-    pub fn subjects(&self) -> String {
-        subjects::stream_subjects(&self.prefix)
-    }
-
     /// Number of open exchanges.
     pub fn len(&self) -> usize {
         self.open.len()

@@ -139,7 +139,7 @@ async fn next_frame(stream: &mut WsStream) -> Result<Incoming, Failure> {
             Err(Failure::new(ErrorCode::BadFrame, "text frames are not part of the protocol"))
         }
         Some(Ok(Message::Binary(bytes))) => {
-            tunnel_schemas::decode(&bytes, MAX_FRAME_BYTES).map(Incoming::Frame).map_err(|e| match e {
+            tunnel_schemas::decode_shared(&bytes, MAX_FRAME_BYTES).map(Incoming::Frame).map_err(|e| match e {
                 DecodeError::TooLarge { .. } => Failure::new(ErrorCode::FrameTooLarge, e.to_string()),
                 DecodeError::Malformed(_) => Failure::new(ErrorCode::BadFrame, e.to_string()),
             })
@@ -194,7 +194,6 @@ impl Session {
         let inbox_prefix = hub.config.inbox_prefix();
         let exchanges =
             Exchanges::new(nats.clone(), dispatch::session_prefix(&inbox_prefix, &id), hub.max_reply_bytes());
-        debug_assert_eq!(dispatch::session_of(&inbox_prefix, &exchanges.subjects()), Some(id.as_str()));
         let mut session = Self {
             hub: hub.clone(),
             id,
