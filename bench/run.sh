@@ -102,7 +102,10 @@ if [[ -n "$ref" ]]; then
     if [[ "$skip_build" == 0 ]]; then
         say "exporting $commit to .run/bench/src"
         rm -rf "$src" && mkdir -p "$src"
-        git -C "$root" archive "$commit" | tar -x -C "$src"
+        # -m: files get the time of extraction, not the commit's. With the commit's time, a
+        # commit older than the previous build looks unchanged to cargo, which then links stale
+        # crates from the shared target dir.
+        git -C "$root" archive "$commit" | tar -x -m -C "$src"
         echo "$commit" >"$src/.bench-commit"
     fi
     # With --skip-build, the binaries are those of the last export, whatever --ref says now.
