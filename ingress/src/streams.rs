@@ -49,7 +49,10 @@ impl StreamHub {
 
     fn route(&self, message: async_nats::Message) {
         let Some(id) = message.subject.rsplit('.').next().and_then(|id| id.parse::<u64>().ok()) else { return };
-        let frame = match tunnel_schemas::decode_shared::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
+        // Copied, not shared (`decode_shared`): a chunk still pointing into the NATS client's read
+        // buffer keeps that buffer from being reused, and allocating a new one per message cost
+        // more than the copy (1 GiB download: 276 MB/s shared, 305 MB/s copied).
+        let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable stream frame");

@@ -107,7 +107,8 @@ impl Exchanges {
     /// ends the exchange, a `Ping` only proves the ingress alive.
     pub fn relay_from_ingress(&mut self, message: &async_nats::Message) -> Option<HostFrame> {
         let stream = message.subject.rsplit('.').next()?.parse::<StreamId>().ok()?;
-        let frame = match tunnel_schemas::decode_shared::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
+        // Copied, not shared, to keep the NATS client's read buffer reusable (see ingress streams).
+        let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable stream frame from ingress");
