@@ -22,6 +22,10 @@ pub fn tunnel_control(name: &TunnelName) -> String {
     format!("tun.{name}.ctl")
 }
 
+/// Wildcard covering every tunnel's [`tunnel_control`] subject: each session-host subscribes
+/// once and hands a notice to its session of that tunnel, if any.
+pub const TUNNEL_CONTROLS: &str = "tun.*.ctl";
+
 /// Subjects captured by the `AUDIT` stream.
 pub const AUDIT_SUBJECTS: &str = "audit.>";
 
@@ -47,6 +51,12 @@ pub fn inbox_prefix(component: &str, node: &str) -> String {
     format!("_INBOX.{component}.{node}")
 }
 
+/// Stream-subject prefix of `session` on the session-host with inbox `prefix`
+/// (`_INBOX.host.<node>.<session>`); `*` gives the host-wide wildcard's prefix.
+pub fn session_prefix(prefix: &str, session: &str) -> String {
+    format!("{prefix}.{session}")
+}
+
 /// Subject on which the component with inbox `prefix` receives the frames of stream `id`.
 pub fn stream_subject(prefix: &str, id: impl std::fmt::Display) -> String {
     format!("{prefix}.st.{id}")
@@ -68,6 +78,7 @@ mod tests {
         assert_eq!(audit(&name, "req"), "audit.demo.req");
         assert!(!tunnel_requests(&name).starts_with("audit."));
         assert_eq!(tunnel_control(&name), "tun.demo.ctl");
+        assert_eq!(tunnel_control(&name).replace("demo", "*"), TUNNEL_CONTROLS);
         assert_eq!(tunnel_queue_group(&name), "tun.demo");
         assert_eq!(lease_key(&name), "t.demo");
         assert_eq!(stream_subject("_INBOX.ing.n1", 42), "_INBOX.ing.n1.st.42");

@@ -16,9 +16,6 @@ use tunnel_schemas::{MAX_FRAME_BYTES, subjects};
 
 use crate::registry::{Registry, Undelivered};
 
-/// Wildcard over every tunnel's [`subjects::tunnel_control`] subject.
-const CONTROL_SUBJECTS: &str = "tun.*.ctl";
-
 /// The running host-wide subscriptions.
 pub struct Dispatch {
     stop: CancellationToken,
@@ -36,8 +33,8 @@ impl Dispatch {
         inbox_prefix: &str,
         registry: &Registry,
     ) -> Result<Self, async_nats::SubscribeError> {
-        let control = nats.subscribe(CONTROL_SUBJECTS).await?;
-        let streams = nats.subscribe(subjects::stream_subjects(&session_prefix(inbox_prefix, "*"))).await?;
+        let control = nats.subscribe(subjects::TUNNEL_CONTROLS).await?;
+        let streams = nats.subscribe(subjects::stream_subjects(&subjects::session_prefix(inbox_prefix, "*"))).await?;
         let stop = CancellationToken::new();
         let tasks = [
             tokio::spawn(route_control(control, registry.clone(), stop.clone())),
@@ -53,12 +50,6 @@ impl Dispatch {
             let _ = task.await;
         }
     }
-}
-
-/// Prefix of the stream subjects of `session` on the host with `inbox_prefix`
-/// (`_INBOX.host.<node>.<session>`).
-pub fn session_prefix(inbox_prefix: &str, session: &str) -> String {
-    format!("{inbox_prefix}.{session}")
 }
 
 async fn route_control(mut control: Subscriber, registry: Registry, stop: CancellationToken) {
@@ -114,16 +105,15 @@ mod tests {
         let name = TunnelName::parse("demo-1").expect("valid");
         let subject = subjects::tunnel_control(&name);
         assert_eq!(tunnel_of(&subject), Some("demo-1"));
-        assert_eq!(subject.replace("demo-1", "*"), CONTROL_SUBJECTS);
         assert_eq!(tunnel_of(&subjects::tunnel_requests(&name)), None);
     }
 
     #[test]
     fn stream_subjects_name_their_session() {
         let prefix = "_INBOX.host.n1";
-        let subject = subjects::stream_subject(&session_prefix(prefix, "0190-ab"), 42);
+        let subject = subjects::stream_subject(&subjects::session_prefix(prefix, "0190-ab"), 42);
         assert_eq!(session_of(prefix, &subject), Some("0190-ab"));
-        assert_eq!(subjects::stream_subjects(&session_prefix(prefix, "*")), "_INBOX.host.n1.*.st.*");
+        assert_eq!(subjects::stream_subjects(&subjects::session_prefix(prefix, "*")), "_INBOX.host.n1.*.st.*");
         assert_eq!(session_of(prefix, "_INBOX.host.n10.s.st.1"), None, "another node's prefix");
         assert_eq!(session_of(prefix, "_INBOX.host.n1.nuid.1"), None, "a reply inbox");
     }

@@ -20,7 +20,6 @@ use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, 
 
 use tunnel_kit::service::ServiceConfig;
 
-use crate::dispatch;
 use crate::exchanges::Exchanges;
 use crate::hub::Hub;
 use crate::leases::{Lease, LeaseError};
@@ -193,7 +192,7 @@ impl Session {
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         let inbox_prefix = hub.config.inbox_prefix();
         let exchanges =
-            Exchanges::new(nats.clone(), dispatch::session_prefix(&inbox_prefix, &id), hub.max_reply_bytes());
+            Exchanges::new(nats.clone(), subjects::session_prefix(&inbox_prefix, &id), hub.max_reply_bytes());
         let mut session = Self {
             hub: hub.clone(),
             id,
