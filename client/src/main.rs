@@ -44,6 +44,7 @@ struct HttpArgs {
 // connection). TOKIO_WORKER_THREADS does not apply here.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    tunnel_kit::alloc::tune();
     let Command::Http(args) = Cli::parse().command;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

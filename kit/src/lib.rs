@@ -3,6 +3,7 @@
 //! Each server is a library with a `run` function plus a thin `main`; this crate holds what those
 //! mains have in common, so it is written once:
 //!
+//! - [`alloc`]: the allocator settings of every process;
 //! - [`config`]: layered configuration (defaults < TOML file < environment < flags), validated;
 //! - [`telemetry`]: tracing and the Prometheus recorder;
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
@@ -13,6 +14,7 @@
 //! - [`service`]: the start and stop script of every server's `main`;
 //! - [`sink`]: the batching WebSocket writer of both session ends.
 
+pub mod alloc;
 pub mod config;
 pub mod nats;
 pub mod ops;

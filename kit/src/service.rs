@@ -1,4 +1,4 @@
-//! The start and stop script every server's `main` follows: parse the layered configuration,
+//! The start and stop script every server's `main` follows: tune the allocator, parse the layered configuration,
 //! start tracing and metrics, log the redacted configuration, connect to NATS, bind the listener,
 //! arm the signal handler; at the end, drain NATS.
 
@@ -94,6 +94,7 @@ pub async fn start<C: ServiceConfig, F: Serialize>(
     file: Option<&Path>,
     flags: &F,
 ) -> anyhow::Result<Started<C>> {
+    crate::alloc::tune();
     let config: C = config::load(file, flags)?;
     telemetry::init_tracing(config.log_format());
     tracing::info!(config = ?config.redacted(), "starting {name}");
