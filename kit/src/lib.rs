@@ -12,7 +12,7 @@
 //! - [`nats`]: connecting to NATS with a per-component inbox prefix;
 //! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain;
 //! - [`service`]: the start and stop script of every server's `main`;
-//! - [`sink`]: the batching WebSocket writer of both session ends.
+//! - [`sink`]: the batching WebSocket writer of the tunnel client.
 
 pub mod alloc;
 pub mod config;

@@ -1,4 +1,4 @@
-//! The WebSocket writer both ends of a tunnel session use.
+//! The batching WebSocket writer of the tunnel client (the session-host frames its sockets itself).
 
 use futures_util::{Sink, SinkExt};
 use tokio::sync::mpsc;

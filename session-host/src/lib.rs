@@ -16,11 +16,12 @@ mod hub;
 pub mod leases;
 mod registry;
 mod session;
+mod socket;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -28,16 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunnel_kit::service::ServiceConfig;
 use tunnel_kit::telemetry::PrometheusHandle;
-use tunnel_schemas::MAX_FRAME_BYTES;
 use tunnel_schemas::frames::CONNECT_PATH;
 
 pub use config::HostConfig;
 
-/// WebSocket read and write buffer per session. The read buffer is kept for the session's life
-/// and is also the most read from the socket in one call: 1 KiB would save 7 KiB per idle session
-/// but made a 1 GiB download through the tunnel take about half again as much CPU (one read call
-/// per KiB), 4 KiB about 13% more. The write buffer starts empty and grows on demand.
-const SOCKET_BUFFER_BYTES: usize = 8 << 10;
 /// Time sessions get to close beyond their drain grace after shutdown starts.
 const CLOSE_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -86,15 +81,16 @@ pub async fn run(
     Ok(())
 }
 
-async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(SOCKET_BUFFER_BYTES)
-        .write_buffer_size(SOCKET_BUFFER_BYTES)
-        // A task of its own, so that axum's upgrade task, larger than the session, ends at once.
-        .on_upgrade(move |socket| {
-            sessions.spawn(session::run(hub, socket));
-            std::future::ready(())
-        })
+async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, request: Request) -> Response {
+    let upgrade = match socket::accept(request) {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
+    };
+    sessions.spawn(async move {
+        match upgrade.socket.await {
+            Ok(upgraded) => session::run(hub, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    upgrade.response
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{Subject, Subscriber};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
-use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER, UPLOAD_HEADER};
@@ -24,6 +24,7 @@ use crate::exchanges::Exchanges;
 use crate::hub::Hub;
 use crate::leases::{Lease, LeaseError};
 use crate::registry::Registration;
+use crate::socket::{Outgoing, ReadError, Reader, close_code};
 
 /// Frames queued for the WebSocket writer; a full queue makes the session wait (back-pressure).
 const WRITE_QUEUE: usize = 1024;
@@ -36,21 +37,23 @@ const WRITER_GRACE: Duration = Duration::from_secs(2);
 /// Interval of the checks on open exchanges' ingress ends; idle sessions skip them.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-type WsStream = SplitStream<WebSocket>;
+/// A client's socket after the upgrade.
+pub type Socket = TokioIo<Upgraded>;
+type WsStream = Reader<ReadHalf<Socket>>;
 
 /// Runs one session on `socket` to its end.
 ///
 /// The socket is split before the future is built, so that the future, which every idle session
 /// keeps, holds no room for the socket itself.
-pub fn run(hub: Arc<Hub>, socket: WebSocket) -> impl Future<Output = ()> {
-    let (sink, stream) = socket.split();
+pub fn run(hub: Arc<Hub>, socket: Socket) -> impl Future<Output = ()> {
+    let (read, write) = tokio::io::split(socket);
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
-    let writer = tokio::spawn(tunnel_kit::sink::write_batched(sink, out_rx));
-    serve_socket(hub, stream, out, writer)
+    let writer = tokio::spawn(crate::socket::write_frames(write, out_rx));
+    serve_socket(hub, Reader::new(read, MAX_FRAME_BYTES), out, writer)
 }
 
-async fn serve_socket(hub: Arc<Hub>, mut stream: WsStream, out: mpsc::Sender<Message>, writer: JoinHandle<()>) {
-    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream)).await {
+async fn serve_socket(hub: Arc<Hub>, mut stream: WsStream, out: mpsc::Sender<Outgoing>, writer: JoinHandle<()>) {
+    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream, &out)).await {
         Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
         Ok(Err(failure)) => Ending::Refused(failure),
         Ok(Ok(hello)) => match Box::pin(Session::open(&hub, hello, out.clone())).await {
@@ -63,9 +66,9 @@ async fn serve_socket(hub: Arc<Hub>, mut stream: WsStream, out: mpsc::Sender<Mes
     };
     if let Ending::Refused(failure) = &ending {
         tracing::info!(code = %failure.code, detail = %failure.detail, "session refused or ended");
-        let _ = out.send(Message::Binary(encode(&HostFrame::Refused(failure.clone())).into())).await;
+        let _ = out.send(Outgoing::Binary(encode(&HostFrame::Refused(failure.clone())).into())).await;
     }
-    let _ = out.send(Message::Close(Some(close_frame(&ending)))).await;
+    let _ = out.send(close_frame(&ending)).await;
     drop(out);
     if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
         tracing::debug!("websocket writer did not finish in time");
@@ -80,7 +83,7 @@ enum Ending {
     Refused(Failure),
 }
 
-fn close_frame(ending: &Ending) -> CloseFrame {
+fn close_frame(ending: &Ending) -> Outgoing {
     let (code, reason) = match ending {
         Ending::ClientLeft => (close_code::NORMAL, ""),
         Ending::Refused(failure) => (
@@ -94,7 +97,7 @@ fn close_frame(ending: &Ending) -> CloseFrame {
             failure.code.as_str(),
         ),
     };
-    CloseFrame { code, reason: reason.into() }
+    Outgoing::Close(code, reason)
 }
 
 /// Sleeps until `at`, or forever when there is no deadline.
@@ -105,9 +108,9 @@ async fn sleep_until_or_never(at: Option<Instant>) {
     }
 }
 
-async fn read_hello(stream: &mut WsStream) -> Result<Hello, Failure> {
+async fn read_hello(stream: &mut WsStream, out: &mpsc::Sender<Outgoing>) -> Result<Hello, Failure> {
     loop {
-        match next_frame(stream).await? {
+        match next_frame(stream, out).await? {
             Incoming::Frame(ClientFrame::Hello(hello)) => return Ok(hello),
             Incoming::Frame(_) => {
                 return Err(Failure::new(ErrorCode::BadFrame, "the first frame must be a hello"));
@@ -130,23 +133,31 @@ enum Incoming {
     Closed,
 }
 
-async fn next_frame(stream: &mut WsStream) -> Result<Incoming, Failure> {
+/// Reads the next frame; answers pings on the way (without waiting: when the writer is backed up
+/// the pong is skipped, and the read stays cancel-safe).
+async fn next_frame(stream: &mut WsStream, out: &mpsc::Sender<Outgoing>) -> Result<Incoming, Failure> {
     match stream.next().await {
-        None | Some(Ok(Message::Close(_))) => Ok(Incoming::Closed),
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Incoming::Alive),
-        Some(Ok(Message::Text(_))) => {
+        Ok(crate::socket::Incoming::Closed) => Ok(Incoming::Closed),
+        Ok(crate::socket::Incoming::Ping(payload)) => {
+            let _ = out.try_send(Outgoing::Pong(payload));
+            Ok(Incoming::Alive)
+        }
+        Ok(crate::socket::Incoming::Pong) => Ok(Incoming::Alive),
+        Ok(crate::socket::Incoming::Text) => {
             Err(Failure::new(ErrorCode::BadFrame, "text frames are not part of the protocol"))
         }
-        Some(Ok(Message::Binary(bytes))) => {
+        Ok(crate::socket::Incoming::Binary(bytes)) => {
             tunnel_schemas::decode_shared(&bytes, MAX_FRAME_BYTES).map(Incoming::Frame).map_err(|e| match e {
                 DecodeError::TooLarge { .. } => Failure::new(ErrorCode::FrameTooLarge, e.to_string()),
                 DecodeError::Malformed(_) => Failure::new(ErrorCode::BadFrame, e.to_string()),
             })
         }
-        Some(Err(e)) => {
-            // tungstenite reports an oversized message as a capacity error.
-            let code = if e.to_string().contains("too long") { ErrorCode::FrameTooLarge } else { ErrorCode::BadFrame };
-            Err(Failure::new(code, e.to_string()))
+        Err(e @ ReadError::TooLarge { .. }) => Err(Failure::new(ErrorCode::FrameTooLarge, e.to_string())),
+        Err(e @ ReadError::Protocol(_)) => Err(Failure::new(ErrorCode::BadFrame, e.to_string())),
+        // The connection failed: the client is gone, as if it had closed the socket.
+        Err(ReadError::Io(e)) => {
+            tracing::debug!(error = %e, "websocket read failed");
+            Ok(Incoming::Closed)
         }
     }
 }
@@ -156,7 +167,7 @@ struct Session {
     hub: Arc<Hub>,
     id: String,
     lease: Lease,
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Outgoing>,
     requests: Subscriber,
     /// Stream frames and takeover notices from the host-wide subscriptions.
     registration: Registration,
@@ -174,7 +185,7 @@ struct Session {
 }
 
 impl Session {
-    async fn open(hub: &Arc<Hub>, hello: Hello, out: mpsc::Sender<Message>) -> Result<Self, Failure> {
+    async fn open(hub: &Arc<Hub>, hello: Hello, out: mpsc::Sender<Outgoing>) -> Result<Self, Failure> {
         if hello.v != PROTOCOL_VERSION {
             return Err(Failure::new(
                 ErrorCode::ProtocolVersion,
@@ -266,7 +277,7 @@ impl Session {
                     }
                     None => Err(Failure::new(ErrorCode::Unavailable, "request subscription ended")),
                 },
-                incoming = next_frame(&mut stream) => match incoming {
+                incoming = next_frame(&mut stream, &self.out) => match incoming {
                     Ok(Incoming::Frame(frame)) => Box::pin(self.on_frame(frame, &mut release)).await,
                     Ok(Incoming::Alive) => {
                         self.last_seen = Instant::now();
@@ -404,10 +415,7 @@ impl Session {
         if self.last_seen.elapsed() > interval * 3 {
             return Err(Failure::new(ErrorCode::TunnelDisconnected, "client stopped answering pings"));
         }
-        self.out
-            .send(Message::Ping(Bytes::new()))
-            .await
-            .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
+        self.out.send(Outgoing::Ping).await.map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
     }
 
     async fn sweep(&mut self) -> Result<(), Failure> {
@@ -456,7 +464,7 @@ impl Session {
 
     async fn send(&self, frame: HostFrame) -> Result<(), Failure> {
         self.out
-            .send(Message::Binary(encode(&frame).into()))
+            .send(Outgoing::Binary(encode(&frame).into()))
             .await
             .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
     }

@@ -1,6 +1,6 @@
 //! A hostile or broken client is closed with a typed error; every other tunnel keeps working.
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::frames::{ClientFrame, HostFrame};
@@ -86,4 +86,38 @@ async fn an_undecodable_reply_fails_only_its_own_request() {
     let response = pending.await.expect("task").expect("response");
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-tunnel-error"], "upstream_bad_response");
+}
+
+#[tokio::test]
+async fn the_connect_endpoint_refuses_what_is_not_a_websocket_upgrade_and_answers_pings() {
+    let env = TestEnv::start().await;
+    let path = tunnel_schemas::frames::CONNECT_PATH;
+    let plain =
+        raw::http(env.host_addr(), format!("GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes())
+            .await;
+    assert_eq!(plain.status, 426, "a plain GET asks for the upgrade");
+    let keyless = format!(
+        "GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    assert_eq!(raw::http(env.host_addr(), keyless.as_bytes()).await.status, 400, "an upgrade needs a key");
+    let old = format!(
+        "GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let old = raw::http(env.host_addr(), old.as_bytes()).await;
+    assert_eq!((old.status, old.header_values("sec-websocket-version")), (426, vec![&b"13"[..]]));
+
+    let mut socket = raw::ws_connect(&env.server_url()).await;
+    socket.send(Message::Ping(b"are you there".to_vec().into())).await.expect("send a ping");
+    let pong = tunnel_tests::within(tunnel_tests::DEADLINE, "the pong", async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Pong(payload))) => return payload,
+                Some(Ok(_)) => {}
+                other => panic!("socket ended before the pong: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(&pong[..], b"are you there");
+    assert!(matches!(raw::ws_hello(&mut socket, 1, None, None).await, HostFrame::Welcome(_)), "the session goes on");
 }
