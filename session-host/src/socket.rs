@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Bytes a quiet socket's first read takes, into a buffer on the reader's stack.
 const FIRST_READ_BYTES: usize = 512;
+/// Room a socket's reads get once it wakes up: several small frames fit in one read. A frame
+/// that does not fit gets room for all of it as soon as its header is read.
+const WAKE_READ_BYTES: usize = 4 << 10;
 /// Room a busy socket's reads get: a data chunk and its framing fit in one read.
 const READ_BYTES: usize = 80 << 10;
 /// Longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
@@ -326,7 +329,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let mut first = [0; FIRST_READ_BYTES];
         let n = self.io.read(&mut first).await?;
         if n > 0 {
-            self.buf.reserve(READ_BYTES);
+            self.buf.reserve(WAKE_READ_BYTES);
             self.buf.put_slice(&first[..n]);
         }
         Ok(n)
