@@ -21,8 +21,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Bytes a quiet socket's first read takes, into a buffer on the reader's stack.
 const FIRST_READ_BYTES: usize = 512;
-/// Room a socket's reads get once it wakes up: several small frames fit in one read. A frame
-/// that does not fit gets room for all of it as soon as its header is read.
+/// Room a socket's reads get once it wakes up: several small frames fit in one read. A larger
+/// frame gets room for the rest of it once its header is read, up to what has already arrived
+/// (at least [`READ_BYTES`]): a buffer grows with the bytes received, not with a length claimed.
 const WAKE_READ_BYTES: usize = 4 << 10;
 /// Room a busy socket's reads get: a data chunk and its framing fit in one read.
 const READ_BYTES: usize = 80 << 10;
@@ -274,7 +275,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             let frame_len = header.size + header.len as usize;
             if self.buf.len() < frame_len {
-                self.buf.reserve(frame_len - self.buf.len());
+                // Room for the rest of the frame, but never much more than has arrived: a client
+                // announcing 16 MiB and sending nothing costs no 16 MiB.
+                self.buf.reserve((frame_len - self.buf.len()).min(READ_BYTES.max(self.buf.len())));
                 return Ok(None);
             }
             self.buf.advance(header.size);
@@ -510,6 +513,20 @@ mod tests {
             assert!(futures_util::poll!(&mut waiting).is_pending(), "no second message was sent");
         }
         assert_eq!(reader.buf.capacity(), 0, "the buffer is freed while the socket is quiet");
+    }
+
+    #[tokio::test]
+    async fn a_claimed_length_does_not_reserve_memory_before_the_bytes_arrive() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = Reader::new(server, 16 << 20);
+        let frame = client_frame(0x82, &vec![1; 10 << 20]);
+        client.write_all(&frame[..1000]).await.expect("write");
+        {
+            let waiting = reader.next();
+            tokio::pin!(waiting);
+            assert!(futures_util::poll!(&mut waiting).is_pending(), "the frame is incomplete");
+        }
+        assert!(reader.buf.capacity() < 1 << 20, "{} bytes reserved for 1000 received", reader.buf.capacity());
     }
 
     #[tokio::test]
