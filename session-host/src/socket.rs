@@ -4,10 +4,10 @@
 //! tungstenite keeps a read buffer per socket for the socket's life, and it grows to the largest
 //! frame ever read (a 64 KiB data chunk): ten thousand idle sessions paid 80 MiB for read buffers
 //! alone. Here a [`Reader`] waits for the next message with a few hundred bytes on its own stack
-//! and allocates only once bytes arrive; the writer ([`write_frames`]) encodes each batch of
-//! frames into a fresh buffer and lets it go after the write.
+//! and allocates only once bytes arrive; the writer ([`write_frames`]) hands each batch of
+//! frames to one vectored write, headers from its stack and payloads as they are.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -31,8 +31,10 @@ const READ_BYTES: usize = 80 << 10;
 const MAX_HEADER_BYTES: usize = 14;
 /// Longest payload of a control frame (ping, pong, close).
 const MAX_CONTROL_BYTES: usize = 125;
-/// Most bytes of queued frames the writer encodes into one write.
+/// Most payload bytes of queued frames the writer takes into one write.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
+/// Most frames in one write: two slices each, well within the kernel's 1,024 per `writev`.
+const WRITE_BATCH_FRAMES: usize = 256;
 
 /// Close codes the host sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -353,51 +355,93 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        let (opcode, payload): (u8, &[u8]) = match self {
-            Self::Binary(bytes) => (OP_BINARY, bytes),
-            Self::Ping => (OP_PING, &[]),
-            Self::Pong(bytes) => (OP_PONG, bytes),
-            Self::Close(code, reason) => {
-                let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_BYTES - 2)];
-                out.extend_from_slice(&[0x80 | OP_CLOSE, (reason.len() + 2) as u8]);
-                out.extend_from_slice(&code.to_be_bytes());
-                out.extend_from_slice(reason);
-                return;
+    /// Writes the frame's header into `head` (with a close frame's code, the start of its
+    /// payload) and returns the bytes it takes; the rest of the frame is [`Self::payload`].
+    fn encode_head(&self, head: &mut [u8; MAX_HEADER_BYTES]) -> usize {
+        let (opcode, code) = match self {
+            Self::Binary(_) => (OP_BINARY, None),
+            Self::Ping => (OP_PING, None),
+            Self::Pong(_) => (OP_PONG, None),
+            Self::Close(code, _) => (OP_CLOSE, Some(code.to_be_bytes())),
+        };
+        let len = self.payload().len() + code.map_or(0, |c| c.len());
+        head[0] = 0x80 | opcode;
+        let mut at = match len {
+            0..=125 => {
+                head[1] = len as u8;
+                2
+            }
+            126..=0xffff => {
+                head[1] = 126;
+                head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                4
+            }
+            _ => {
+                head[1] = 127;
+                head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+                10
             }
         };
-        out.push(0x80 | opcode);
-        match payload.len() {
-            len @ 0..=125 => out.push(len as u8),
-            len @ 126..=0xffff => {
-                out.push(126);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                out.push(127);
-                out.extend_from_slice(&(len as u64).to_be_bytes());
-            }
+        if let Some(code) = code {
+            head[at..at + 2].copy_from_slice(&code);
+            at += 2;
         }
-        out.extend_from_slice(payload);
+        at
+    }
+
+    /// The bytes after the header.
+    fn payload(&self) -> &[u8] {
+        match self {
+            Self::Binary(bytes) | Self::Pong(bytes) => bytes,
+            Self::Ping => &[],
+            Self::Close(_, reason) => &reason.as_bytes()[..reason.len().min(MAX_CONTROL_BYTES - 2)],
+        }
     }
 }
 
-/// Writes the frames from `frames` to `io`, each batch of queued frames in one write, until
-/// `frames` closes (then shuts `io` down) or a write fails.
+/// Writes the frames from `frames` to `io`, each batch of queued frames in one vectored write
+/// (payloads are not copied), until `frames` closes (then shuts `io` down) or a write fails.
 pub async fn write_frames<W: AsyncWrite + Unpin>(mut io: W, mut frames: mpsc::Receiver<Outgoing>) {
     while let Some(frame) = frames.recv().await {
-        let mut out = Vec::new();
-        frame.encode_into(&mut out);
-        while out.len() < WRITE_BATCH_BYTES
+        let mut bytes = frame.payload().len();
+        let mut batch = vec![frame];
+        while batch.len() < WRITE_BATCH_FRAMES
+            && bytes < WRITE_BATCH_BYTES
             && let Ok(frame) = frames.try_recv()
         {
-            frame.encode_into(&mut out);
+            bytes += frame.payload().len();
+            batch.push(frame);
         }
-        if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
+        if write_batch(&mut io, &batch).await.is_err() {
             return;
         }
     }
     let _ = io.shutdown().await;
+}
+
+async fn write_batch<W: AsyncWrite + Unpin>(io: &mut W, batch: &[Outgoing]) -> io::Result<()> {
+    let heads: Vec<_> = batch
+        .iter()
+        .map(|frame| {
+            let mut head = [0; MAX_HEADER_BYTES];
+            let len = frame.encode_head(&mut head);
+            (head, len)
+        })
+        .collect();
+    let mut slices: Vec<IoSlice<'_>> = heads
+        .iter()
+        .zip(batch)
+        .flat_map(|((head, len), frame)| [IoSlice::new(&head[..*len]), IoSlice::new(frame.payload())])
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let written = io.write_vectored(rest).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, written);
+    }
+    io.flush().await
 }
 
 #[cfg(test)]
@@ -543,8 +587,16 @@ mod tests {
             tx.send(frame).await.expect("queue");
         }
         drop(tx);
-        let mut wire = Vec::new();
-        write_frames(&mut wire, rx).await;
+        // A pipe of 1,000 bytes: the writer sees short writes and must carry on where they end.
+        let (client, server) = tokio::io::duplex(1000);
+        let reading = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            let mut client = client;
+            client.read_to_end(&mut wire).await.expect("read");
+            wire
+        });
+        write_frames(server, rx).await;
+        let wire = reading.await.expect("reader");
         let mut expected = vec![0x82, 2, b'h', b'i', 0x82, 126, 1, 44];
         expected.extend([5; 300]);
         expected.extend([0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
