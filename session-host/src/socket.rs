@@ -2,7 +2,7 @@
 //! tungstenite so that a session holds no buffer while its socket is quiet.
 //!
 //! tungstenite keeps a read buffer per socket for the socket's life, and it grows to the largest
-//! frame ever read (a 64 KiB data chunk): ten thousand idle sessions paid 80 MiB for read buffers
+//! frame ever read (a data chunk, 63 KiB): ten thousand idle sessions paid 80 MiB for read buffers
 //! alone. Here a [`Reader`] waits for the next message with a few hundred bytes on its own stack
 //! and allocates only once bytes arrive; the writer ([`write_frames`]) hands each batch of
 //! frames to one vectored write, headers from its stack and payloads as they are.
