@@ -415,7 +415,7 @@ impl Session {
         if self.last_seen.elapsed() > interval * 3 {
             return Err(Failure::new(ErrorCode::TunnelDisconnected, "client stopped answering pings"));
         }
-        self.out.send(Outgoing::Ping).await.map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
+        self.queue(Outgoing::Ping).await
     }
 
     async fn sweep(&mut self) -> Result<(), Failure> {
@@ -463,10 +463,12 @@ impl Session {
     }
 
     async fn send(&self, frame: HostFrame) -> Result<(), Failure> {
-        self.out
-            .send(Outgoing::Binary(encode(&frame).into()))
-            .await
-            .map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
+        self.queue(Outgoing::Binary(encode(&frame).into())).await
+    }
+
+    /// Queues `frame` for the WebSocket writer, waiting while its queue is full.
+    async fn queue(&self, frame: Outgoing) -> Result<(), Failure> {
+        self.out.send(frame).await.map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
     }
 }
 
