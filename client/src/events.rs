@@ -16,6 +16,8 @@ pub enum Event {
         name: String,
         /// The local service.
         target: String,
+        /// Whether the server records the tunnel's exchanges.
+        recording: bool,
     },
     /// A request was answered (by the local service or with a tunnel error).
     Request {
@@ -58,8 +60,10 @@ impl Event {
     /// The event as one line of human-readable text.
     pub fn human(&self) -> String {
         match self {
-            Self::Ready { url, target, .. } => {
-                format!("Forwarding  {url} -> {target}\n(Ctrl-C to stop)")
+            Self::Ready { url, target, recording, .. } => {
+                let recording =
+                    if *recording { "\nRecording   on (tunnel trail --recorded, tunnel replay)" } else { "" };
+                format!("Forwarding  {url} -> {target}{recording}\n(Ctrl-C to stop)")
             }
             Self::Request { method, target, status, error, duration_ms, .. } => {
                 let error = error.as_deref().map(|code| format!("  [{code}]")).unwrap_or_default();

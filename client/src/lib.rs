@@ -11,6 +11,7 @@ pub mod events;
 pub mod exchange;
 pub mod forward;
 pub mod session;
+pub mod state;
 pub mod target;
 
 use std::sync::Arc;
@@ -35,6 +36,11 @@ pub struct Options {
     pub target: Target,
     /// Requested tunnel name; random when absent.
     pub name: Option<String>,
+    /// Ask the server to record the tunnel's exchanges.
+    pub record: bool,
+    /// Where to save the tunnel's name, URL and resume secret for later `trail` and `replay`
+    /// commands ([`state`]); nothing is saved when absent.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the client stopped before it was asked to.
@@ -82,7 +88,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let opened = tokio::select! {
-            opened = session::open(&server, options.name.as_deref(), resume.as_ref()) => opened,
+            opened = session::open(&server, options.name.as_deref(), resume.as_ref(), options.record) => opened,
             () = shutdown.cancelled() => return Ok(()),
         };
         let end = match opened {
@@ -95,8 +101,20 @@ pub async fn run(
                         url: welcome.url.clone(),
                         name: welcome.name.clone(),
                         target: options.target.to_string(),
+                        recording: welcome.recording,
                     }
                 };
+                if let Some(dir) = &options.state_dir {
+                    let saved = state::SavedTunnel {
+                        name: welcome.name.clone(),
+                        url: welcome.url.clone(),
+                        server: options.server.clone(),
+                        secret: welcome.resume_secret.clone(),
+                    };
+                    if let Err(e) = state::save(dir, &saved) {
+                        tracing::warn!(error = %e, "tunnel not saved for later trail and replay commands");
+                    }
+                }
                 let _ = events.send(event).await;
                 resume = Some(Resume { name: welcome.name.clone(), secret: welcome.resume_secret.clone() });
                 session::serve(socket, &welcome, &forwarder, &events, &shutdown).await

@@ -34,6 +34,10 @@ struct HttpArgs {
     /// Tunnel name to request (a DNS label); random when absent.
     #[arg(long, value_name = "NAME", env = "TUNNEL_NAME")]
     name: Option<String>,
+    /// Record every exchange (requests and responses, bodies up to the server's cap, credentials
+    /// masked) for `tunnel trail --recorded` and `tunnel replay`.
+    #[arg(long)]
+    record: bool,
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
     #[arg(long)]
     json: bool,
@@ -55,7 +59,13 @@ async fn main() -> std::process::ExitCode {
             Ok(target) => target,
             Err(e) => return fail(json, "invalid_target", &e.to_string()),
         };
-    let options = Options { server: args.server, target, name: args.name };
+    let options = Options {
+        server: args.server,
+        target,
+        name: args.name,
+        record: args.record,
+        state_dir: tunnel_client::state::default_dir(),
+    };
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);
     let printer = tokio::spawn(async move {

@@ -72,12 +72,18 @@ pub enum OpenError {
 }
 
 /// Connects to `server`, says hello and waits for the welcome.
-pub async fn open(server: &str, name: Option<&str>, resume: Option<&Resume>) -> Result<(Welcome, Socket), OpenError> {
+pub async fn open(
+    server: &str,
+    name: Option<&str>,
+    resume: Option<&Resume>,
+    record: bool,
+) -> Result<(Welcome, Socket), OpenError> {
     let hello = Hello {
         v: PROTOCOL_VERSION,
         name: resume.map(|r| r.name.clone()).or_else(|| name.map(str::to_owned)),
         resume_secret: resume.map(|r| r.secret.clone()),
         agent: concat!("tunnel/", env!("CARGO_PKG_VERSION")).to_owned(),
+        record,
     };
     let handshake = async {
         let config = WebSocketConfig::default()

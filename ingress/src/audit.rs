@@ -1,19 +1,17 @@
-//! Audit events leave through a bounded queue to one JetStream publisher, so a request never
-//! waits for the audit stream. Events are batched per subject (one tunnel) for up to
+//! Audit events leave through a bounded queue to a batcher and the [`Journal`], so a request
+//! never waits for the audit stream. Events are batched per subject (one tunnel) for up to
 //! [`BATCH_WINDOW`] or [`MAX_BATCH`] events: one stored message per batch instead of one per
 //! request is what keeps auditing cheap under load. Each batch has its own message id, so a
 //! publish retried after a failed acknowledgement is stored once. What cannot be queued (the
 //! stream has been unreachable for long) is counted as dropped, never buffered without bound.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
-use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use async_nats::jetstream;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
+use tunnel_kit::journal::{Entry, Journal, Outcomes};
 use tunnel_schemas::PROTOCOL_VERSION;
 use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 
@@ -27,10 +25,8 @@ const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 128 << 10;
 /// Encoded size of a record beyond its variable fields (names, numbers, framing).
 const RECORD_OVERHEAD_BYTES: usize = 192;
-/// Batches awaiting their acknowledgement.
-const MAX_UNACKED: usize = 64;
-/// Publishes of one batch before it is given up.
-const ATTEMPTS: u8 = 3;
+/// Sealed batches waiting for the publisher.
+const SEALED_QUEUE: usize = 64;
 
 /// Where the proxy hands audit events.
 #[derive(Clone)]
@@ -42,7 +38,8 @@ impl AuditSink {
     /// Starts the publisher on `nats`.
     pub fn start(nats: async_nats::Client) -> Self {
         let (queue, events) = mpsc::channel(QUEUE);
-        tokio::spawn(publish(jetstream::new(nats), events));
+        let (journal, _) = Journal::start(jetstream::new(nats), SEALED_QUEUE, Dropped);
+        tokio::spawn(batch(events, journal));
         Self { queue }
     }
 
@@ -54,21 +51,22 @@ impl AuditSink {
     }
 }
 
-/// A sealed batch on its way.
-struct Pending {
-    subject: String,
-    id: String,
-    payload: Bytes,
-    events: usize,
-    attempts: u8,
+/// Counts the batches the journal gave up.
+struct Dropped;
+
+impl Outcomes for Dropped {
+    fn dropped(&mut self, entry: &Entry, error: &str) {
+        metrics::counter!("ingress_audit_dropped_total").increment(entry.events as u64);
+        tracing::warn!(error, subject = %entry.subject, events = entry.events, "audit batch given up");
+    }
 }
 
-impl Pending {
-    fn seal(subject: String, records: Vec<RequestAudit>) -> Self {
-        let events = records.len();
-        let payload = tunnel_schemas::encode(&AuditBatch { v: PROTOCOL_VERSION, records }).into();
-        Self { subject, id: uuid::Uuid::now_v7().simple().to_string(), payload, events, attempts: 0 }
-    }
+/// The journal entry of one batch.
+fn seal(subject: String, records: Vec<RequestAudit>) -> Entry {
+    let events = records.len();
+    let tunnel = records.first().map(|record| record.tunnel.clone()).unwrap_or_default();
+    let payload = tunnel_schemas::encode(&AuditBatch { v: PROTOCOL_VERSION, records }).into();
+    Entry::new(subject, uuid::Uuid::now_v7().simple().to_string(), payload, events, tunnel)
 }
 
 /// The batches being filled, one per subject.
@@ -79,7 +77,7 @@ struct Batches {
 
 impl Batches {
     /// Adds `record`; returns its batch sealed when that filled it (by count or by size).
-    fn add(&mut self, subject: String, record: RequestAudit) -> Option<Pending> {
+    fn add(&mut self, subject: String, record: RequestAudit) -> Option<Entry> {
         let (records, bytes) = self.open.entry(subject.clone()).or_default();
         *bytes += estimated_size(&record);
         records.push(record);
@@ -87,12 +85,12 @@ impl Batches {
             return None;
         }
         let (records, _) = self.open.remove(&subject)?;
-        Some(Pending::seal(subject, records))
+        Some(seal(subject, records))
     }
 
     /// Seals every open batch.
-    fn seal_all(&mut self) -> Vec<Pending> {
-        self.open.drain().map(|(subject, (records, _))| Pending::seal(subject, records)).collect()
+    fn seal_all(&mut self) -> Vec<Entry> {
+        self.open.drain().map(|(subject, (records, _))| seal(subject, records)).collect()
     }
 
     fn is_empty(&self) -> bool {
@@ -100,40 +98,27 @@ impl Batches {
     }
 }
 
-async fn publish(js: jetstream::Context, mut events: mpsc::Receiver<(String, RequestAudit)>) {
+/// Batches events until the queue closes; a full journal makes it wait, and the event queue
+/// then fills and drops (counted) instead.
+async fn batch(mut events: mpsc::Receiver<(String, RequestAudit)>, journal: Journal) {
     let mut open = Batches::default();
-    let mut ready: VecDeque<Pending> = VecDeque::new();
-    let mut unacked = FuturesUnordered::new();
     let mut window = tokio::time::interval(BATCH_WINDOW);
     window.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut closed = false;
     loop {
-        if closed && open.is_empty() && ready.is_empty() && unacked.is_empty() {
-            return;
-        }
-        if unacked.len() < MAX_UNACKED
-            && let Some(pending) = ready.pop_front()
-        {
-            match send(&js, &pending).await {
-                Ok(ack) => unacked.push(async move { (ack.await.map(|_| ()), pending) }),
-                Err(e) => retry(&mut ready, pending, &e),
-            }
-            continue;
-        }
-        tokio::select! {
-            Some((acked, pending)) = unacked.next(), if !unacked.is_empty() => {
-                if let Err(e) = acked {
-                    retry(&mut ready, pending, &e);
-                }
-            }
-            event = events.recv(), if !closed => match event {
-                Some((subject, record)) => ready.extend(open.add(subject, record)),
-                None => {
-                    closed = true;
-                    ready.extend(open.seal_all());
-                }
+        let sealed = tokio::select! {
+            event = events.recv() => match event {
+                Some((subject, record)) => open.add(subject, record).into_iter().collect(),
+                None => open.seal_all(),
             },
-            _ = window.tick(), if !open.is_empty() => ready.extend(open.seal_all()),
+            _ = window.tick(), if !open.is_empty() => open.seal_all(),
+        };
+        for entry in sealed {
+            if journal.send(entry).await.is_err() {
+                return;
+            }
+        }
+        if events.is_closed() && events.is_empty() && open.is_empty() {
+            return;
         }
     }
 }
@@ -146,24 +131,6 @@ fn estimated_size(record: &RequestAudit) -> usize {
         + record.method.len()
         + record.path.len()
         + record.remote_addr.len()
-}
-
-async fn send(
-    js: &jetstream::Context,
-    pending: &Pending,
-) -> Result<PublishAckFuture, jetstream::context::PublishError> {
-    let message = PublishMessage::build().message_id(&pending.id).payload(pending.payload.clone());
-    js.send_publish(pending.subject.clone(), message).await
-}
-
-fn retry(ready: &mut VecDeque<Pending>, mut pending: Pending, error: &dyn std::fmt::Display) {
-    pending.attempts += 1;
-    if pending.attempts < ATTEMPTS {
-        ready.push_back(pending);
-    } else {
-        metrics::counter!("ingress_audit_dropped_total").increment(pending.events as u64);
-        tracing::warn!(error = %error, subject = %pending.subject, events = pending.events, "audit batch given up");
-    }
 }
 
 #[cfg(test)]
@@ -190,8 +157,7 @@ mod tests {
     #[test]
     fn batches_seal_by_count_and_by_size_within_the_stream_limit() {
         let mut batches = Batches::default();
-        let sealed: Vec<Pending> =
-            (0..MAX_BATCH).filter_map(|_| batches.add("audit.a.req".into(), record(10))).collect();
+        let sealed: Vec<Entry> = (0..MAX_BATCH).filter_map(|_| batches.add("audit.a.req".into(), record(10))).collect();
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].events, MAX_BATCH);
         assert!(batches.is_empty());

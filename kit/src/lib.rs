@@ -6,6 +6,7 @@
 //! - [`alloc`]: the allocator settings of every process;
 //! - [`config`]: layered configuration (defaults < TOML file < environment < flags), validated;
 //! - [`telemetry`]: tracing and the Prometheus recorder;
+//! - [`journal`]: the bounded, asynchronous JetStream publisher of audit and recording events;
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
 //! - [`pump`]: the stream engine both ends of an exchange run (credits, resets, liveness);
 //! - [`shutdown`]: SIGINT/SIGTERM handling;
@@ -16,6 +17,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod journal;
 pub mod nats;
 pub mod ops;
 pub mod pump;

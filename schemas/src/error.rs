@@ -53,13 +53,15 @@ pub enum ErrorCode {
     Cancelled,
     /// The message bus or a dependency is unavailable.
     Unavailable,
+    /// The credentials do not give access to what was asked (another tunnel's trail).
+    Forbidden,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -82,6 +84,7 @@ impl ErrorCode {
         Self::GoingAway,
         Self::Cancelled,
         Self::Unavailable,
+        Self::Forbidden,
         Self::Internal,
     ];
 
@@ -110,6 +113,7 @@ impl ErrorCode {
             Self::GoingAway => "going_away",
             Self::Cancelled => "cancelled",
             Self::Unavailable => "unavailable",
+            Self::Forbidden => "forbidden",
             Self::Internal => "internal",
         }
     }
@@ -134,6 +138,7 @@ impl ErrorCode {
             Self::SessionReplaced => 409,
             Self::Cancelled => 499,
             Self::GoingAway | Self::Unavailable => 503,
+            Self::Forbidden => 403,
             Self::Internal => 500,
         }
     }
@@ -167,6 +172,7 @@ impl ErrorCode {
             Self::GoingAway => "The server is shutting down; reconnect.",
             Self::Cancelled => "The request was cancelled.",
             Self::Unavailable => "The service is temporarily unavailable.",
+            Self::Forbidden => "These credentials do not give access to this tunnel.",
             Self::Internal => "An internal error occurred.",
         }
     }

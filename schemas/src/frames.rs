@@ -32,6 +32,9 @@ pub struct Hello {
     /// Client software and version, for logs (`tunnel/0.1.0`).
     #[serde(default)]
     pub agent: String,
+    /// Record this tunnel's exchanges in the `RECORDINGS` stream (`tunnel http --record`).
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// The host's acceptance of a [`Hello`].
@@ -50,6 +53,9 @@ pub struct Welcome {
     /// Largest encoded reply the host can relay; larger replies must fail with
     /// [`ErrorCode::ResponseTooLarge`](crate::ErrorCode::ResponseTooLarge).
     pub max_reply_bytes: u64,
+    /// Whether the session's exchanges are recorded (asked for, or the operator's policy).
+    #[serde(default)]
+    pub recording: bool,
 }
 
 /// Frames the client sends.

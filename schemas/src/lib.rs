@@ -9,6 +9,7 @@
 //! - [`frames`]: the MessagePack frames exchanged over the client's WebSocket;
 //! - [`stream`]: body streaming with credit-based flow control, the same on NATS and WebSocket;
 //! - [`audit`]: the audit events published to the `AUDIT` stream;
+//! - [`record`]: the recorded exchanges published to the `RECORDINGS` stream;
 //! - [`error`]: the typed error codes every component reports.
 //!
 //! Every message is encoded with [`encode`] as a MessagePack *map* (field names on the wire), so a
@@ -21,6 +22,7 @@ pub mod events;
 pub mod frames;
 pub mod http;
 pub mod names;
+pub mod record;
 mod shared;
 pub mod stream;
 pub mod subjects;

@@ -1,7 +1,8 @@
 //! Every NATS subject and queue group of the system.
 //!
-//! Request subjects (`tun.>`) and audit subjects (`audit.>`) are disjoint on purpose: a stream
-//! that captured a request subject would answer requests with a PubAck.
+//! Request subjects (`tun.>`), audit subjects (`audit.>`) and recording subjects (`rec.>`) are
+//! disjoint on purpose: a stream that captured a request subject would answer requests with a
+//! PubAck.
 
 use crate::names::TunnelName;
 
@@ -31,6 +32,23 @@ pub const AUDIT_SUBJECTS: &str = "audit.>";
 
 /// Name of the JetStream stream holding audit events.
 pub const AUDIT_STREAM: &str = "AUDIT";
+
+/// Subjects captured by the `RECORDINGS` stream.
+pub const RECORDING_SUBJECTS: &str = "rec.>";
+
+/// Name of the JetStream stream holding recorded exchanges.
+pub const RECORDING_STREAM: &str = "RECORDINGS";
+
+/// Subject of a recording of `kind` for `name` (`rec.<name>.<kind>`).
+pub fn recording(name: &str, kind: &str) -> String {
+    format!("rec.{name}.{kind}")
+}
+
+/// Subject of the audit records of `name` (`audit.<name>.req`), for readers holding the name as
+/// text.
+pub fn audit_of(name: &str) -> String {
+    format!("audit.{name}.{}", crate::audit::KIND_REQUEST)
+}
 
 /// Name of the KV bucket holding tunnel leases.
 pub const LEASES_BUCKET: &str = "tunnel_leases";
@@ -83,5 +101,7 @@ mod tests {
         assert_eq!(lease_key(&name), "t.demo");
         assert_eq!(stream_subject("_INBOX.ing.n1", 42), "_INBOX.ing.n1.st.42");
         assert_eq!(stream_subjects("_INBOX.ing.n1"), "_INBOX.ing.n1.st.*");
+        assert_eq!(recording("demo", "ex"), "rec.demo.ex");
+        assert_eq!(audit_of("demo"), audit(&name, "req"));
     }
 }

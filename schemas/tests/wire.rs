@@ -25,7 +25,7 @@ where
 }
 
 fn hello() -> Hello {
-    Hello { v: 1, name: Some("demo".into()), resume_secret: None, agent: "tunnel/0.1.0".into() }
+    Hello { v: 1, name: Some("demo".into()), resume_secret: None, agent: "tunnel/0.1.0".into(), record: true }
 }
 
 fn welcome() -> Welcome {
@@ -36,6 +36,7 @@ fn welcome() -> Welcome {
         session: "s1".into(),
         resume_secret: "r".into(),
         max_reply_bytes: 1_044_480,
+        recording: true,
     }
 }
 
@@ -66,7 +67,7 @@ fn response() -> TunnelReply {
 fn client_frames() {
     pin(
         &ClientFrame::Hello(hello()),
-        "81a548656c6c6f84a17601a46e616d65a464656d6fad726573756d655f736563726574c0a56167656e74ac74756e6e656c2f302e312e30",
+        "81a548656c6c6f85a17601a46e616d65a464656d6fad726573756d655f736563726574c0a56167656e74ac74756e6e656c2f302e312e30a67265636f7264c3",
     );
     pin(
         &ClientFrame::Reply { stream: 7, reply: Bytes::from_static(b"\x81"), end: true },
@@ -79,7 +80,7 @@ fn client_frames() {
 fn host_frames() {
     pin(
         &HostFrame::Welcome(welcome()),
-        "81a757656c636f6d6586a17601a46e616d65a464656d6fa375726cba687474703a2f2f64656d6f2e6c6f63616c686f73743a38303830a773657373696f6ea27331ad726573756d655f736563726574a172af6d61785f7265706c795f6279746573ce000ff000",
+        "81a757656c636f6d6587a17601a46e616d65a464656d6fa375726cba687474703a2f2f64656d6f2e6c6f63616c686f73743a38303830a773657373696f6ea27331ad726573756d655f736563726574a172af6d61785f7265706c795f6279746573ce000ff000a97265636f7264696e67c3",
     );
     pin(
         &HostFrame::Refused(Failure::new(ErrorCode::NameInUse, "taken")),
@@ -171,7 +172,10 @@ fn optional_fields_may_be_absent_and_unknown_fields_are_ignored() {
     }
     let bytes = encode(&FutureFrame::Hello(FutureHello { v: 2, shiny_new_field: "x" }));
     let decoded: ClientFrame = decode(&bytes, usize::MAX).expect("an old peer reads a newer hello");
-    assert_eq!(decoded, ClientFrame::Hello(Hello { v: 2, name: None, resume_secret: None, agent: String::new() }));
+    assert_eq!(
+        decoded,
+        ClientFrame::Hello(Hello { v: 2, name: None, resume_secret: None, agent: String::new(), record: false })
+    );
 }
 
 #[test]

@@ -30,6 +30,28 @@ pub struct HostConfig {
     pub drain_grace_secs: u64,
     /// Most unanswered requests per session; more get `unavailable` at once.
     pub max_inflight_per_session: usize,
+    /// Tunnels recorded whatever their clients ask, as comma-separated name patterns (`*` for
+    /// every tunnel, `shop-*`); empty records only the tunnels whose clients ask (`--record`).
+    pub record_tunnels: String,
+    /// Largest body kept per direction in a recorded exchange, in bytes; a longer body is cut
+    /// and marked as cut.
+    pub record_body_bytes: u64,
+    /// Headers masked in recordings besides `Authorization`, `Proxy-Authorization`, `Cookie`
+    /// and `Set-Cookie` (comma-separated).
+    pub record_mask_headers: String,
+    /// Default-masked headers the operator keeps in clear (comma-separated).
+    pub record_keep_headers: String,
+    /// Hours a recorded exchange is kept.
+    pub record_max_age_hours: u64,
+    /// Bytes the `RECORDINGS` stream holds; beyond it the oldest recordings go.
+    pub record_max_bytes: u64,
+    /// Bytes of recordings one tunnel keeps; beyond it that tunnel's oldest go.
+    pub record_max_bytes_per_tunnel: u64,
+    /// Replicas of the `RECORDINGS` stream when this host creates it.
+    pub record_replicas: usize,
+    /// Memory for recordings being captured or waiting for the stream, in bytes; beyond it
+    /// bodies are cut and records dropped (counted).
+    pub record_buffer_bytes: u64,
     /// Identifier of this node in NATS inboxes, leases and logs.
     pub node_id: String,
     /// `text` or `json` logs.
@@ -48,6 +70,15 @@ impl Default for HostConfig {
             ping_interval_secs: 15,
             drain_grace_secs: 10,
             max_inflight_per_session: 4096,
+            record_tunnels: String::new(),
+            record_body_bytes: 1 << 20,
+            record_mask_headers: String::new(),
+            record_keep_headers: String::new(),
+            record_max_age_hours: 7 * 24,
+            record_max_bytes: 10 << 30,
+            record_max_bytes_per_tunnel: 1 << 30,
+            record_replicas: 1,
+            record_buffer_bytes: 256 << 20,
             node_id: "host1".into(),
             log_format: "text".into(),
         }
@@ -64,6 +95,17 @@ impl Validate for HostConfig {
         config::check_range("lease_replicas", self.lease_replicas, 1..=5)?;
         config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
         config::check_log_format(&self.log_format)?;
+        config::check_range("record_body_bytes", self.record_body_bytes, 0..=(64 << 20))?;
+        config::check_range("record_max_age_hours", self.record_max_age_hours, 1..=24 * 3650)?;
+        config::check_range("record_max_bytes", self.record_max_bytes, 1 << 20..=u64::MAX)?;
+        config::check_range("record_max_bytes_per_tunnel", self.record_max_bytes_per_tunnel, 1 << 20..=u64::MAX)?;
+        config::check_range("record_replicas", self.record_replicas, 1..=5)?;
+        config::check_range("record_buffer_bytes", self.record_buffer_bytes, 4 << 20..=(64 << 30))?;
+        if let Some(bad) = list(&self.record_tunnels)
+            .find(|p| !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-*?".contains(&b)))
+        {
+            return Err(ConfigError::invalid("record_tunnels", format!("{bad:?} is not a name pattern")));
+        }
         if !self.public_url.contains("{name}") {
             return Err(ConfigError::invalid(
                 "public_url",
@@ -103,10 +145,34 @@ impl HostConfig {
         Duration::from_secs(self.drain_grace_secs)
     }
 
+    /// The recording policy these settings describe.
+    pub fn record_policy(&self) -> crate::recording::Policy {
+        crate::recording::Policy {
+            tunnels: list(&self.record_tunnels).map(str::to_owned).collect(),
+            body_bytes: usize::try_from(self.record_body_bytes).unwrap_or(usize::MAX),
+            masked: tunnel_schemas::record::DEFAULT_MASKED
+                .iter()
+                .map(|name| (*name).to_owned())
+                .filter(|name| !list(&self.record_keep_headers).any(|keep| keep.eq_ignore_ascii_case(name)))
+                .chain(list(&self.record_mask_headers).map(str::to_ascii_lowercase))
+                .collect(),
+            max_age: Duration::from_secs(self.record_max_age_hours * 3600),
+            max_bytes: self.record_max_bytes,
+            max_bytes_per_tunnel: self.record_max_bytes_per_tunnel,
+            replicas: self.record_replicas,
+            buffer_bytes: usize::try_from(self.record_buffer_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Interval between WebSocket pings.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs)
     }
+}
+
+/// The non-empty, trimmed items of a comma-separated setting.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|item| !item.is_empty())
 }
 
 tunnel_kit::service_config!(HostConfig, |config|
@@ -123,6 +189,24 @@ mod tests {
         let config = HostConfig::default();
         config.validate().expect("defaults validate");
         assert_eq!(config.url_of("demo"), "http://demo.localhost:8080");
+    }
+
+    #[test]
+    fn record_policy_masks_defaults_unless_kept() {
+        let config = HostConfig {
+            record_tunnels: "shop-*, demo".into(),
+            record_mask_headers: "X-Api-Key".into(),
+            record_keep_headers: "cookie".into(),
+            ..HostConfig::default()
+        };
+        config.validate().expect("valid");
+        let policy = config.record_policy();
+        assert_eq!(policy.tunnels, ["shop-*", "demo"]);
+        assert!(policy.masked.iter().any(|h| h == "x-api-key"));
+        assert!(policy.masked.iter().any(|h| h == "authorization"));
+        assert!(!policy.masked.iter().any(|h| h == "cookie"));
+        let bad = HostConfig { record_tunnels: "Shop/*".into(), ..HostConfig::default() };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The host relays; it holds no body bytes. Flow control is end to end between ingress and
 //! client, so what is in flight per stream is bounded by the window whatever this host does.
 //! The host watches the ingress side of each stream: it pings an idle ingress and resets a stream
-//! whose ingress went silent.
+//! whose ingress went silent. On a recorded tunnel each exchange also feeds a [`Capture`], handed
+//! to the recorder when the exchange ends.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -16,6 +17,8 @@ use tunnel_schemas::frames::{HostFrame, StreamId};
 use tunnel_schemas::stream::{IDLE_TIMEOUT, PING_INTERVAL, StreamFrame};
 use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, encode, subjects};
 
+use crate::recording::{Capture, SessionRecording};
+
 /// One request relayed to the client and not finished.
 struct Exchange {
     /// Inbox awaiting the response head; `None` once answered.
@@ -26,6 +29,8 @@ struct Exchange {
     host: Subject,
     last_heard: Instant,
     last_sent: Instant,
+    /// The exchange as recorded so far, on a recorded tunnel.
+    capture: Option<Box<Capture>>,
 }
 
 /// The exchanges of one session.
@@ -35,12 +40,19 @@ pub struct Exchanges {
     prefix: String,
     open: HashMap<StreamId, Exchange>,
     max_reply_bytes: u64,
+    /// Set when the session's exchanges are recorded.
+    recording: Option<SessionRecording>,
 }
 
 impl Exchanges {
-    /// No exchanges yet; stream subjects under `prefix`.
-    pub fn new(nats: async_nats::Client, prefix: String, max_reply_bytes: u64) -> Self {
-        Self { nats, prefix, open: HashMap::new(), max_reply_bytes }
+    /// No exchanges yet; stream subjects under `prefix`; recorded with `recording`.
+    pub fn new(
+        nats: async_nats::Client,
+        prefix: String,
+        max_reply_bytes: u64,
+        recording: Option<SessionRecording>,
+    ) -> Self {
+        Self { nats, prefix, open: HashMap::new(), max_reply_bytes, recording }
     }
 
     /// Number of open exchanges.
@@ -53,11 +65,22 @@ impl Exchanges {
         self.open.is_empty()
     }
 
-    /// Registers a request relayed on `stream`.
-    pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>) {
+    /// Registers the request `payload` relayed on `stream`, arrived at unix time `at_ms`.
+    pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>, payload: &Bytes, at_ms: u64) {
         let now = Instant::now();
         let host = self.subject(stream);
-        self.open.insert(stream, Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now });
+        let capture = self.recording.as_ref().and_then(|recording| recording.capture(payload, at_ms)).map(Box::new);
+        let exchange = Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now, capture };
+        self.open.insert(stream, exchange);
+    }
+
+    /// Removes `stream`, handing its capture to the recorder.
+    fn close(&mut self, stream: StreamId) {
+        if let Some(Exchange { capture: Some(capture), .. }) = self.open.remove(&stream)
+            && let Some(recording) = &self.recording
+        {
+            recording.finish(*capture);
+        }
     }
 
     /// Publishes the client's reply (the response head) to the requester; the exchange ends
@@ -72,6 +95,13 @@ impl Exchanges {
             return;
         };
         exchange.last_sent = Instant::now();
+        if let Some(capture) = &mut exchange.capture {
+            match tunnel_schemas::decode_shared::<TunnelReply>(&reply, usize::MAX) {
+                Ok(TunnelReply::Response(response)) => capture.response(&response.head, &response.body),
+                Ok(TunnelReply::Failure(failure)) => capture.fail(failure.code),
+                Err(_) => capture.fail(ErrorCode::UpstreamBadResponse),
+            }
+        }
         if reply.len() as u64 > self.max_reply_bytes {
             let failure =
                 TunnelReply::Failure(Failure::new(ErrorCode::ResponseTooLarge, "reply exceeds the nats payload limit"));
@@ -84,7 +114,7 @@ impl Exchanges {
             tracing::warn!(error = %e, "reply not published");
         }
         if end {
-            self.open.remove(&stream);
+            self.close(stream);
         }
     }
 
@@ -93,13 +123,20 @@ impl Exchanges {
         let Some(exchange) = self.open.get_mut(&stream) else { return };
         let Some(ingress) = exchange.ingress.clone() else { return };
         exchange.last_sent = Instant::now();
+        if let Some(capture) = &mut exchange.capture {
+            match &frame {
+                StreamFrame::Data { bytes, .. } => capture.response_data(bytes),
+                StreamFrame::Reset { code } => capture.fail(*code),
+                _ => {}
+            }
+        }
         let ends = matches!(frame, StreamFrame::End | StreamFrame::Reset { .. });
         let host = exchange.host.clone();
         if let Err(e) = self.nats.publish_with_reply(ingress, host, encode(&frame).into()).await {
             tracing::debug!(error = %e, "stream frame not published");
         }
         if ends {
-            self.open.remove(&stream);
+            self.close(stream);
         }
     }
 
@@ -117,10 +154,17 @@ impl Exchanges {
         };
         let exchange = self.open.get_mut(&stream)?;
         exchange.last_heard = Instant::now();
+        if let Some(capture) = &mut exchange.capture {
+            match &frame {
+                StreamFrame::Data { bytes, .. } => capture.request_data(bytes),
+                StreamFrame::Reset { code } => capture.fail(*code),
+                _ => {}
+            }
+        }
         match frame {
             StreamFrame::Ping => None,
             StreamFrame::Reset { .. } => {
-                self.open.remove(&stream);
+                self.close(stream);
                 Some(HostFrame::Stream { stream, frame })
             }
             frame => Some(HostFrame::Stream { stream, frame }),
@@ -166,12 +210,15 @@ impl Exchanges {
 
     /// Ends `stream`, telling ingress if its head was already answered.
     async fn finish(&mut self, stream: StreamId, code: ErrorCode) {
-        if let Some(exchange) = self.open.get(&stream)
-            && exchange.reply.is_none()
-        {
-            self.relay_to_ingress(stream, StreamFrame::Reset { code }).await;
+        if let Some(exchange) = self.open.get_mut(&stream) {
+            if let Some(capture) = &mut exchange.capture {
+                capture.fail(code);
+            }
+            if exchange.reply.is_none() {
+                self.relay_to_ingress(stream, StreamFrame::Reset { code }).await;
+            }
         }
-        self.open.remove(&stream);
+        self.close(stream);
     }
 
     /// Answers a request that never became an exchange.

@@ -4,6 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HostConfig;
 use crate::leases::Leases;
+use crate::recording::Recorder;
 use crate::registry::Registry;
 
 /// Resources shared by the sessions of one host.
@@ -18,6 +19,8 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     /// The open sessions, for the host-wide subscriptions to deliver to.
     pub registry: Registry,
+    /// Where recorded exchanges go.
+    pub recorder: Recorder,
 }
 
 /// Room left in a NATS message for the headers of a reply.

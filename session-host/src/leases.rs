@@ -163,6 +163,19 @@ impl Leases {
         }
     }
 
+    /// Whether the current lease on `name` was granted to the holder of `secret`.
+    ///
+    /// # Errors
+    /// [`LeaseError::Unavailable`] when JetStream does not answer.
+    pub async fn held_with(&self, name: &TunnelName, secret: &str) -> Result<bool, LeaseError> {
+        let Some(entry) = self.kv.entry(lease_key(name)).await.map_err(unavailable)? else { return Ok(false) };
+        if entry.operation != kv::Operation::Put {
+            return Ok(false);
+        }
+        let held: LeaseRecord = tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
+        Ok(held.secret_hash == hash(secret))
+    }
+
     /// Releases `lease` if it is still the current one.
     pub async fn release(&self, lease: &Lease) {
         if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {

@@ -9,11 +9,13 @@
 //! host-wide subscriptions (`dispatch`) that hand them to the sessions (`registry`). Apart from
 //! its sockets the host keeps no state: clients may land on any host.
 
+mod access;
 pub mod config;
 mod dispatch;
 mod exchanges;
 mod hub;
 pub mod leases;
+pub mod recording;
 mod registry;
 mod session;
 mod socket;
@@ -65,12 +67,16 @@ pub async fn run(
     let dispatch = dispatch::Dispatch::start(&nats, &config.inbox_prefix(), &registry).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
+    let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
-    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone(), registry });
+    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone(), registry, recorder });
     let sessions = TaskTracker::new();
+    let access =
+        access::Access { hub: hub.clone(), readers: Arc::new(tokio::sync::Semaphore::new(access::MAX_READERS)) };
     let app = Router::new()
         .route(CONNECT_PATH, get(connect))
         .with_state((hub, sessions.clone()))
+        .merge(Router::new().route(access::TRAIL_PATH, get(access::trail)).with_state(access))
         .merge(tunnel_kit::ops::router(metrics, nats));
     tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
     sessions.close();

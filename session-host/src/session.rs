@@ -202,8 +202,18 @@ impl Session {
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         let inbox_prefix = hub.config.inbox_prefix();
-        let exchanges =
-            Exchanges::new(nats.clone(), subjects::session_prefix(&inbox_prefix, &id), hub.max_reply_bytes());
+        let recording = hub
+            .recorder
+            .policy()
+            .records(name.as_str(), hello.record)
+            .then(|| hub.recorder.session(name.as_str(), &lease.secret));
+        let recorded = recording.is_some();
+        let exchanges = Exchanges::new(
+            nats.clone(),
+            subjects::session_prefix(&inbox_prefix, &id),
+            hub.max_reply_bytes(),
+            recording,
+        );
         let mut session = Self {
             hub: hub.clone(),
             id,
@@ -241,9 +251,10 @@ impl Session {
             session: session.id.clone(),
             resume_secret: session.lease.secret.clone(),
             max_reply_bytes: hub.max_reply_bytes(),
+            recording: recorded,
         };
         session.send(HostFrame::Welcome(welcome)).await?;
-        tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, "session open");
+        tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, recorded, "session open");
         Ok(session)
     }
 
@@ -373,7 +384,7 @@ impl Session {
             tracing::debug!(stream, request_id, "relaying request");
         }
         let ingress = headers.and_then(|h| h.get(STREAM_HEADER)).map(|v| Subject::from(v.as_str()));
-        self.exchanges.open(stream, reply, ingress);
+        self.exchanges.open(stream, reply, ingress, &message.payload, tunnel_trail::filter::now_ms());
         if headers.is_some_and(|h| h.get(UPLOAD_HEADER).is_some()) {
             // Ingress waits to learn this host's stream subject before it sends the body.
             self.exchanges.relay_to_ingress(stream, StreamFrame::Ping).await;

@@ -247,7 +247,13 @@ impl Tunnel {
 
     /// Starts a client without waiting.
     pub fn spawn(server: &str, port: u16, name: Option<&str>) -> Self {
-        let options = Options { server: server.to_owned(), target: Target::port(port), name: name.map(str::to_owned) };
+        let options = Options {
+            server: server.to_owned(),
+            target: Target::port(port),
+            name: name.map(str::to_owned),
+            record: false,
+            state_dir: None,
+        };
         let (events_tx, events) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tunnel_client::run(options, events_tx, shutdown.clone()));

@@ -101,6 +101,7 @@ pub async fn ws_hello(socket: &mut WsSocket, v: u16, name: Option<&str>, resume_
         name: name.map(str::to_owned),
         resume_secret: resume_secret.map(str::to_owned),
         agent: "raw-test".into(),
+        record: false,
     };
     socket.send(Message::Binary(tunnel_schemas::encode(&ClientFrame::Hello(hello)).into())).await.expect("send hello");
     ws_next_frame(socket).await.expect("a frame after hello")

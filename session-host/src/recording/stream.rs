@@ -1,0 +1,44 @@
+//! The `RECORDINGS` stream, apart from `AUDIT`, with its own retention.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use tunnel_schemas::subjects::{RECORDING_STREAM, RECORDING_SUBJECTS};
+
+use super::Policy;
+
+/// Window in which a re-published part (same message id) is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Creates the `RECORDINGS` stream when absent (settings from `policy`) and returns it; an
+/// existing stream is used as it is, with a warning when its retention differs.
+///
+/// # Errors
+/// The JetStream error when the stream can be neither found nor created.
+pub async fn ensure_stream(js: &jetstream::Context, policy: &Policy) -> Result<stream::Stream, String> {
+    let wanted = stream::Config {
+        name: RECORDING_STREAM.into(),
+        description: Some("http-tunnel recorded exchanges".into()),
+        subjects: vec![RECORDING_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: policy.max_age,
+        max_bytes: i64::try_from(policy.max_bytes).unwrap_or(i64::MAX),
+        storage: stream::StorageType::File,
+        num_replicas: policy.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let mut stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| e.to_string())?;
+    let actual = &stream.info().await.map_err(|e| e.to_string())?.config;
+    if actual.max_age != wanted.max_age || actual.max_bytes != wanted.max_bytes || actual.subjects != wanted.subjects {
+        tracing::warn!(
+            stream = RECORDING_STREAM,
+            max_age = ?actual.max_age,
+            max_bytes = actual.max_bytes,
+            "the recording stream exists with other settings; it is used as it is"
+        );
+    }
+    Ok(stream)
+}
