@@ -7,12 +7,15 @@
 //! gave it. What happens is reported as [`Event`]s.
 
 pub mod backoff;
+pub mod commands;
 pub mod events;
 pub mod exchange;
 pub mod forward;
+pub mod replay;
 pub mod session;
 pub mod state;
 pub mod target;
+pub mod trail;
 
 use std::sync::Arc;
 

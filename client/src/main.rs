@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
-use tunnel_client::{Event, Options, Target};
+use tunnel_client::{Event, Options, Target, commands};
 
 /// Expose a local HTTP service at a public URL through an http-tunnel server.
 #[derive(Debug, Parser)]
@@ -18,6 +18,24 @@ struct Cli {
 enum Command {
     /// Forward public HTTP requests to a local port or URL.
     Http(HttpArgs),
+    /// Show a tunnel's trail: every request's audit record, or its recorded exchanges; --follow
+    /// for a live tail.
+    Trail(Logged<commands::trail::TrailArgs>),
+    /// Send recorded exchanges again, to the tunnel, another tunnel or any URL; --compare
+    /// checks each response against the recorded one.
+    Replay(Logged<commands::replay::ReplayArgs>),
+    /// Write recorded exchanges to a file, as JSON lines or HAR.
+    Export(Logged<commands::export::ExportArgs>),
+}
+
+/// A log command's flags, with the output choice every command shares.
+#[derive(Debug, clap::Args)]
+struct Logged<T: clap::Args> {
+    #[command(flatten)]
+    args: T,
+    /// Print JSON lines even on a terminal (the default when stdout is not one).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,15 +67,26 @@ struct HttpArgs {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     tunnel_kit::alloc::tune();
-    let Command::Http(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Http(args) => args,
+        Command::Trail(Logged { args, json }) => {
+            return commands::trail::run(args, json || !stdout_is_terminal()).await;
+        }
+        Command::Replay(Logged { args, json }) => {
+            return commands::replay::run(args, json || !stdout_is_terminal()).await;
+        }
+        Command::Export(Logged { args, json }) => {
+            return commands::export::run(args, json || !stdout_is_terminal()).await;
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours).init();
-    let json = args.json || !std::io::stdout().is_terminal();
+    let json = args.json || !stdout_is_terminal();
     let target =
         match args.to.as_deref().map(Target::parse).unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80)))) {
             Ok(target) => target,
-            Err(e) => return fail(json, "invalid_target", &e.to_string()),
+            Err(e) => return commands::fail(json, "invalid_target", &e.to_string()),
         };
     let options = Options {
         server: args.server,
@@ -86,8 +115,12 @@ async fn main() -> std::process::ExitCode {
     let _ = printer.await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => fail(json, e.code(), &e.to_string()),
+        Err(e) => commands::fail(json, e.code(), &e.to_string()),
     }
+}
+
+fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
 }
 
 fn push_line(lines: &mut String, json: bool, event: &Event) {
@@ -97,13 +130,4 @@ fn push_line(lines: &mut String, json: bool, event: &Event) {
         lines.push_str(&event.human());
     }
     lines.push('\n');
-}
-
-fn fail(json: bool, code: &str, message: &str) -> std::process::ExitCode {
-    if json {
-        println!("{}", serde_json::json!({ "event": "error", "code": code, "message": message }));
-    } else {
-        eprintln!("error: {message} ({code})");
-    }
-    std::process::ExitCode::FAILURE
 }

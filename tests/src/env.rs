@@ -32,6 +32,12 @@ pub struct EnvOptions {
     pub lease_ttl_secs: u64,
     /// Extra nats-server configuration.
     pub nats_config: String,
+    /// Session-host: name patterns of the tunnels recorded whatever their clients ask.
+    pub record_tunnels: String,
+    /// Session-host: largest body kept per direction in a recording.
+    pub record_body_bytes: u64,
+    /// Session-host: bytes of recordings one tunnel keeps.
+    pub record_max_bytes_per_tunnel: u64,
 }
 
 impl Default for EnvOptions {
@@ -43,6 +49,9 @@ impl Default for EnvOptions {
             handshake_timeout_secs: 5,
             lease_ttl_secs: 30,
             nats_config: String::new(),
+            record_tunnels: String::new(),
+            record_body_bytes: HostConfig::default().record_body_bytes,
+            record_max_bytes_per_tunnel: HostConfig::default().record_max_bytes_per_tunnel,
         }
     }
 }
@@ -141,6 +150,9 @@ impl TestEnv {
             handshake_timeout_secs: self.options.handshake_timeout_secs,
             lease_ttl_secs: self.options.lease_ttl_secs,
             node_id: format!("host{}", self.hosts.len() + 1),
+            record_tunnels: self.options.record_tunnels.clone(),
+            record_body_bytes: self.options.record_body_bytes,
+            record_max_bytes_per_tunnel: self.options.record_max_bytes_per_tunnel,
             ..HostConfig::default()
         };
         let nats = connect(self.nats.url(), "host").await;
@@ -160,6 +172,11 @@ impl TestEnv {
     pub fn stop_host(&self, addr: SocketAddr) {
         let (_, shutdown) = self.hosts.iter().find(|(a, _)| *a == addr).expect("a host of this environment");
         shutdown.cancel();
+    }
+
+    /// The metrics of every service of this environment, as Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.metrics.render()
     }
 
     /// The ingress address.
@@ -202,6 +219,19 @@ impl TestEnv {
         Tunnel::open(&self.server_url(), port, name).await
     }
 
+    /// Opens a tunnel that asks to be recorded and saves its name, URL and secret in
+    /// `state_dir` (as `tunnel http --record` does), and waits until it is ready.
+    pub async fn recorded_tunnel(&self, port: u16, name: &str, state_dir: &std::path::Path) -> Tunnel {
+        let options = Options {
+            server: self.server_url(),
+            target: Target::port(port),
+            name: Some(name.to_owned()),
+            record: true,
+            state_dir: Some(state_dir.to_owned()),
+        };
+        Tunnel::ready(Tunnel::spawn_with(options)).await
+    }
+
     /// Starts a tunnel client without waiting for it to be ready.
     pub fn spawn_client(&self, server: &str, port: u16, name: Option<&str>) -> Tunnel {
         Tunnel::spawn(server, port, name)
@@ -234,7 +264,11 @@ impl Tunnel {
     /// # Panics
     /// When the client fails or is not ready within [`DEADLINE`].
     pub async fn open(server: &str, port: u16, name: Option<&str>) -> Self {
-        let mut tunnel = Self::spawn(server, port, name);
+        Self::ready(Self::spawn(server, port, name)).await
+    }
+
+    /// Waits for the ready event of a started client.
+    async fn ready(mut tunnel: Self) -> Self {
         match tunnel.next_event().await {
             Some(Event::Ready { name, url, .. }) => {
                 tunnel.name = name;
@@ -254,6 +288,11 @@ impl Tunnel {
             record: false,
             state_dir: None,
         };
+        Self::spawn_with(options)
+    }
+
+    /// Starts a client with `options` without waiting.
+    pub fn spawn_with(options: Options) -> Self {
         let (events_tx, events) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tunnel_client::run(options, events_tx, shutdown.clone()));

@@ -5,6 +5,7 @@
 //! - [`event`]: one entry of a trail, and its JSON-lines form;
 //! - [`json`]: recorded exchanges as JSON, bodies and header values kept byte for byte;
 //! - [`har`]: export to and import from HAR 1.2;
+//! - [`file`]: exchanges read back from an export, either format;
 //! - [`compare`]: a replayed response against the recorded one, with a diff;
 //! - [`query`]: reading a trail from JetStream, by start time, to its end or live.
 //!
@@ -13,6 +14,7 @@
 
 pub mod compare;
 pub mod event;
+pub mod file;
 pub mod filter;
 pub mod har;
 pub mod json;

@@ -93,7 +93,7 @@ mod tests {
         let last = *purges.last().expect("the big tunnel purged");
         assert!(last > 100 && last <= 140, "keeps about the last 64 records, purges below {last}");
         let kept = budgets.tunnels["big"].total;
-        assert!(kept <= 6400 && kept >= 6300, "{kept}");
+        assert!((6300..=6400).contains(&kept), "{kept}");
     }
 
     #[test]

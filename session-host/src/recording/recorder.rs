@@ -27,8 +27,8 @@ const QUEUE: usize = 4096;
 /// Room left in a NATS message for the headers of a part.
 const PART_HEADROOM_BYTES: usize = 8 << 10;
 
-/// Gaps not yet published, per tunnel.
-type Gaps = Arc<Mutex<HashMap<String, RecordingGap>>>;
+/// Gaps not yet stored, per tunnel, each with whether it is being published.
+type Gaps = Arc<Mutex<HashMap<String, (RecordingGap, bool)>>>;
 
 /// The host's recorder.
 #[derive(Clone)]
@@ -83,11 +83,15 @@ impl Recorder {
         let parts = record::split(tunnel_schemas::encode(record).into(), self.inner.part_bytes);
         let count = parts.len();
         let mut entries = Vec::with_capacity(count + 1);
-        let gap = self.inner.gaps.lock().unwrap_or_else(PoisonError::into_inner).remove(tunnel);
-        if let Some(gap) = &gap {
-            let payload = tunnel_schemas::encode(gap).into();
+        if let Some((gap, publishing)) =
+            self.inner.gaps.lock().unwrap_or_else(PoisonError::into_inner).get_mut(tunnel).filter(|(_, p)| !*p)
+        {
+            // Stays in the map until stored: a gap is never lost with the record it rides with.
+            *publishing = true;
+            let payload = tunnel_schemas::encode(&*gap).into();
             let id = uuid::Uuid::now_v7().simple().to_string();
-            entries.push(Entry::new(recording(tunnel, KIND_GAP), id, payload, 0, tunnel.to_owned()));
+            let count = usize::try_from(gap.dropped).unwrap_or(usize::MAX);
+            entries.push(Entry::new(recording(tunnel, KIND_GAP), id, payload, count, tunnel.to_owned()));
         }
         for (index, payload) in parts.into_iter().enumerate() {
             let mut entry = Entry::new(subject.clone(), format!("{id}.{index}"), payload, 1, tunnel.to_owned());
@@ -102,8 +106,11 @@ impl Recorder {
         if let Some(last) = entries.last_mut() {
             last.permit = permit;
         }
-        if self.inner.journal.try_send(entries).is_err() {
-            note_drop(&self.inner.gaps, tunnel, gap);
+        if let Err(entries) = self.inner.journal.try_send(entries) {
+            if entries.iter().any(is_gap) {
+                gap_settled(&self.inner.gaps, tunnel, 0);
+            }
+            note_drop(&self.inner.gaps, tunnel);
             tracing::debug!(tunnel, "recording queue full; record dropped");
         }
     }
@@ -138,22 +145,35 @@ impl SessionRecording {
     }
 }
 
-/// Counts one dropped record of `tunnel` (and keeps `earlier`, a gap that was to go with it).
-fn note_drop(gaps: &Gaps, tunnel: &str, earlier: Option<RecordingGap>) {
+/// Counts one dropped record of `tunnel`.
+fn note_drop(gaps: &Gaps, tunnel: &str) {
     metrics::counter!("host_recordings_dropped_total").increment(1);
     let now = tunnel_trail::filter::now_ms();
     let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
-    let gap = gaps.entry(tunnel.to_owned()).or_insert_with(|| {
-        earlier.unwrap_or(RecordingGap {
-            v: PROTOCOL_VERSION,
-            tunnel: tunnel.to_owned(),
-            dropped: 0,
-            from_ms: now,
-            to_ms: now,
-        })
+    let (gap, _) = gaps.entry(tunnel.to_owned()).or_insert_with(|| {
+        let gap = RecordingGap { v: PROTOCOL_VERSION, tunnel: tunnel.to_owned(), dropped: 0, from_ms: now, to_ms: now };
+        (gap, false)
     });
     gap.dropped += 1;
     gap.to_ms = now;
+}
+
+/// The gap of `tunnel` being published is done: `stored` drops of it are on record (0 when
+/// its publish failed: it goes with a later record).
+fn gap_settled(gaps: &Gaps, tunnel: &str, stored: u64) {
+    let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((gap, publishing)) = gaps.get_mut(tunnel) {
+        *publishing = false;
+        gap.dropped = gap.dropped.saturating_sub(stored);
+        if gap.dropped == 0 {
+            gaps.remove(tunnel);
+        }
+    }
+}
+
+/// Whether `entry` is a gap event rather than (a part of) a record.
+fn is_gap(entry: &Entry) -> bool {
+    entry.headers.is_none()
 }
 
 /// What the publisher reports: stored records count against their tunnel's budget, given-up
@@ -166,7 +186,8 @@ struct Stored {
 
 impl Outcomes for Stored {
     fn stored(&mut self, entry: &Entry, sequence: u64) {
-        if entry.events == 0 {
+        if is_gap(entry) {
+            gap_settled(&self.gaps, &entry.tag, entry.events as u64);
             return;
         }
         metrics::counter!("host_recordings_stored_bytes_total").increment(entry.payload.len() as u64);
@@ -191,9 +212,14 @@ impl Outcomes for Stored {
     }
 
     fn dropped(&mut self, entry: &Entry, error: &str) {
+        if is_gap(entry) {
+            gap_settled(&self.gaps, &entry.tag, 0);
+            return;
+        }
         tracing::warn!(tunnel = %entry.tag, error, "record given up");
-        if entry.events > 0 {
-            note_drop(&self.gaps, &entry.tag, None);
+        // Only the last part of a record counts it (every part of a failed record fails alike).
+        if entry.permit.is_some() || entry.headers.as_ref().is_none_or(|h| h.get(record::PART_HEADER).is_none()) {
+            note_drop(&self.gaps, &entry.tag);
         }
     }
 }

@@ -1,0 +1,457 @@
+//! Recording, trail, tail and replay, as a developer uses them: `tunnel http --record` (the
+//! library with a state directory), then the real `tunnel trail`, `tunnel replay` and
+//! `tunnel export` binaries against a real nats-server.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::IntoResponse;
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, binary, within};
+
+/// A local service whose answers change when `changed` is set: the "new version" a replay
+/// compares against the recording.
+#[derive(Clone, Default)]
+struct Service {
+    changed: Arc<AtomicBool>,
+    ids: Arc<AtomicU64>,
+}
+
+impl Service {
+    async fn start(&self) -> u16 {
+        let service = self.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, request: axum::extract::Request| {
+            let service = service.clone();
+            async move { service.answer(&headers, request).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    async fn answer(&self, headers: &HeaderMap, request: axum::extract::Request) -> axum::response::Response {
+        let changed = self.changed.load(Ordering::SeqCst);
+        let path = request.uri().path().to_owned();
+        let body = axum::body::to_bytes(request.into_body(), 16 << 20).await.unwrap_or_default();
+        match path.as_str() {
+            "/item" => {
+                let id = self.ids.fetch_add(1, Ordering::SeqCst);
+                let price = if changed { 12 } else { 10 };
+                let json = serde_json::json!({ "id": id, "name": "widget", "price": price });
+                ([("content-type", "application/json")], json.to_string()).into_response()
+            }
+            "/bin" => {
+                let mut response = body.into_response();
+                let out = response.headers_mut();
+                out.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe raw").expect("obs-text"));
+                out.append("set-cookie", HeaderValue::from_static("a=1"));
+                out.append("set-cookie", HeaderValue::from_static("b=2"));
+                let auth = headers.get("authorization").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+                out.insert("x-saw-auth", HeaderValue::from_static(if auth.is_empty() { "no" } else { "yes" }));
+                response
+            }
+            "/text" => {
+                let second = if changed { "line 2" } else { "line two" };
+                format!("line one\n{second}\nline three\n").into_response()
+            }
+            _ => body.into_response(),
+        }
+    }
+}
+
+/// Runs the `tunnel` binary to its end with `state` as its state directory.
+async fn tunnel(state: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(binary("tunnel"))
+        .args(args)
+        .env("TUNNEL_STATE_DIR", state)
+        .env_remove("TUNNEL_SECRET")
+        .env_remove("TUNNEL_NATS_URL")
+        .kill_on_drop(true)
+        .output();
+    let output = within(DEADLINE, "tunnel to finish", output).await.expect("tunnel runs");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (output.status.code(), text(output.stdout), text(output.stderr))
+}
+
+/// The JSON lines of `stdout`.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect()
+}
+
+/// A running `tunnel trail --follow`, read line by line.
+struct Tail {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Tail {
+    fn start(state: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary("tunnel"))
+            .arg("trail")
+            .args(args)
+            .arg("--follow")
+            .env("TUNNEL_STATE_DIR", state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tail starts");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Self { _child: child, lines }
+    }
+
+    /// The next `count` events.
+    async fn take(&mut self, count: usize) -> Vec<Value> {
+        let mut events = Vec::with_capacity(count);
+        for _ in 0..count {
+            events.push(self.next(DEADLINE).await);
+        }
+        events
+    }
+
+    async fn next(&mut self, deadline: Duration) -> Value {
+        let line = within(deadline, "a trail line", self.lines.next_line()).await.expect("read").expect("a line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+}
+
+fn now_ms() -> String {
+    tunnel_trail::filter::now_ms().to_string()
+}
+
+/// A system with one recorded tunnel `name` to a [`Service`], its state in a temporary
+/// directory, and a live tail of its recorded exchanges from now on.
+struct Scene {
+    env: TestEnv,
+    service: Service,
+    port: u16,
+    state: tempfile::TempDir,
+    _tunnel: Tunnel,
+    since: String,
+    tail: Tail,
+}
+
+impl Scene {
+    async fn start(name: &str, options: EnvOptions) -> Self {
+        let env = TestEnv::start_with(options).await;
+        let service = Service::default();
+        let port = service.start().await;
+        let state = tempfile::tempdir().expect("state dir");
+        let tunnel = env.recorded_tunnel(port, name, state.path()).await;
+        let since = now_ms();
+        let tail = Tail::start(state.path(), &[name, "--recorded", "--since", &since]);
+        Self { env, service, port, state, _tunnel: tunnel, since, tail }
+    }
+}
+
+/// The three exchanges of the round trip: an odd query, a binary upload with repeated and
+/// non-UTF-8 headers and a credential, a text page.
+async fn exchange_three(env: &TestEnv, name: &str) -> Vec<Bytes> {
+    let binary: Vec<u8> = (0..=255_u8).cycle().take(70_000).collect();
+    let item = env.get(name, "/item?x=%ZZ&x=2&y=a%2Fb").await;
+    assert_eq!(item.status(), 200);
+    let upload = env
+        .request(Method::POST, name, "/bin")
+        .header("x-multi", "1")
+        .header("x-multi", "2")
+        .header("x-raw-in", HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"))
+        .header("authorization", "Bearer secret-token-123")
+        .body(binary.clone())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(upload.headers()["x-saw-auth"], "yes");
+    assert_eq!(upload.bytes().await.expect("body"), binary);
+    let text = env.get(name, "/text").await;
+    vec![item.bytes().await.expect("body"), Bytes::from(binary), text.bytes().await.expect("body")]
+}
+
+#[tokio::test]
+async fn recorded_exchanges_replay_through_the_tunnel_and_compare() {
+    let mut scene = Scene::start("rec-demo", EnvOptions::default()).await;
+    let (env, state, since) = (&scene.env, scene.state.path().to_owned(), scene.since.clone());
+    exchange_three(env, "rec-demo").await;
+    let originals = scene.tail.take(3).await;
+    assert!(originals.iter().all(|event| event["kind"] == "exchange"));
+    let upload = &originals[1];
+    assert_eq!(upload["request"]["method"], "POST");
+    assert_eq!(upload["request"]["size"], 70_000);
+    assert_eq!(upload["request"]["cut"], false);
+    assert_eq!(originals[0]["request"]["target"], "/item?x=%ZZ&x=2&y=a%2Fb", "the raw query is kept");
+    let header = |name: &str| {
+        upload["request"]["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .filter(|h| h["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(header("x-multi").len(), 2, "repeated headers are kept in order");
+    assert_eq!(header("x-raw-in")[0]["value_base64"], "Y2Fm6Q==", "non-UTF-8 values are kept as bytes");
+    assert_eq!(header("authorization")[0]["value"], "*".repeat("Bearer secret-token-123".len()));
+
+    let via_tunnel = format!("http://{}/t/rec-demo", env.ingress_addr());
+    let replay = |extra: &'static [&'static str]| {
+        let mut args = vec!["replay", "rec-demo", "--since", &since, "--to", &via_tunnel, "--compare"];
+        args.extend(["--ignore-json-path", "$.id", "--header", "Authorization: Bearer secret-token-123"]);
+        args.extend(extra);
+        let state = state.clone();
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move { tunnel(&state, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let (code, stdout, stderr) = replay(&["--limit", "3"]).await;
+    assert_eq!(code, Some(0), "everything matches: {stdout}{stderr}");
+    let results = json_lines(&stdout);
+    assert_eq!(results.len(), 4, "three results and a summary: {stdout}");
+    for (result, original) in results.iter().zip(&originals) {
+        assert_eq!(result["outcome"], "answered");
+        assert_eq!(result["original"], original["request_id"]);
+    }
+
+    for (original, replayed) in originals.iter().zip(scene.tail.take(3).await) {
+        assert_eq!(replayed["replay_of"], original["request_id"], "replays are recorded, linked to their originals");
+        assert_ne!(replayed["request_id"], original["request_id"]);
+    }
+
+    scene.service.changed.store(true, Ordering::SeqCst);
+    let (code, stdout, _) = replay(&["--limit", "3"]).await;
+    assert_eq!(code, Some(1), "a changed service fails the comparison: {stdout}");
+    let results = json_lines(&stdout);
+    let item = &results[0]["comparison"]["mismatches"][0];
+    assert_eq!(item["what"], "json_body");
+    assert_eq!(item["paths"][0]["path"], "$.price");
+    assert_eq!(results[1]["comparison"]["mismatches"], serde_json::json!([]), "the upload still matches");
+    let mismatches = results[2]["comparison"]["mismatches"].as_array().expect("mismatches");
+    let text = mismatches.iter().find_map(|m| m["diff"].as_str()).expect("a unified diff");
+    assert!(text.contains("-line two") && text.contains("+line 2"), "{text}");
+}
+
+#[tokio::test]
+async fn exports_replay_from_a_file_without_nats() {
+    let mut scene = Scene::start("rec-export", EnvOptions::default()).await;
+    exchange_three(&scene.env, "rec-export").await;
+    scene.tail.take(3).await;
+    let (state, port) = (&scene.state, scene.port);
+    for format in ["har", "jsonl"] {
+        let file = state.path().join(format!("export.{format}"));
+        let file = file.to_str().expect("utf-8 path");
+        let (code, _, stderr) = tunnel(state.path(), &["export", "rec-export", "--format", format, "-o", file]).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        if format == "har" {
+            let har: Value = serde_json::from_str(&std::fs::read_to_string(file).expect("file")).expect("json");
+            assert_eq!(har["log"]["version"], "1.2");
+            assert_eq!(har["log"]["entries"].as_array().expect("entries").len(), 3);
+        }
+        let direct = format!("http://127.0.0.1:{port}");
+        let args = ["replay", "--from", file, "--to", &direct, "--compare", "--ignore-json-path", "$.id", "-H"];
+        let args = [&args[..], &["Authorization: Bearer secret-token-123"]].concat();
+        let (code, stdout, stderr) = tunnel(state.path(), &args).await;
+        assert_eq!(code, Some(0), "{format}: {stdout}{stderr}");
+        assert_eq!(json_lines(&stdout).len(), 4);
+    }
+}
+
+#[tokio::test]
+async fn cut_bodies_are_marked_and_replay_says_so() {
+    let mut scene = Scene::start("rec-cut", EnvOptions { record_body_bytes: 1024, ..EnvOptions::default() }).await;
+    let response =
+        scene.env.request(Method::POST, "rec-cut", "/echo").body(vec![7_u8; 5000]).send().await.expect("sent");
+    assert_eq!(response.bytes().await.expect("body").len(), 5000, "the exchange itself is whole");
+    let event = scene.tail.next(DEADLINE).await;
+    assert_eq!((event["request"]["cut"].clone(), event["request"]["size"].clone()), (true.into(), 5000.into()));
+    assert_eq!(event["response"]["cut"], true);
+    let to = format!("http://127.0.0.1:{}", scene.port);
+    let (code, stdout, _) = tunnel(scene.state.path(), &["replay", "rec-cut", "--to", &to, "--compare"]).await;
+    assert_eq!(code, Some(1), "a request that cannot be replayed whole fails a comparison run");
+    let result = &json_lines(&stdout)[0];
+    assert_eq!(result["outcome"], "skipped");
+    assert!(result["reason"].as_str().expect("reason").contains("cut at 1024 of 5000"), "{result}");
+}
+
+#[tokio::test]
+async fn masked_headers_stay_masked_in_the_stream() {
+    let mut scene = Scene::start("rec-mask", EnvOptions::default()).await;
+    exchange_three(&scene.env, "rec-mask").await;
+    scene.tail.take(3).await;
+    let nats = async_nats::connect(scene.env.nats.url()).await.expect("nats");
+    let stream = async_nats::jetstream::new(nats).get_stream("RECORDINGS").await.expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "rec.rec-mask.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut stored = Vec::new();
+    for _ in 0..3 {
+        let message = within(DEADLINE, "a stored record", messages.next()).await.expect("one").expect("ok");
+        stored.extend_from_slice(&message.payload);
+    }
+    let find = |needle: &[u8]| stored.windows(needle.len()).any(|w| w == needle);
+    assert!(!find(b"secret-token-123"), "the credential is not stored");
+    assert!(!find(b"a=1"), "set-cookie values are not stored");
+    assert!(find(&[b'*'; 23]), "the masked value keeps its length");
+}
+
+#[tokio::test]
+async fn tail_sees_new_events_within_a_second_and_resumes_with_since() {
+    let env = TestEnv::start().await;
+    let service = Service::default();
+    let port = service.start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let _tunnel = env.recorded_tunnel(port, "tail-demo", state.path()).await;
+    let mut tail = Tail::start(state.path(), &["tail-demo", "--since", &now_ms()]);
+    env.get("tail-demo", "/warm-up").await;
+    tail.next(DEADLINE).await;
+    let sent = Instant::now();
+    env.get("tail-demo", "/one").await;
+    let event = tail.next(DEADLINE).await;
+    assert_eq!(event["kind"], "audit");
+    assert_eq!(event["path"], "/one");
+    assert!(sent.elapsed() < Duration::from_secs(1), "seen after {:?}", sent.elapsed());
+
+    drop(tail);
+    let resume_from = now_ms();
+    for path in ["/a", "/b", "/c"] {
+        env.get("tail-demo", path).await;
+    }
+    let mut resumed = Tail::start(state.path(), &["tail-demo", "--since", &resume_from]);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(resumed.next(DEADLINE).await["path"].as_str().expect("path").to_owned());
+    }
+    assert_eq!(seen, ["/a", "/b", "/c"], "nothing missed while no tail ran");
+    env.get("tail-demo", "/d").await;
+    assert_eq!(resumed.next(DEADLINE).await["path"], "/d", "and it goes on live");
+}
+
+#[tokio::test]
+async fn a_time_query_skips_a_large_log_by_start_time() {
+    let env = TestEnv::start().await;
+    let nats = async_nats::connect(env.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    let record = |i: u64| tunnel_schemas::audit::RequestAudit {
+        v: 1,
+        request_id: format!("old-{i}"),
+        tunnel: "big-log".into(),
+        method: "GET".into(),
+        path: "/old".into(),
+        status: 200,
+        error: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_us: 1,
+        remote_addr: "127.0.0.1".into(),
+        at_ms: 0,
+    };
+    let mut acks = futures_util::stream::FuturesUnordered::new();
+    for i in 0..100_000 {
+        let batch = tunnel_schemas::audit::AuditBatch { v: 1, records: vec![record(i)] };
+        let ack = js.publish("audit.big-log.req", tunnel_schemas::encode(&batch).into()).await.expect("published");
+        acks.push(ack.into_future());
+        if acks.len() >= 4096 {
+            acks.next().await.expect("an ack").expect("stored");
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.expect("stored");
+    }
+    let since = tunnel_trail::filter::now_ms();
+    for i in 0..3 {
+        assert_eq!(env.get("big-log", &format!("/new-{i}")).await.status(), 502, "no tunnel online: audited anyway");
+    }
+    let query = |follow| tunnel_trail::query::Query {
+        tunnel: "big-log".into(),
+        source: tunnel_trail::query::Source::Audit,
+        filter: tunnel_trail::filter::Filter { since_ms: Some(since), ..Default::default() },
+        follow,
+        owner: None,
+        limit: None,
+    };
+    let mut live = Box::pin(tunnel_trail::query::read(&js, query(true)).await.expect("reads"));
+    for _ in 0..3 {
+        within(DEADLINE, "the new records", live.next()).await.expect("one").expect("ok");
+    }
+    let started = Instant::now();
+    let events: Vec<_> = tunnel_trail::query::read(&js, query(false)).await.expect("reads").collect().await;
+    let took = started.elapsed();
+    assert_eq!(events.len(), 3, "only the new records: {events:?}");
+    assert!(took < Duration::from_secs(1), "the query took {took:?} over 100,000 records");
+    let (code, stdout, _) = tunnel(
+        Path::new("/nonexistent"),
+        &["trail", "big-log", "--nats", env.nats.url(), "--since", &since.to_string()],
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    assert_eq!(json_lines(&stdout).len(), 3, "an operator reads any tunnel's trail with NATS credentials");
+}
+
+#[tokio::test]
+async fn a_client_reads_only_its_own_tunnels_trail() {
+    let env = TestEnv::start().await;
+    let service = Service::default();
+    let port = service.start().await;
+    let (mine, theirs) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let _a = env.recorded_tunnel(port, "own-a", mine.path()).await;
+    let _b = env.recorded_tunnel(port, "own-b", theirs.path()).await;
+    let since = now_ms();
+    let mut tail_b = Tail::start(theirs.path(), &["own-b", "--recorded", "--since", &since]);
+    env.get("own-b", "/private").await;
+    assert_eq!(tail_b.next(DEADLINE).await["request"]["target"], "/private", "b reads its own records");
+
+    let secret_a: Value =
+        serde_json::from_str(&std::fs::read_to_string(mine.path().join("own-a.json")).expect("state")).expect("json");
+    let secret_a = secret_a["secret"].as_str().expect("secret");
+    let server = env.server_url();
+    let as_a = ["--server", server.as_str(), "--secret", secret_a, "--since", since.as_str()];
+    let (code, stdout, _) = tunnel(mine.path(), &[&["trail", "own-b"][..], &as_a].concat()).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(json_lines(&stdout)[0]["code"], "forbidden", "a's secret does not open b's audit trail");
+    let (code, stdout, _) = tunnel(mine.path(), &[&["trail", "own-b", "--recorded"][..], &as_a].concat()).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.is_empty(), "a's secret finds none of b's records: {stdout}");
+    let (code, _, _) = tunnel(mine.path(), &["trail", "own-b", "--server", &server, "--secret", "guess"]).await;
+    assert_eq!(code, Some(1), "a guessed secret is refused");
+}
+
+#[tokio::test]
+async fn requests_flow_while_recordings_cannot_be_stored_and_the_gap_is_reported() {
+    let mut scene = Scene::start("rec-gap", EnvOptions::default()).await;
+    let env = &scene.env;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    js.delete_stream("RECORDINGS").await.expect("deleted");
+    for i in 0..20 {
+        assert_eq!(env.get("rec-gap", &format!("/lost-{i}")).await.status(), 200, "the path never waits for the log");
+    }
+    // A counter has no event to wait on: poll it, with a deadline.
+    let dropped = || {
+        env.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("host_recordings_dropped_total ").and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while dropped() < 20.0 {
+        assert!(Instant::now() < deadline, "every lost record is counted: {}", dropped());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let policy = tunnel_session_host::HostConfig::default().record_policy();
+    tunnel_session_host::recording::ensure_stream(&js, &policy).await.expect("stream back");
+    env.get("rec-gap", "/after").await;
+    let gap = scene.tail.next(DEADLINE).await;
+    assert_eq!(gap["kind"], "gap", "the hole is reported before the next record: {gap}");
+    assert_eq!(gap["dropped"], 20);
+    assert_eq!(scene.tail.next(DEADLINE).await["request"]["target"], "/after");
+}
