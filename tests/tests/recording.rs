@@ -428,7 +428,7 @@ async fn a_client_reads_only_its_own_tunnels_trail() {
 
 #[tokio::test]
 async fn requests_flow_while_recordings_cannot_be_stored_and_the_gap_is_reported() {
-    let mut scene = Scene::start("rec-gap", EnvOptions::default()).await;
+    let scene = Scene::start("rec-gap", EnvOptions::default()).await;
     let env = &scene.env;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
     js.delete_stream("RECORDINGS").await.expect("deleted");
@@ -449,9 +449,11 @@ async fn requests_flow_while_recordings_cannot_be_stored_and_the_gap_is_reported
     }
     let policy = tunnel_session_host::HostConfig::default().record_policy();
     tunnel_session_host::recording::ensure_stream(&js, &policy).await.expect("stream back");
+    // The tail started with the scene ended with the stream; a new one picks up from the start.
+    let mut tail = Tail::start(scene.state.path(), &["rec-gap", "--recorded", "--since", &scene.since]);
     env.get("rec-gap", "/after").await;
-    let gap = scene.tail.next(DEADLINE).await;
+    let gap = tail.next(DEADLINE).await;
     assert_eq!(gap["kind"], "gap", "the hole is reported before the next record: {gap}");
     assert_eq!(gap["dropped"], 20);
-    assert_eq!(scene.tail.next(DEADLINE).await["request"]["target"], "/after");
+    assert_eq!(tail.next(DEADLINE).await["request"]["target"], "/after");
 }
