@@ -273,12 +273,14 @@ start demo-service "$logs/demo-service.log" \
     python3 -m http.server "$demo_port" --bind 127.0.0.1 --directory "$demo_dir"
 wait_http demo-service "${pids[-1]}" "$logs/demo-service.log" "http://127.0.0.1:$demo_port/"
 
-say "starting: tunnel http $demo_port --server ws://127.0.0.1:$host_port --name demo"
+# The tunnel saves its name, server and resume secret here for `tunnel trail` and `replay`.
+export TUNNEL_STATE_DIR="$root/.run/state"
+say "starting: tunnel http $demo_port --server ws://127.0.0.1:$host_port --name demo --record"
 # With stdout not a terminal the client prints one JSON object per line; the first is
 # {"event":"ready","url":...,"name":...}.
 start tunnel "$logs/tunnel.log" \
     env RUST_LOG="${RUST_LOG:-warn}" \
-    "$bin/tunnel" http "$demo_port" --server "ws://127.0.0.1:$host_port" --name demo --json
+    "$bin/tunnel" http "$demo_port" --server "ws://127.0.0.1:$host_port" --name demo --record --json
 tunnel_pid="${pids[-1]}"
 ready=""
 end=$((SECONDS + deadline_secs))
@@ -346,8 +348,23 @@ else
     note "the auditor reported no audit events yet (see .run/logs/auditor.log)"
 fi
 
+# The demo tunnel records: its exchanges are in the log, and replay compares them.
+say "the recorded exchanges: tunnel trail demo --recorded"
+recorded=""
+end=$((SECONDS + 10))
+while ((SECONDS < end)); do
+    recorded="$("$bin/tunnel" trail demo --recorded --json 2>/dev/null | grep -c '"kind":"exchange"' || true)"
+    [[ -n "$recorded" && "$recorded" -ge 2 ]] && break
+    sleep 0.2
+done
+[[ -n "$recorded" && "$recorded" -ge 2 ]] || fail "expected the demo's exchanges in the log, found ${recorded:-none}"
+note "$recorded exchanges recorded"
+say "replaying them through the tunnel: tunnel replay demo --to http://127.0.0.1:$ingress_port/t/demo --compare"
+"$bin/tunnel" replay demo --to "http://127.0.0.1:$ingress_port/t/demo" --compare --limit 2 >&2 ||
+    fail "the replayed responses differ from the recorded ones"
+
 if ((check)); then
-    say "check passed: the tunnel served the demo page by host and by path"
+    say "check passed: the tunnel served the demo page by host and by path, recorded and replayed it"
     exit 0
 fi
 
@@ -370,6 +387,8 @@ http-tunnel is up. Everything below runs until you press Ctrl-C.
 Try:
   curl -i http://demo.localhost:$ingress_port/
   $bin/tunnel http 3000 --server ws://127.0.0.1:$host_port     # expose your own port 3000
+  TUNNEL_STATE_DIR=.run/state $bin/tunnel trail demo --follow    # the demo's requests, live
+  TUNNEL_STATE_DIR=.run/state $bin/tunnel replay demo --compare --to http://127.0.0.1:$ingress_port/t/demo
 
 Requests through the demo tunnel appear below.
 EOF
