@@ -457,3 +457,62 @@ async fn requests_flow_while_recordings_cannot_be_stored_and_the_gap_is_reported
     assert_eq!(gap["dropped"], 20);
     assert_eq!(tail.next(DEADLINE).await["request"]["target"], "/after");
 }
+
+#[tokio::test]
+async fn a_tunnel_over_its_recording_limit_loses_its_oldest_records_only() {
+    let options = EnvOptions { record_max_bytes_per_tunnel: 1 << 20, ..EnvOptions::default() };
+    let scene = Scene::start("rec-big", options).await;
+    let _small = scene.env.recorded_tunnel(scene.port, "rec-small", scene.state.path()).await;
+    assert_eq!(scene.env.get("rec-small", "/text").await.status(), 200);
+    for i in 0..32 {
+        let path = format!("/echo?i={i}");
+        let response = scene.env.request(Method::POST, "rec-big", &path).body(vec![b'x'; 64 << 10]).send().await;
+        assert_eq!(response.expect("sent").status(), 200);
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(scene.env.nats.url()).await.expect("nats"));
+    let mut stream = js.get_stream("RECORDINGS").await.expect("stream");
+    // Purges run after the acknowledgements, with no event to wait on: poll, with a deadline.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let last = stream.get_last_raw_message_by_subject("rec.rec-big.ex").await.expect("the last record");
+        let last: tunnel_schemas::record::ExchangeRecord =
+            tunnel_schemas::decode(&last.payload, usize::MAX).expect("a record");
+        let bytes = stream.info().await.expect("info").state.bytes;
+        if last.request.target == "/echo?i=31" && bytes <= (1 << 20) + (100 << 10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rec-big still holds {bytes} bytes (last {})", last.request.target);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info = stream.info_with_subjects("rec.>").await.expect("subjects");
+    let counts: std::collections::HashMap<String, usize> =
+        info.collect::<Vec<_>>().await.into_iter().map(|s| s.expect("subject")).collect();
+    assert_eq!(counts.get("rec.rec-small.ex"), Some(&1), "the other tunnel keeps its record");
+    let kept = counts.get("rec.rec-big.ex").copied().unwrap_or(0);
+    assert!((4..32).contains(&kept), "the big tunnel keeps its most recent records: {kept}");
+}
+
+#[tokio::test]
+async fn an_upgraded_exchange_records_its_handshake_and_byte_counts() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let env = TestEnv::start().await;
+    let upstream = tunnel_tests::Upstream::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let _tunnel = env.recorded_tunnel(upstream.port(), "rec-ws", state.path()).await;
+    let mut tail = Tail::start(state.path(), &["rec-ws", "--recorded", "--since", &now_ms()]);
+    let url = format!("ws://{}/t/rec-ws/ws", env.ingress_addr());
+    let (mut socket, _) =
+        within(DEADLINE, "the upgrade", tokio_tungstenite::connect_async(url)).await.expect("upgraded");
+    socket.send(Message::Binary(vec![1_u8; 5000].into())).await.expect("sent");
+    let echoed = within(DEADLINE, "the echo", socket.next()).await.expect("a message").expect("ok");
+    assert_eq!(echoed.len(), 5000);
+    socket.close(None).await.expect("closed");
+    while let Some(Ok(_)) = within(DEADLINE, "the close", socket.next()).await {}
+    let event = tail.next(DEADLINE).await;
+    assert_eq!(event["upgraded"], true);
+    assert_eq!(event["response"]["status"], 101);
+    assert_eq!(event["request"]["body"], "", "frames are not kept");
+    assert!(event["request"]["size"].as_u64().expect("size") >= 5000, "{event}");
+    assert!(event["response"]["size"].as_u64().expect("size") >= 5000, "{event}");
+}
