@@ -19,7 +19,7 @@ use tunnel_trail::query::{self, Query};
 const MAX_LINE_BYTES: usize = 96 << 20;
 
 /// How the log is reached.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Access {
     /// Through a session-host, as the tunnel's own client.
     Host {
@@ -33,6 +33,15 @@ pub enum Access {
         /// The NATS URL.
         url: String,
     },
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Host { base, .. } => f.debug_struct("Host").field("base", base).field("secret", &"***").finish(),
+            Self::Nats { url } => f.debug_struct("Nats").field("url", &tunnel_kit::config::redact_url(url)).finish(),
+        }
+    }
 }
 
 /// Why the trail cannot be read.
@@ -85,9 +94,11 @@ pub async fn read(
 ) -> Result<BoxStream<'static, Result<TrailEvent, TrailError>>, TrailError> {
     match access {
         Access::Nats { url } => {
-            let nats = async_nats::connect(url.as_str())
+            // A user and password in the URL authenticate, as for the servers.
+            let inbox = tunnel_schemas::subjects::inbox_prefix("cli", &uuid::Uuid::new_v4().simple().to_string());
+            let nats = tunnel_kit::nats::connect(url, "tunnel-cli", &inbox)
                 .await
-                .map_err(|e| TrailError::Unreachable(format!("nats {url}: {e}")))?;
+                .map_err(|e| TrailError::Unreachable(e.to_string()))?;
             let js = async_nats::jetstream::new(nats);
             let events = query::read(&js, query).await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             Ok(events.map_err(|e| TrailError::Unreachable(e.to_string())).boxed())

@@ -38,6 +38,28 @@ pub struct EnvOptions {
     pub record_body_bytes: u64,
     /// Session-host: bytes of recordings one tunnel keeps.
     pub record_max_bytes_per_tunnel: u64,
+    /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
+    /// connecting as its own user (passwords: [`password_of`]).
+    pub permissions: bool,
+}
+
+/// The password of `user` in an environment with [`EnvOptions::permissions`].
+pub fn password_of(user: &str) -> String {
+    format!("test-{user}")
+}
+
+/// The NATS configuration of `nats/accounts.conf`, its passwords defined as variables.
+fn accounts_config() -> String {
+    let users = [
+        ("ADMIN", "admin"),
+        ("INGRESS", "ingress"),
+        ("SESSION_HOST", "session-host"),
+        ("AUDITOR", "auditor"),
+        ("SYS", "sys"),
+    ];
+    let variables: String =
+        users.iter().map(|(var, user)| format!("NATS_{var}_PASSWORD: \"{}\"\n", password_of(user))).collect();
+    format!("{variables}{}", include_str!("../../nats/accounts.conf"))
 }
 
 impl Default for EnvOptions {
@@ -52,6 +74,7 @@ impl Default for EnvOptions {
             record_tunnels: String::new(),
             record_body_bytes: HostConfig::default().record_body_bytes,
             record_max_bytes_per_tunnel: HostConfig::default().record_max_bytes_per_tunnel,
+            permissions: false,
         }
     }
 }
@@ -82,7 +105,12 @@ impl TestEnv {
     /// When any part fails to start.
     pub async fn start_with(options: EnvOptions) -> Self {
         init_tracing();
-        let nats = NatsServer::start_with(&options.nats_config);
+        let config = if options.permissions {
+            format!("{}\n{}", accounts_config(), options.nats_config)
+        } else {
+            options.nats_config.clone()
+        };
+        let nats = NatsServer::start_with(&config);
         let shutdown = CancellationToken::new();
         let mut services = Vec::new();
 
@@ -96,7 +124,8 @@ impl TestEnv {
             stream_idle_timeout_secs: options.stream_idle_timeout_secs,
             ..IngressConfig::default()
         };
-        let ingress_nats = connect(nats.url(), "ing").await;
+        let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
+        let ingress_nats = connect(&as_user("ingress"), "ing").await;
         let metrics = tunnel_kit::telemetry::init_metrics();
         let (metrics_for_ingress, shutdown_for_ingress) = (metrics.clone(), shutdown.clone());
         services.push(tokio::spawn(async move {
@@ -112,7 +141,7 @@ impl TestEnv {
         }));
 
         let auditor_config = tunnel_auditor::AuditorConfig { nats_url: nats.url().to_owned(), ..Default::default() };
-        let auditor_nats = connect(nats.url(), "aud").await;
+        let auditor_nats = connect(&as_user("auditor"), "aud").await;
         // The stream exists before the first request, so no audit event finds it missing.
         tunnel_auditor::stream::ensure_stream(&async_nats::jetstream::new(auditor_nats.clone()), &auditor_config)
             .await
@@ -155,7 +184,7 @@ impl TestEnv {
             record_max_bytes_per_tunnel: self.options.record_max_bytes_per_tunnel,
             ..HostConfig::default()
         };
-        let nats = connect(self.nats.url(), "host").await;
+        let nats = connect(&self.nats_url_as("session-host"), "host").await;
         let shutdown = self.shutdown.child_token();
         let (metrics, stop) = (self.metrics.clone(), shutdown.clone());
         self.services.push(tokio::spawn(async move {
@@ -172,6 +201,12 @@ impl TestEnv {
     pub fn stop_host(&self, addr: SocketAddr) {
         let (_, shutdown) = self.hosts.iter().find(|(a, _)| *a == addr).expect("a host of this environment");
         shutdown.cancel();
+    }
+
+    /// The NATS URL with the credentials of `user` when the environment runs with permissions
+    /// (`admin` for provisioning and inspection), the plain URL otherwise.
+    pub fn nats_url_as(&self, user: &str) -> String {
+        nats_url_as(self.nats.url(), self.options.permissions.then_some(user))
     }
 
     /// The metrics of every service of this environment, as Prometheus text.
@@ -329,6 +364,13 @@ impl Tunnel {
     /// Kills the client: its connection drops without a goodbye.
     pub fn kill(self) {
         self.task.abort();
+    }
+}
+
+fn nats_url_as(url: &str, user: Option<&str>) -> String {
+    match user {
+        Some(user) => url.replacen("nats://", &format!("nats://{user}:{}@", password_of(user)), 1),
+        None => url.to_owned(),
     }
 }
 

@@ -20,7 +20,7 @@ mod proxy;
 pub mod raw;
 mod upstream;
 
-pub use env::{EnvOptions, TestEnv, Tunnel};
+pub use env::{EnvOptions, TestEnv, Tunnel, password_of};
 pub use nats::NatsServer;
 pub use proxy::CutProxy;
 pub use upstream::{Recorded, Upstream, pattern, sha256_hex};
@@ -39,6 +39,24 @@ pub async fn within<T>(deadline: Duration, what: &str, future: impl std::future:
         Ok(value) => value,
         Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
     }
+}
+
+/// Runs the `tunnel` binary with `args` to its end, with `state_dir` as its state directory;
+/// returns its exit code, stdout and stderr.
+///
+/// # Panics
+/// When it cannot start or does not finish within [`DEADLINE`].
+pub async fn run_tunnel(state_dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(binary("tunnel"))
+        .args(args)
+        .env("TUNNEL_STATE_DIR", state_dir)
+        .env_remove("TUNNEL_SECRET")
+        .env_remove("TUNNEL_NATS_URL")
+        .kill_on_drop(true)
+        .output();
+    let output = within(DEADLINE, "tunnel to finish", output).await.expect("tunnel runs");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (output.status.code(), text(output.stdout), text(output.stderr))
 }
 
 /// Path of a binary of this workspace, built next to the test executable; built on demand when

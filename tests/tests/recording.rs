@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, binary, within};
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, binary, run_tunnel as tunnel, within};
 
 /// A local service whose answers change when `changed` is set: the "new version" a replay
 /// compares against the recording.
@@ -67,20 +67,6 @@ impl Service {
             _ => body.into_response(),
         }
     }
-}
-
-/// Runs the `tunnel` binary to its end with `state` as its state directory.
-async fn tunnel(state: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(binary("tunnel"))
-        .args(args)
-        .env("TUNNEL_STATE_DIR", state)
-        .env_remove("TUNNEL_SECRET")
-        .env_remove("TUNNEL_NATS_URL")
-        .kill_on_drop(true)
-        .output();
-    let output = within(DEADLINE, "tunnel to finish", output).await.expect("tunnel runs");
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-    (output.status.code(), text(output.stdout), text(output.stderr))
 }
 
 /// The JSON lines of `stdout`.

@@ -1,0 +1,41 @@
+//! The users and subject permissions of `nats/accounts.conf` carry the whole system: every
+//! component connects as its own user, and a request, a streamed download, its audit record, its
+//! recording, the trail through the session-host and a replay all work within them.
+
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
+
+#[tokio::test]
+async fn every_component_works_within_its_permissions() {
+    let env = TestEnv::start_with(EnvOptions { permissions: true, ..EnvOptions::default() }).await;
+    let upstream = Upstream::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let _tunnel = env.recorded_tunnel(upstream.port(), "perm-demo", state.path()).await;
+    let since = tunnel_trail::filter::now_ms().to_string();
+    assert_eq!(env.get("perm-demo", "/echo").await.status(), 200);
+    let download = within(DEADLINE, "the download", env.get("perm-demo", "/stream/2097152").await.bytes()).await;
+    assert_eq!(download.expect("body").len(), 2 << 20, "streamed bodies cross under the ingress and host users");
+
+    let trail = |recorded: bool| {
+        let mut args = vec!["trail", "perm-demo", "--follow", "--limit", "2", "--since", since.as_str()];
+        if recorded {
+            args.push("--recorded");
+        }
+        let state = state.path().to_owned();
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move { run_tunnel(&state, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    for recorded in [false, true] {
+        let (code, stdout, stderr) = trail(recorded).await;
+        assert_eq!(code, Some(0), "the session-host reads the log under its user: {stdout}{stderr}");
+        assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    }
+    let to = format!("http://{}/t/perm-demo", env.ingress_addr());
+    let (code, stdout, stderr) =
+        run_tunnel(state.path(), &["replay", "perm-demo", "--since", &since, "--limit", "1", "--to", &to, "--compare"])
+            .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let admin = env.nats_url_as("admin");
+    let (code, stdout, _) =
+        run_tunnel(state.path(), &["trail", "perm-demo", "--nats", &admin, "--since", &since, "--recorded"]).await;
+    assert_eq!((code, stdout.lines().count()), (Some(0), 3), "the operator reads it all, the replay included");
+}
