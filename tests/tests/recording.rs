@@ -502,3 +502,55 @@ async fn an_upgraded_exchange_records_its_handshake_and_byte_counts() {
     assert!(event["request"]["size"].as_u64().expect("size") >= 5000, "{event}");
     assert!(event["response"]["size"].as_u64().expect("size") >= 5000, "{event}");
 }
+
+#[tokio::test]
+async fn replay_keeps_the_recorded_pace_at_speed_one() {
+    use tunnel_schemas::record::{ExchangeRecord, RecordedMessage};
+    let service = Service::default();
+    let port = service.start().await;
+    let record = |i: u64| ExchangeRecord {
+        v: 1,
+        request_id: format!("paced-{i}"),
+        tunnel: "paced".into(),
+        owner: String::new(),
+        at_ms: 1_000_000 + i * 300,
+        head_us: 0,
+        duration_us: 0,
+        request: RecordedMessage {
+            method: "GET".into(),
+            target: format!("/text?i={i}"),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            size: 0,
+            cut: false,
+        },
+        response: None,
+        error: None,
+        upgraded: false,
+        masked: Vec::new(),
+        replay_of: None,
+    };
+    let state = tempfile::tempdir().expect("dir");
+    let file = state.path().join("paced.jsonl");
+    let lines: String = (0..3)
+        .map(|i| serde_json::to_string(&tunnel_trail::json::ExchangeJson::from(&record(i))).expect("json") + "\n")
+        .collect();
+    std::fs::write(&file, lines).expect("written");
+    let to = format!("http://127.0.0.1:{port}");
+    let replay = |speed: &'static str| {
+        let (state, file, to) = (state.path().to_owned(), file.clone(), to.clone());
+        async move {
+            let started = Instant::now();
+            let file = file.to_str().expect("utf-8").to_owned();
+            let (code, stdout, _) = tunnel(&state, &["replay", "--from", &file, "--to", &to, "--speed", speed]).await;
+            assert_eq!(code, Some(0), "{stdout}");
+            assert_eq!(json_lines(&stdout).len(), 4, "{stdout}");
+            started.elapsed()
+        }
+    };
+    let paced = replay("1").await;
+    assert!(paced >= Duration::from_millis(600), "three requests 300 ms apart took {paced:?}");
+    let doubled = replay("2").await;
+    assert!(doubled >= Duration::from_millis(300), "twice as fast still waits: {doubled:?}");
+    assert!(doubled < paced, "speed 2 is faster than speed 1: {doubled:?} against {paced:?}");
+}
