@@ -4,6 +4,7 @@
 //! mains have in common, so it is written once:
 //!
 //! - [`alloc`]: the allocator settings of every process;
+//! - [`batch`]: batching events per key in front of the journal;
 //! - [`config`]: layered configuration (defaults < TOML file < environment < flags), validated;
 //! - [`telemetry`]: tracing and the Prometheus recorder;
 //! - [`journal`]: the bounded, asynchronous JetStream publisher of audit and recording events;
@@ -16,6 +17,7 @@
 //! - [`sink`]: the batching WebSocket writer of the tunnel client.
 
 pub mod alloc;
+pub mod batch;
 pub mod config;
 pub mod journal;
 pub mod nats;

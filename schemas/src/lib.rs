@@ -58,7 +58,13 @@ pub enum DecodeError {
 /// Serializing the contract's own types cannot fail: they hold no maps with non-string keys and
 /// no types that refuse serialization.
 pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
+    encode_sized(message, 256)
+}
+
+/// Encodes a message like [`encode`] into a buffer of `capacity` bytes to begin with: for large
+/// messages whose size is known roughly, so the buffer is not regrown and copied on the way.
+pub fn encode_sized<T: serde::Serialize>(message: &T, capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity);
     // Writing into a Vec is infallible and every type in this crate serializes.
     message
         .serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map())

@@ -23,7 +23,7 @@ pub const KIND_EXCHANGE: &str = "ex";
 /// Subject kind of a [`RecordingGap`] (`rec.<name>.gap`).
 pub const KIND_GAP: &str = "gap";
 
-/// NATS header naming the record a message belongs to, on every message of the stream.
+/// NATS header naming the batch a message belongs to, on every message of recorded exchanges.
 pub const RECORD_ID_HEADER: &str = "Rec-Id";
 /// NATS header of a split record's part: `<index>/<count>`, index from 0. Absent on a record
 /// stored whole.
@@ -37,6 +37,15 @@ pub const DEFAULT_MASKED: [&str; 4] = ["authorization", "proxy-authorization", "
 
 /// Byte a masked value is made of.
 pub const MASK_BYTE: u8 = b'*';
+
+/// The records of one tunnel stored as one message (or as parts of one, when larger).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBatch {
+    /// Protocol version of the recorder.
+    pub v: u16,
+    /// The records, in the order their exchanges ended.
+    pub records: Vec<ExchangeRecord>,
+}
 
 /// One recorded exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

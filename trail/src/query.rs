@@ -13,7 +13,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, consumer::Consumer};
 use futures_util::{Stream, StreamExt};
 use tunnel_schemas::audit::AuditBatch;
-use tunnel_schemas::record::{self, ExchangeRecord, Parts, RecordingGap};
+use tunnel_schemas::record::{self, Parts, RecordBatch, RecordingGap};
 use tunnel_schemas::subjects::{AUDIT_STREAM, RECORDING_STREAM, audit_of, recording};
 
 use crate::event::TrailEvent;
@@ -183,14 +183,16 @@ impl Reader {
                     .and_then(|h| h.get(record::PART_HEADER))
                     .and_then(|v| record::parse_part_header(v.as_str()));
                 let Some(whole) = self.parts.add(id, part, message.payload.clone()) else { return };
-                match tunnel_schemas::decode::<ExchangeRecord>(&whole, MAX_MESSAGE_BYTES) {
-                    Ok(record) => {
-                        let owned = self.query.owner.as_ref().is_none_or(|owner| *owner == record.owner);
-                        if owned && filter.matches_exchange(&record) {
-                            self.ready.push_back(TrailEvent::Exchange(Box::new(ExchangeJson::from(&record))));
-                        }
+                match tunnel_schemas::decode::<RecordBatch>(&whole, MAX_MESSAGE_BYTES) {
+                    Ok(batch) => {
+                        let owner = self.query.owner.as_ref();
+                        let selected = batch.records.iter().filter(|record| {
+                            owner.is_none_or(|owner| *owner == record.owner) && filter.matches_exchange(record)
+                        });
+                        let events = selected.map(|record| TrailEvent::Exchange(Box::new(ExchangeJson::from(record))));
+                        self.ready.extend(events);
                     }
-                    Err(e) => tracing::warn!(error = %e, "undecodable exchange record skipped"),
+                    Err(e) => tracing::warn!(error = %e, "undecodable recording batch skipped"),
                 }
             }
         }

@@ -1,34 +1,48 @@
 //! The hand-off of finished records to the `RECORDINGS` stream.
 //!
-//! A record is encoded, split into parts that fit a NATS message, and queued whole or not at
-//! all in a [`Journal`]: the session never waits. What cannot be queued, or is given up after
-//! its retries, is counted (`host_recordings_dropped_total`), logged, and remembered per tunnel
-//! as a gap, published with the tunnel's next record so that readers see the hole.
+//! A finished record is queued for the tunnel's batch (a [`Batcher`]), never waiting: records
+//! that end within 10 ms of each other are stored as one message, so a busy tunnel of small
+//! exchanges costs the stream one write per batch. A sealed batch is encoded, split into parts
+//! that fit a NATS message, and handed to a [`Journal`]. What cannot be queued, or is given up
+//! after its retries, is counted (`host_recordings_dropped_total`), logged, and remembered per
+//! tunnel as a gap, published with the tunnel's next batch so that readers see the hole.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tunnel_kit::batch::{Batcher, Limits};
 use tunnel_kit::journal::{Entry, Journal, Outcomes};
 use tunnel_schemas::events::TunnelRequest;
-use tunnel_schemas::record::{self, KIND_EXCHANGE, KIND_GAP, RecordingGap, owner_key};
+use tunnel_schemas::record::{self, ExchangeRecord, KIND_EXCHANGE, KIND_GAP, RecordBatch, RecordingGap, owner_key};
 use tunnel_schemas::subjects::{RECORDING_STREAM, recording};
 use tunnel_schemas::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 
 use super::budget::TunnelBudgets;
 use super::{Capture, Policy};
 
-/// Records (or parts) waiting for the publisher; their memory is bounded by the policy's
-/// buffer, this bounds their number.
-const QUEUE: usize = 4096;
+/// Records waiting to be batched; their memory is bounded by the policy's buffer, this bounds
+/// their number.
+const QUEUE: usize = 16_384;
+/// Sealed parts waiting for the publisher.
+const SEALED_QUEUE: usize = 256;
+/// When a tunnel's batch is sealed: after 10 ms, at 256 records, or at an estimated 256 KiB (a
+/// record larger than that goes alone).
+const LIMITS: Limits = Limits { window: Duration::from_millis(10), max_items: 256, max_bytes: 256 << 10 };
+/// Encoded size of a record beyond its bodies and header values (names, numbers, framing).
+const RECORD_OVERHEAD_BYTES: usize = 512;
 /// Room left in a NATS message for the headers of a part.
 const PART_HEADROOM_BYTES: usize = 8 << 10;
 
 /// Gaps not yet stored, per tunnel, each with whether it is being published.
 type Gaps = Arc<Mutex<HashMap<String, (RecordingGap, bool)>>>;
+
+/// A finished record and the memory it holds.
+type Finished = (ExchangeRecord, Option<OwnedSemaphorePermit>);
 
 /// The host's recorder.
 #[derive(Clone)]
@@ -37,12 +51,11 @@ pub struct Recorder {
 }
 
 struct Inner {
-    journal: Journal,
+    batcher: Batcher<Finished>,
     policy: Policy,
     /// Memory of captures and queued records.
     budget: Arc<Semaphore>,
     gaps: Gaps,
-    part_bytes: usize,
 }
 
 impl Recorder {
@@ -51,15 +64,19 @@ impl Recorder {
     pub async fn start(nats: &async_nats::Client, policy: Policy) -> Self {
         let js = jetstream::new(nats.clone());
         if let Err(e) = super::ensure_stream(&js, &policy).await {
-            tracing::warn!(error = %e, "recording stream unavailable; recordings are dropped until it exists");
+            tracing::error!(error = %e, "recording stream unavailable; recordings are dropped until it exists");
+            tokio::spawn(super::stream::retry(js.clone(), policy.clone()));
         }
         let gaps = Gaps::default();
         let outcomes =
             Stored { gaps: gaps.clone(), budgets: TunnelBudgets::new(policy.max_bytes_per_tunnel), js: js.clone() };
-        let (journal, _) = Journal::start(js, QUEUE, outcomes);
+        let (journal, _) = Journal::start(js, SEALED_QUEUE, outcomes);
         let part_bytes = nats.server_info().max_payload.saturating_sub(PART_HEADROOM_BYTES).max(4096);
+        let sealing = gaps.clone();
+        let seal = move |tunnel: String, finished: Vec<Finished>| seal(&sealing, part_bytes, &tunnel, finished);
+        let batcher = Batcher::start(journal, LIMITS, QUEUE, weigh, seal);
         let budget = Arc::new(Semaphore::new(policy.buffer_bytes.min(Semaphore::MAX_PERMITS)));
-        Self { inner: Arc::new(Inner { journal, policy, budget, gaps, part_bytes }) }
+        Self { inner: Arc::new(Inner { batcher, policy, budget, gaps }) }
     }
 
     /// The policy.
@@ -72,48 +89,77 @@ impl Recorder {
         SessionRecording { recorder: self.clone(), tunnel: tunnel.to_owned(), owner: owner_key(secret) }
     }
 
-    fn publish(
-        &self,
-        tunnel: &str,
-        record: &record::ExchangeRecord,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let subject = recording(tunnel, KIND_EXCHANGE);
-        let parts = record::split(tunnel_schemas::encode(record).into(), self.inner.part_bytes);
-        let count = parts.len();
-        let mut entries = Vec::with_capacity(count + 1);
-        if let Some((gap, publishing)) =
-            self.inner.gaps.lock().unwrap_or_else(PoisonError::into_inner).get_mut(tunnel).filter(|(_, p)| !*p)
-        {
-            // Stays in the map until stored: a gap is never lost with the record it rides with.
-            *publishing = true;
-            let payload = tunnel_schemas::encode(&*gap).into();
-            let id = uuid::Uuid::now_v7().simple().to_string();
-            let count = usize::try_from(gap.dropped).unwrap_or(usize::MAX);
-            entries.push(Entry::new(recording(tunnel, KIND_GAP), id, payload, count, tunnel.to_owned()));
-        }
-        for (index, payload) in parts.into_iter().enumerate() {
-            let mut entry = Entry::new(subject.clone(), format!("{id}.{index}"), payload, 1, tunnel.to_owned());
-            let mut headers = HeaderMap::new();
-            headers.insert(record::RECORD_ID_HEADER, id.as_str());
-            if count > 1 {
-                headers.insert(record::PART_HEADER, record::part_header(index, count).as_str());
-            }
-            entry.headers = Some(headers);
-            entries.push(entry);
-        }
-        if let Some(last) = entries.last_mut() {
-            last.permit = permit;
-        }
-        if let Err(entries) = self.inner.journal.try_send(entries) {
-            if entries.iter().any(is_gap) {
-                gap_settled(&self.inner.gaps, tunnel, 0);
-            }
-            note_drop(&self.inner.gaps, tunnel);
+    fn publish(&self, tunnel: &str, record: ExchangeRecord, permit: Option<OwnedSemaphorePermit>) {
+        if self.inner.batcher.try_add(tunnel.to_owned(), (record, permit)).is_err() {
+            note_drops(&self.inner.gaps, tunnel, 1);
             tracing::debug!(tunnel, "recording queue full; record dropped");
         }
     }
+}
+
+/// An estimate of a finished record's encoded size.
+fn weigh((record, _): &Finished) -> usize {
+    let headers =
+        |headers: &[tunnel_schemas::http::Header]| headers.iter().map(|h| h.0.len() + h.1.len() + 4).sum::<usize>();
+    let response = record.response.as_ref().map_or(0, |r| r.body.len() + headers(&r.headers));
+    RECORD_OVERHEAD_BYTES
+        + record.request.target.len()
+        + record.request.body.len()
+        + headers(&record.request.headers)
+        + response
+}
+
+/// The journal entries of a tunnel's batch: its pending gap (when not already being published),
+/// then the batch's parts, the last carrying the count of records and the memory they hold.
+fn seal(gaps: &Gaps, part_bytes: usize, tunnel: &str, finished: Vec<Finished>) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    if let Some((gap, publishing)) =
+        gaps.lock().unwrap_or_else(PoisonError::into_inner).get_mut(tunnel).filter(|(_, publishing)| !*publishing)
+    {
+        // Stays in the map until stored: a gap is never lost with the batch it rides with.
+        *publishing = true;
+        let payload = tunnel_schemas::encode(&*gap).into();
+        let count = usize::try_from(gap.dropped).unwrap_or(usize::MAX);
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        entries.push(Entry::new(recording(tunnel, KIND_GAP), id, payload, count, tunnel.to_owned()));
+    }
+    let count = finished.len();
+    let estimate = finished.iter().map(weigh).sum::<usize>();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut records = Vec::with_capacity(count);
+    for (record, permit) in finished {
+        records.push(record);
+        match (&mut held, permit) {
+            (Some(held), Some(permit)) => held.merge(permit),
+            (None, permit) => held = permit,
+            (Some(_), None) => {}
+        }
+    }
+    let encoded: Bytes = tunnel_schemas::encode_sized(&RecordBatch { v: PROTOCOL_VERSION, records }, estimate).into();
+    let parts = record::split(encoded, part_bytes);
+    let (id, subject, total) =
+        (uuid::Uuid::now_v7().simple().to_string(), recording(tunnel, KIND_EXCHANGE), parts.len());
+    for (index, payload) in parts.into_iter().enumerate() {
+        let last = index + 1 == total;
+        let mut entry = Entry::new(
+            subject.clone(),
+            format!("{id}.{index}"),
+            payload,
+            if last { count } else { 0 },
+            tunnel.to_owned(),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(record::RECORD_ID_HEADER, id.as_str());
+        if total > 1 {
+            headers.insert(record::PART_HEADER, record::part_header(index, total).as_str());
+        }
+        entry.headers = Some(headers);
+        if last {
+            entry.permit = held.take();
+        }
+        entries.push(entry);
+    }
+    entries
 }
 
 /// The recording of one session.
@@ -141,20 +187,20 @@ impl SessionRecording {
     /// Seals `capture` and hands it to the stream.
     pub fn finish(&self, capture: Capture) {
         let (record, permit) = capture.seal(&self.tunnel, &self.owner, &self.recorder.policy().masked);
-        self.recorder.publish(&self.tunnel, &record, permit);
+        self.recorder.publish(&self.tunnel, record, permit);
     }
 }
 
-/// Counts one dropped record of `tunnel`.
-fn note_drop(gaps: &Gaps, tunnel: &str) {
-    metrics::counter!("host_recordings_dropped_total").increment(1);
+/// Counts `count` dropped records of `tunnel`.
+fn note_drops(gaps: &Gaps, tunnel: &str, count: u64) {
+    metrics::counter!("host_recordings_dropped_total").increment(count);
     let now = tunnel_trail::filter::now_ms();
     let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
     let (gap, _) = gaps.entry(tunnel.to_owned()).or_insert_with(|| {
         let gap = RecordingGap { v: PROTOCOL_VERSION, tunnel: tunnel.to_owned(), dropped: 0, from_ms: now, to_ms: now };
         (gap, false)
     });
-    gap.dropped += 1;
+    gap.dropped += count;
     gap.to_ms = now;
 }
 
@@ -216,10 +262,10 @@ impl Outcomes for Stored {
             gap_settled(&self.gaps, &entry.tag, 0);
             return;
         }
-        tracing::warn!(tunnel = %entry.tag, error, "record given up");
-        // Only the last part of a record counts it (every part of a failed record fails alike).
-        if entry.permit.is_some() || entry.headers.as_ref().is_none_or(|h| h.get(record::PART_HEADER).is_none()) {
-            note_drop(&self.gaps, &entry.tag);
+        tracing::warn!(tunnel = %entry.tag, error, "recording batch given up");
+        // The last part of a batch carries its count of records.
+        if entry.events > 0 {
+            note_drops(&self.gaps, &entry.tag, entry.events as u64);
         }
     }
 }

@@ -7,6 +7,9 @@ use tunnel_schemas::subjects::{RECORDING_STREAM, RECORDING_SUBJECTS};
 
 use super::Policy;
 
+/// Time between attempts at creating the stream after a failure.
+const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Window in which a re-published part (same message id) is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -41,4 +44,20 @@ pub async fn ensure_stream(js: &jetstream::Context, policy: &Policy) -> Result<s
         );
     }
     Ok(stream)
+}
+
+/// Tries to create the stream every [`RETRY_INTERVAL`] until it exists (JetStream was down at
+/// start, or refused the settings: the error says why, e.g. a `record_max_bytes` over the
+/// server's `max_file_store`).
+pub async fn retry(js: jetstream::Context, policy: Policy) {
+    loop {
+        tokio::time::sleep(RETRY_INTERVAL).await;
+        match ensure_stream(&js, &policy).await {
+            Ok(_) => {
+                tracing::info!(stream = RECORDING_STREAM, "recording stream ready");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "recording stream still unavailable"),
+        }
+    }
 }
