@@ -311,12 +311,11 @@ class Bench:
             "tunnel-session-host",
             "tunnel-session-host",
             ["--public-url", f"http://{{name}}.localhost:{self.ingress_port}"],
-            # For (h). The default record_max_bytes (10 GiB) is more than this nats-server's
-            # max_file_store (4GB): JetStream refuses to create a stream whose max_bytes it cannot
-            # reserve ("insufficient storage resources available", 10047), and the host then drops
-            # every record. 3 GiB fits, and is still above what (h) keeps: one recorded tunnel,
-            # held to record_max_bytes_per_tunnel (1 GiB, the default) by the host's purges.
-            # Older commits ignore the setting; it changes nothing for unrecorded tunnels.
+            # For (h): RECORDINGS must fit this nats-server's max_file_store (4GB), or JetStream
+            # refuses the stream ("insufficient storage resources available", 10047) and the host
+            # drops every record. The default (2 GiB) fits; 3 GiB, set here, also holds one
+            # recorded tunnel at its record_max_bytes_per_tunnel (256 MiB) with room to spare,
+            # and matches the runs measured before the default changed. Older commits ignore it.
             env={"TUNNEL_RECORD_MAX_BYTES": str(3 << 30)},
         )
         port = self.ingress_port

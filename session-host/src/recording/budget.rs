@@ -3,8 +3,9 @@
 //! JetStream limits a stream's bytes, and a subject's message count, but not a subject's bytes.
 //! So the host counts what it stores per tunnel, in checkpoints of a sixty-fourth of the limit,
 //! and once a tunnel's bytes pass the limit it purges that tunnel's records older than the
-//! oldest checkpoint it keeps: the tunnel keeps its most recent recordings, within a
-//! sixty-fourth of the limit, and other tunnels keep theirs. The count covers what this host
+//! oldest checkpoint it keeps, down to seven eighths of the limit: the tunnel keeps its most
+//! recent recordings, and other tunnels keep theirs. Purging an eighth at a time keeps purges
+//! rare (one per eighth of the limit recorded) however fast a tunnel records. The count covers what this host
 //! stored since it started; a tunnel that moves between hosts is counted by each.
 
 use std::collections::{HashMap, VecDeque};
@@ -12,6 +13,8 @@ use std::time::Instant;
 
 /// Checkpoints per limit: the precision of the limit.
 const CHECKPOINTS: u64 = 64;
+/// A purge brings a tunnel down to this many eighths of its limit.
+const PURGE_TO_EIGHTHS: u64 = 7;
 /// Most tunnels counted at once; the least recently recorded is forgotten beyond it.
 const MAX_TUNNELS: usize = 10_000;
 
@@ -60,8 +63,12 @@ impl TunnelBudgets {
             Some(last) if last.bytes < step => last.bytes += bytes,
             _ => usage.checkpoints.push_back(Checkpoint { first_sequence: sequence, bytes }),
         }
+        if usage.total <= self.limit {
+            return None;
+        }
+        let target = self.limit / 8 * PURGE_TO_EIGHTHS;
         let mut purge_below = None;
-        while usage.total > self.limit && usage.checkpoints.len() > 1 {
+        while usage.total > target && usage.checkpoints.len() > 1 {
             if let Some(oldest) = usage.checkpoints.pop_front() {
                 usage.total -= oldest.bytes;
             }
@@ -90,10 +97,11 @@ mod tests {
             purges.extend(budgets.stored("big", sequence, 100));
         }
         assert!(budgets.stored("small", 1000, 100).is_none());
+        assert!((10..=20).contains(&purges.len()), "an eighth at a time: {} purges", purges.len());
         let last = *purges.last().expect("the big tunnel purged");
-        assert!(last > 100 && last <= 140, "keeps about the last 64 records, purges below {last}");
+        assert!(last > 136 && last <= 150, "keeps between 7/8 of the limit and the limit, purges below {last}");
         let kept = budgets.tunnels["big"].total;
-        assert!((6300..=6400).contains(&kept), "{kept}");
+        assert!((5600..=6400).contains(&kept), "{kept}");
     }
 
     #[test]

@@ -12,55 +12,73 @@ use tunnel_schemas::record::{ExchangeRecord, REPLAY_OF_HEADER, RecordedMessage, 
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION};
 
 /// The bytes kept of one body.
+///
+/// They are copied as they pass, into one buffer sized from the declared length when there is
+/// one: holding on to the received chunks instead would keep each socket read buffer they share
+/// alive (more memory than is counted, and a fresh buffer for every read), and would need the
+/// same copy at the end anyway.
 #[derive(Default)]
 struct Body {
-    chunks: Vec<Bytes>,
-    kept: usize,
+    kept: Vec<u8>,
     size: u64,
     cut: bool,
 }
 
 impl Body {
-    /// Counts `bytes` and keeps what fits under `cap` and in `budget`.
-    fn push(&mut self, bytes: &Bytes, cap: usize, budget: &Arc<Semaphore>, held: &mut Option<OwnedSemaphorePermit>) {
+    /// Counts `bytes` and keeps what fits under `cap` and in `budget`; `declared` is the body's
+    /// announced length, if any.
+    fn push(
+        &mut self,
+        bytes: &[u8],
+        declared: Option<u64>,
+        cap: usize,
+        budget: &Arc<Semaphore>,
+        held: &mut Option<OwnedSemaphorePermit>,
+    ) {
         self.size += bytes.len() as u64;
         if self.cut || bytes.is_empty() {
             return;
         }
-        let take = bytes.len().min(cap.saturating_sub(self.kept));
+        let take = bytes.len().min(cap.saturating_sub(self.kept.len()));
         if take < bytes.len() {
             self.cut = true;
         }
         if take == 0 {
             return;
         }
-        let Ok(permit) = budget.clone().try_acquire_many_owned(u32::try_from(take).unwrap_or(u32::MAX)) else {
-            metrics::counter!("host_recording_bodies_cut_total", "reason" => "buffer").increment(1);
-            self.cut = true;
-            return;
-        };
-        match held {
-            Some(held) => held.merge(permit),
-            None => *held = Some(permit),
+        let needed = self.kept.len() + take;
+        if needed > self.kept.capacity() {
+            // Room is counted against the budget as it is reserved, not as it fills: a declared
+            // length that never arrives still holds only what the budget granted.
+            let room = if self.kept.capacity() == 0 {
+                declared.map_or(needed, |length| usize::try_from(length).unwrap_or(cap).min(cap)).max(needed)
+            } else {
+                needed.max(self.kept.capacity().saturating_mul(2)).min(cap)
+            };
+            let grow = room.saturating_sub(self.kept.capacity());
+            let Ok(permit) = budget.clone().try_acquire_many_owned(u32::try_from(grow).unwrap_or(u32::MAX)) else {
+                metrics::counter!("host_recording_bodies_cut_total", "reason" => "buffer").increment(1);
+                self.cut = true;
+                return;
+            };
+            match held {
+                Some(held) => held.merge(permit),
+                None => *held = Some(permit),
+            }
+            self.kept.reserve_exact(room - self.kept.len());
         }
-        self.chunks.push(bytes.slice(..take));
-        self.kept += take;
+        self.kept.extend_from_slice(&bytes[..take]);
     }
 
     fn into_bytes(self) -> (Bytes, u64, bool) {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut whole = Vec::with_capacity(self.kept);
-                for chunk in &self.chunks {
-                    whole.extend_from_slice(chunk);
-                }
-                whole.into()
-            }
-        };
-        (body, self.size, self.cut)
+        (self.kept.into(), self.size, self.cut)
     }
+}
+
+/// The `Content-Length` of a head, if it declares one.
+fn declared_length(headers: &[Header]) -> Option<u64> {
+    let Header(_, value) = headers.iter().find(|Header(name, _)| name.eq_ignore_ascii_case("content-length"))?;
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// An exchange being captured.
@@ -72,10 +90,14 @@ pub struct Capture {
     target: String,
     request_headers: Vec<Header>,
     request_body: Body,
+    /// The request's declared body length.
+    request_length: Option<u64>,
     /// The public client asked for an upgrade.
     upgrade: bool,
     response: Option<(u16, Vec<Header>, Duration)>,
     response_body: Body,
+    /// The response's declared body length.
+    response_length: Option<u64>,
     error: Option<ErrorCode>,
     cap: usize,
     budget: Arc<Semaphore>,
@@ -94,17 +116,19 @@ impl Capture {
             request_id,
             method: head.method,
             target: head.target,
+            request_length: declared_length(&head.headers),
             request_headers: head.headers,
             request_body: Body::default(),
             upgrade,
             response: None,
             response_body: Body::default(),
+            response_length: None,
             error: None,
             cap,
             budget,
             permit: None,
         };
-        capture.request_body.push(&body, cap, &capture.budget, &mut capture.permit);
+        capture.request_data(&body);
         capture
     }
 
@@ -118,13 +142,14 @@ impl Capture {
         if self.upgraded() {
             self.request_body.size += bytes.len() as u64;
         } else {
-            self.request_body.push(bytes, self.cap, &self.budget, &mut self.permit);
+            self.request_body.push(bytes, self.request_length, self.cap, &self.budget, &mut self.permit);
         }
     }
 
     /// The response head and the first part of its body.
     pub fn response(&mut self, head: &ResponseHead, body: &Bytes) {
         self.response = Some((head.status, head.headers.clone(), self.started.elapsed()));
+        self.response_length = declared_length(&head.headers);
         self.response_data(body);
     }
 
@@ -133,7 +158,7 @@ impl Capture {
         if self.upgraded() {
             self.response_body.size += bytes.len() as u64;
         } else {
-            self.response_body.push(bytes, self.cap, &self.budget, &mut self.permit);
+            self.response_body.push(bytes, self.response_length, self.cap, &self.budget, &mut self.permit);
         }
     }
 
