@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -50,21 +51,35 @@ impl LocalBody {
 /// The pooled client of one local service.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, BoxBody<Bytes, io::Error>>,
+    client: Client<HttpsConnector<HttpConnector>, BoxBody<Bytes, io::Error>>,
     target: Target,
+}
+
+/// A connector for `http://` and `https://` URLs; servers are checked against the system's root
+/// certificates (none when the system has none: every `https://` server is then refused).
+pub fn connector() -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = builder.with_native_roots().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no system root certificates: https servers cannot be verified");
+        let roots = rustls::RootCertStore::empty();
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+    });
+    builder.https_or_http().enable_http1().wrap_connector(http)
 }
 
 impl Forwarder {
     /// A forwarder to `target`.
     pub fn new(target: Target) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .pool_idle_timeout(IDLE_TIMEOUT)
             .http1_max_headers(MAX_RESPONSE_HEADERS)
-            .build(connector);
+            .build(connector());
         Self { client, target }
     }
 

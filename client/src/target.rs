@@ -19,8 +19,8 @@ pub enum TargetError {
     /// Not a URL of the accepted shape.
     #[error("invalid target {0:?}: expected a port (3000) or a URL such as http://localhost:3000")]
     Invalid(String),
-    /// A scheme other than `http`.
-    #[error("unsupported scheme in {0:?}: only http:// targets are supported")]
+    /// A scheme other than `http` and `https`.
+    #[error("unsupported scheme in {0:?}: only http:// and https:// targets are supported")]
     UnsupportedScheme(String),
 }
 
@@ -31,7 +31,7 @@ impl Target {
             .unwrap_or_else(|_| unreachable!("a port always forms a valid URL"))
     }
 
-    /// Parses `http://host[:port][/prefix]`.
+    /// Parses `http[s]://host[:port][/prefix]`.
     ///
     /// # Errors
     /// [`TargetError`] when the URL is malformed or not `http`.
@@ -40,7 +40,7 @@ impl Target {
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
             return Err(TargetError::Invalid(url.to_owned()));
         };
-        if scheme != Scheme::HTTP {
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(TargetError::UnsupportedScheme(url.to_owned()));
         }
         if uri.query().is_some() {

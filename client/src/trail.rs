@@ -70,18 +70,20 @@ impl TrailError {
     }
 }
 
-/// The HTTP base URL of a session-host given by its WebSocket URL (`ws://h:7070/v1/connect`).
+/// The HTTP base URL of a session-host given by its WebSocket URL: `ws://h:7070/v1/connect`
+/// gives `http://h:7070`, `wss://h` gives `https://h`.
 ///
 /// # Errors
-/// [`TrailError::Unreachable`] for a URL that is not `ws://` (or `http://`).
+/// [`TrailError::Unreachable`] for a URL that is not `ws://`, `wss://`, `http://` or `https://`.
 pub fn host_base(server: &str) -> Result<String, TrailError> {
-    let rest = server.strip_prefix("ws://").or_else(|| server.strip_prefix("http://")).ok_or_else(|| {
-        TrailError::Unreachable(format!(
-            "{server:?}: trail access needs a ws:// or http:// server URL (wss:// is not supported yet; use --nats)"
-        ))
-    })?;
+    let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+    let scheme = match scheme {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        _ => return Err(TrailError::Unreachable(format!("{server:?}: expected a ws:// or wss:// server URL"))),
+    };
     let authority = rest.split('/').next().unwrap_or_default();
-    Ok(format!("http://{authority}"))
+    Ok(format!("{scheme}://{authority}"))
 }
 
 /// The events of `query`, from the log behind `access`.
@@ -126,7 +128,7 @@ async fn read_from_host(
         .header(header::AUTHORIZATION, format!("Bearer {secret}"))
         .body(Empty::<Bytes>::new())
         .map_err(|e| TrailError::Unreachable(e.to_string()))?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = Client::builder(TokioExecutor::new()).build(crate::forward::connector());
     let response = client.request(request).await.map_err(|e| TrailError::Unreachable(format!("{base}: {e}")))?;
     let status = response.status();
     let body = response.into_body().into_data_stream().map_err(io::Error::other);
@@ -197,6 +199,7 @@ mod tests {
     fn host_base_from_websocket_urls() {
         assert_eq!(host_base("ws://h:7070/v1/connect").expect("ws"), "http://h:7070");
         assert_eq!(host_base("ws://h:7070").expect("ws"), "http://h:7070");
-        assert!(host_base("wss://h").is_err());
+        assert_eq!(host_base("wss://connect.example.com/v1/connect").expect("wss"), "https://connect.example.com");
+        assert!(host_base("ftp://h").is_err());
     }
 }

@@ -558,3 +558,87 @@ async fn replay_keeps_the_recorded_pace_at_speed_one() {
     assert!(doubled >= Duration::from_millis(300), "twice as fast still waits: {doubled:?}");
     assert!(doubled < paced, "speed 2 is faster than speed 1: {doubled:?} against {paced:?}");
 }
+
+/// An `https://` service with a certificate for `localhost` from a fresh CA; returns its port and
+/// the CA certificate (PEM), to be trusted through `SSL_CERT_FILE`.
+async fn https_service() -> (u16, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("cert");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = axum::Router::new().fallback(|| async { "secure ok" });
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[tokio::test]
+async fn replay_sends_to_https_targets_checked_against_the_trusted_roots() {
+    let (port, ca) = https_service().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let exchange = serde_json::json!({
+        "v": 1, "request_id": "tls-1", "tunnel": "tls", "owner": "", "at_ms": 1, "head_us": 0, "duration_us": 0,
+        "request": { "method": "GET", "target": "/", "headers": [], "body": "", "size": 0, "cut": false },
+        "response": {
+            "status": 200,
+            "headers": [
+                { "name": "content-type", "value": "text/plain; charset=utf-8" },
+                { "name": "content-length", "value": "9" },
+            ],
+            "body": "secure ok", "size": 9, "cut": false,
+        },
+        "upgraded": false, "masked": [],
+    });
+    let file = dir.path().join("tls.jsonl");
+    std::fs::write(&file, format!("{exchange}\n")).expect("written");
+    let roots = dir.path().join("ca.pem");
+    std::fs::write(&roots, ca).expect("written");
+    let replay = |trusted: bool| {
+        let mut command = Command::new(binary("tunnel"));
+        command.args(["replay", "--from", file.to_str().expect("utf-8"), "--compare", "--to"]);
+        command.arg(format!("https://localhost:{port}")).env("TUNNEL_STATE_DIR", dir.path()).kill_on_drop(true);
+        if trusted {
+            command.env("SSL_CERT_FILE", &roots);
+        } else {
+            command.env("SSL_CERT_FILE", dir.path().join("none.pem"));
+        }
+        async move { within(DEADLINE, "replay", command.output()).await.expect("runs") }
+    };
+    let output = replay(true).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert_eq!(json_lines(&stdout)[0]["status"], 200);
+    let output = replay(false).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "an untrusted certificate is refused: {stdout}");
+    assert_eq!(json_lines(&stdout)[0]["outcome"], "failed");
+}
