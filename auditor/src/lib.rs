@@ -71,6 +71,14 @@ async fn consume(consumer: &async_nats::jetstream::consumer::PullConsumer) {
 }
 
 fn record(subject: &str, payload: &[u8]) {
+    if subject.rsplit('.').next() == Some(tunnel_schemas::audit::KIND_GAP) {
+        // Records that never reached the stream: counted by the ingress that dropped them.
+        match tunnel_schemas::decode::<tunnel_schemas::gap::Gap>(payload, usize::MAX) {
+            Ok(gap) => tracing::warn!(tunnel = %gap.tunnel, dropped = gap.dropped, "audit records were dropped"),
+            Err(e) => tracing::warn!(subject, error = %e, "undecodable audit gap"),
+        }
+        return;
+    }
     // Single records come from ingress nodes older than batching; they may still be in the stream.
     let batch = tunnel_schemas::decode::<AuditBatch>(payload, usize::MAX).or_else(|e| {
         tunnel_schemas::decode::<RequestAudit>(payload, usize::MAX)

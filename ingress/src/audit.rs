@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use tunnel_kit::batch::{Batcher, Limits};
+use tunnel_kit::gaps::{GapLedger, is_gap};
 use tunnel_kit::journal::{Entry, Journal, Outcomes};
 use tunnel_schemas::PROTOCOL_VERSION;
-use tunnel_schemas::audit::{AuditBatch, RequestAudit};
+use tunnel_schemas::audit::{AuditBatch, KIND_GAP, RequestAudit};
+use tunnel_schemas::subjects;
 
 /// Events waiting to be batched.
 const QUEUE: usize = 16_384;
@@ -27,33 +29,58 @@ const SEALED_QUEUE: usize = 64;
 #[derive(Clone)]
 pub struct AuditSink {
     batcher: Batcher<RequestAudit>,
+    gaps: GapLedger,
 }
 
 impl AuditSink {
     /// Starts the publisher on `nats`.
     pub fn start(nats: async_nats::Client) -> Self {
-        let (journal, _) = Journal::start(jetstream::new(nats), SEALED_QUEUE, Dropped);
-        Self {
-            batcher: Batcher::start(journal, LIMITS, QUEUE, estimated_size, |subject, records| {
-                vec![seal(subject, records)]
-            }),
-        }
+        let gaps = GapLedger::default();
+        let (journal, _) = Journal::start(jetstream::new(nats), SEALED_QUEUE, Dropped { gaps: gaps.clone() });
+        let sealing = gaps.clone();
+        let seal = move |subject: String, records: Vec<RequestAudit>| {
+            let tunnel = records.first().map(|record| record.tunnel.clone()).unwrap_or_default();
+            let gap = sealing.entry(&tunnel, subjects::audit_of(&tunnel, KIND_GAP));
+            gap.into_iter().chain([seal(subject, records)]).collect()
+        };
+        Self { batcher: Batcher::start(journal, LIMITS, QUEUE, estimated_size, seal), gaps }
     }
 
-    /// Queues `record` for `subject`; drops it (counted) when the queue is full.
+    /// Queues `record` for `subject`; drops it (counted, and reported as a gap) when the queue
+    /// is full.
     pub fn record(&self, subject: String, record: RequestAudit) {
+        let tunnel = record.tunnel.clone();
         if self.batcher.try_add(subject, record).is_err() {
-            metrics::counter!("ingress_audit_dropped_total").increment(1);
+            note_drops(&self.gaps, &tunnel, 1);
         }
     }
 }
 
-/// Counts the batches the journal gave up.
-struct Dropped;
+/// Counts `count` audit records of `tunnel` dropped, and keeps them as a gap to report.
+fn note_drops(gaps: &GapLedger, tunnel: &str, count: u64) {
+    metrics::counter!("ingress_audit_dropped_total").increment(count);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    gaps.note(tunnel, count, u64::try_from(now).unwrap_or(u64::MAX));
+}
+
+/// Settles gaps as they are stored, and counts the batches the journal gave up.
+struct Dropped {
+    gaps: GapLedger,
+}
 
 impl Outcomes for Dropped {
+    fn stored(&mut self, entry: &Entry, _sequence: u64) {
+        if is_gap(entry) {
+            self.gaps.settled(&entry.tag, entry.events as u64);
+        }
+    }
+
     fn dropped(&mut self, entry: &Entry, error: &str) {
-        metrics::counter!("ingress_audit_dropped_total").increment(entry.events as u64);
+        if is_gap(entry) {
+            self.gaps.settled(&entry.tag, 0);
+            return;
+        }
+        note_drops(&self.gaps, &entry.tag, entry.events as u64);
         tracing::warn!(error, subject = %entry.subject, events = entry.events, "audit batch given up");
     }
 }

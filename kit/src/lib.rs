@@ -7,6 +7,7 @@
 //! - [`batch`]: batching events per key in front of the journal;
 //! - [`config`]: layered configuration (defaults < TOML file < environment < flags), validated;
 //! - [`telemetry`]: tracing and the Prometheus recorder;
+//! - [`gaps`]: events dropped before they reached the log, kept until reported;
 //! - [`journal`]: the bounded, asynchronous JetStream publisher of audit and recording events;
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
 //! - [`pump`]: the stream engine both ends of an exchange run (credits, resets, liveness);
@@ -19,6 +20,7 @@
 pub mod alloc;
 pub mod batch;
 pub mod config;
+pub mod gaps;
 pub mod journal;
 pub mod nats;
 pub mod ops;

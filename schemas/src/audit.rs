@@ -11,6 +11,9 @@ use crate::ErrorCode;
 /// Subject kind of a completed public request (`audit.<name>.req`).
 pub const KIND_REQUEST: &str = "req";
 
+/// Subject kind of audit records dropped before they reached the stream (`audit.<name>.gap`).
+pub const KIND_GAP: &str = crate::gap::KIND_GAP;
+
 /// The record of one public request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestAudit {

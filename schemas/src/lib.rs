@@ -9,6 +9,7 @@
 //! - [`frames`]: the MessagePack frames exchanged over the client's WebSocket;
 //! - [`stream`]: body streaming with credit-based flow control, the same on NATS and WebSocket;
 //! - [`audit`]: the audit events published to the `AUDIT` stream;
+//! - [`gap`]: events dropped before they reached the log, reported to readers;
 //! - [`record`]: the recorded exchanges published to the `RECORDINGS` stream;
 //! - [`error`]: the typed error codes every component reports.
 //!
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod error;
 pub mod events;
 pub mod frames;
+pub mod gap;
 pub mod http;
 pub mod names;
 pub mod record;

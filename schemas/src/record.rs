@@ -20,8 +20,8 @@ use crate::http::Header;
 
 /// Subject kind of an exchange record (`rec.<name>.ex`).
 pub const KIND_EXCHANGE: &str = "ex";
-/// Subject kind of a [`RecordingGap`] (`rec.<name>.gap`).
-pub const KIND_GAP: &str = "gap";
+/// Subject kind of a [`Gap`](crate::gap::Gap) in the recordings (`rec.<name>.gap`).
+pub const KIND_GAP: &str = crate::gap::KIND_GAP;
 
 /// NATS header naming the batch a message belongs to, on every message of recorded exchanges.
 pub const RECORD_ID_HEADER: &str = "Rec-Id";
@@ -116,22 +116,6 @@ pub struct RecordedResponse {
     pub size: u64,
     /// The body is longer than what was kept.
     pub cut: bool,
-}
-
-/// Exchanges of a tunnel that were not recorded because the recorder could not keep up or the
-/// stream was unreachable: published once it can be, so a reader never misses a gap silently.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordingGap {
-    /// Protocol version of the recorder.
-    pub v: u16,
-    /// Tunnel name.
-    pub tunnel: String,
-    /// Exchanges dropped.
-    pub dropped: u64,
-    /// Unix time of the first drop, in milliseconds.
-    pub from_ms: u64,
-    /// Unix time of the last drop, in milliseconds.
-    pub to_ms: u64,
 }
 
 /// The owner key of a resume secret: a hash, so the stream never holds the secret itself.

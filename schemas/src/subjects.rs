@@ -44,10 +44,15 @@ pub fn recording(name: &str, kind: &str) -> String {
     format!("rec.{name}.{kind}")
 }
 
-/// Subject of the audit records of `name` (`audit.<name>.req`), for readers holding the name as
-/// text.
-pub fn audit_of(name: &str) -> String {
-    format!("audit.{name}.{}", crate::audit::KIND_REQUEST)
+/// Subject of an audit event of `kind` for `name`, for publishers holding the name as text.
+pub fn audit_of(name: &str, kind: &str) -> String {
+    format!("audit.{name}.{kind}")
+}
+
+/// Wildcard of every audit subject of `name` (`audit.<name>.*`: records and gaps), for readers
+/// holding the name as text.
+pub fn audit_all(name: &str) -> String {
+    format!("audit.{name}.*")
 }
 
 /// Name of the KV bucket holding tunnel leases.
@@ -102,6 +107,7 @@ mod tests {
         assert_eq!(stream_subject("_INBOX.ing.n1", 42), "_INBOX.ing.n1.st.42");
         assert_eq!(stream_subjects("_INBOX.ing.n1"), "_INBOX.ing.n1.st.*");
         assert_eq!(recording("demo", "ex"), "rec.demo.ex");
-        assert_eq!(audit_of("demo"), audit(&name, "req"));
+        assert_eq!(audit_of("demo", "req"), audit(&name, "req"));
+        assert_eq!(audit_all("demo"), audit_of("demo", "*"));
     }
 }

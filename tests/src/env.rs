@@ -209,9 +209,21 @@ impl TestEnv {
         nats_url_as(self.nats.url(), self.options.permissions.then_some(user))
     }
 
-    /// The metrics of every service of this environment, as Prometheus text.
-    pub fn metrics(&self) -> String {
-        self.metrics.render()
+    /// Waits until the unlabelled counter `name` of this process's metrics reaches `at_least`.
+    /// A counter has no event to wait on, so this polls, with [`DEADLINE`].
+    ///
+    /// # Panics
+    /// When it does not within the deadline.
+    pub async fn counter_reaches(&self, name: &str, at_least: f64) {
+        let value = || {
+            let prefix = format!("{name} ");
+            self.metrics.render().lines().find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while value() < at_least {
+            assert!(std::time::Instant::now() < deadline, "{name} is {} after {DEADLINE:?}, not {at_least}", value());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The ingress address.

@@ -67,3 +67,37 @@ async fn failed_requests_are_audited_with_their_error_code() {
     assert_eq!(record.status, 502);
     assert_eq!(record.error, Some(ErrorCode::TunnelOffline));
 }
+
+#[tokio::test]
+async fn records_dropped_while_the_stream_is_gone_are_reported_as_a_gap() {
+    let env = TestEnv::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    js.delete_stream("AUDIT").await.expect("deleted");
+    for i in 0..10 {
+        assert_eq!(env.get("gone-log", &format!("/lost-{i}")).await.status(), 502, "requests flow without the log");
+    }
+    env.counter_reaches("ingress_audit_dropped_total", 10.0).await;
+    let config = tunnel_auditor::AuditorConfig::default();
+    tunnel_auditor::stream::ensure_stream(&js, &config).await.expect("the stream is back");
+    env.get("gone-log", "/after").await;
+    let query = tunnel_trail::query::Query {
+        tunnel: "gone-log".into(),
+        source: tunnel_trail::query::Source::Audit,
+        filter: tunnel_trail::filter::Filter { since_ms: Some(0), ..Default::default() },
+        follow: true,
+        owner: None,
+        limit: Some(2),
+    };
+    let events: Vec<_> = within(DEADLINE, "the gap and the record", async {
+        tunnel_trail::query::read(&js, query).await.expect("reads").collect::<Vec<_>>().await
+    })
+    .await;
+    match &events[0] {
+        Ok(tunnel_trail::event::TrailEvent::Gap(gap)) => assert_eq!(gap.dropped, 10, "{gap:?}"),
+        other => panic!("expected the gap first, got {other:?}"),
+    }
+    match &events[1] {
+        Ok(tunnel_trail::event::TrailEvent::Audit(record)) => assert_eq!(record.path, "/after"),
+        other => panic!("expected the new record, got {other:?}"),
+    }
+}

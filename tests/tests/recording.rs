@@ -317,11 +317,13 @@ async fn tail_sees_new_events_within_a_second_and_resumes_with_since() {
         env.get("tail-demo", path).await;
     }
     let mut resumed = Tail::start(state.path(), &["tail-demo", "--since", &resume_from]);
+    // An event logged in the very millisecond the tail stopped may be printed again.
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    while seen.last().is_none_or(|path| path != "/c") {
         seen.push(resumed.next(DEADLINE).await["path"].as_str().expect("path").to_owned());
     }
-    assert_eq!(seen, ["/a", "/b", "/c"], "nothing missed while no tail ran");
+    let new: Vec<&String> = seen.iter().filter(|path| *path != "/one").collect();
+    assert_eq!(new, ["/a", "/b", "/c"], "nothing missed while no tail ran: {seen:?}");
     env.get("tail-demo", "/d").await;
     assert_eq!(resumed.next(DEADLINE).await["path"], "/d", "and it goes on live");
 }
@@ -424,18 +426,7 @@ async fn requests_flow_while_recordings_cannot_be_stored_and_the_gap_is_reported
     for i in 0..20 {
         assert_eq!(env.get("rec-gap", &format!("/lost-{i}")).await.status(), 200, "the path never waits for the log");
     }
-    // A counter has no event to wait on: poll it, with a deadline.
-    let dropped = || {
-        env.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix("host_recordings_dropped_total ").and_then(|v| v.parse::<f64>().ok()))
-            .unwrap_or(0.0)
-    };
-    let deadline = Instant::now() + DEADLINE;
-    while dropped() < 20.0 {
-        assert!(Instant::now() < deadline, "every lost record is counted: {}", dropped());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.counter_reaches("host_recordings_dropped_total", 20.0).await;
     let policy = tunnel_session_host::HostConfig::default().record_policy();
     tunnel_session_host::recording::ensure_stream(&js, &policy).await.expect("stream back");
     // The tail started with the scene ended with the stream; a new one picks up from the start.

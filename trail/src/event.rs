@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tunnel_schemas::audit::RequestAudit;
-use tunnel_schemas::record::RecordingGap;
+use tunnel_schemas::gap::Gap;
 
 use crate::filter::format_ms;
 use crate::json::ExchangeJson;
@@ -15,8 +15,8 @@ pub enum TrailEvent {
     Audit(RequestAudit),
     /// A full recorded exchange (recorded tunnels).
     Exchange(Box<ExchangeJson>),
-    /// Exchanges the recorder had to drop: the trail has a hole here.
-    Gap(RecordingGap),
+    /// Events dropped before they reached the log: the trail has a hole here.
+    Gap(Gap),
     /// A live tail fell this many events behind the end of the log.
     Behind {
         /// Events logged and not yet read.
@@ -76,7 +76,7 @@ impl TrailEvent {
                 )
             }
             Self::Gap(gap) => format!(
-                "{:<25} -- {} exchanges not recorded between {} and {} (recorder overloaded or log unreachable)",
+                "{:<25} -- {} events not logged between {} and {} (publisher overloaded or log unreachable)",
                 format_ms(gap.to_ms),
                 gap.dropped,
                 format_ms(gap.from_ms),

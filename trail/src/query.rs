@@ -13,8 +13,9 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, consumer::Consumer};
 use futures_util::{Stream, StreamExt};
 use tunnel_schemas::audit::AuditBatch;
-use tunnel_schemas::record::{self, Parts, RecordBatch, RecordingGap};
-use tunnel_schemas::subjects::{AUDIT_STREAM, RECORDING_STREAM, audit_of, recording};
+use tunnel_schemas::gap::{Gap, KIND_GAP};
+use tunnel_schemas::record::{self, Parts, RecordBatch};
+use tunnel_schemas::subjects::{AUDIT_STREAM, RECORDING_STREAM, audit_all, recording};
 
 use crate::event::TrailEvent;
 use crate::filter::Filter;
@@ -80,7 +81,7 @@ pub async fn read(
     query: Query,
 ) -> Result<impl Stream<Item = Result<TrailEvent, QueryError>> + Send + use<>, QueryError> {
     let (stream_name, subject) = match query.source {
-        Source::Audit => (AUDIT_STREAM, audit_of(&query.tunnel)),
+        Source::Audit => (AUDIT_STREAM, audit_all(&query.tunnel)),
         Source::Exchanges => (RECORDING_STREAM, recording(&query.tunnel, "*")),
     };
     let stream = js.get_stream(stream_name).await.map_err(|e| {
@@ -163,6 +164,13 @@ impl Reader {
 
     fn decode(&mut self, message: &jetstream::Message) {
         let filter = &self.query.filter;
+        if message.subject.rsplit('.').next() == Some(KIND_GAP) {
+            match tunnel_schemas::decode::<Gap>(&message.payload, MAX_MESSAGE_BYTES) {
+                Ok(gap) => self.ready.push_back(TrailEvent::Gap(gap)),
+                Err(e) => tracing::warn!(error = %e, "undecodable gap event skipped"),
+            }
+            return;
+        }
         match self.query.source {
             Source::Audit => match tunnel_schemas::decode::<AuditBatch>(&message.payload, MAX_MESSAGE_BYTES) {
                 Ok(batch) => self
@@ -170,12 +178,6 @@ impl Reader {
                     .extend(batch.records.into_iter().filter(|r| filter.matches_audit(r)).map(TrailEvent::Audit)),
                 Err(e) => tracing::warn!(subject = %message.subject, error = %e, "undecodable audit batch skipped"),
             },
-            Source::Exchanges if message.subject.ends_with(&format!(".{}", record::KIND_GAP)) => {
-                match tunnel_schemas::decode::<RecordingGap>(&message.payload, MAX_MESSAGE_BYTES) {
-                    Ok(gap) => self.ready.push_back(TrailEvent::Gap(gap)),
-                    Err(e) => tracing::warn!(error = %e, "undecodable gap event skipped"),
-                }
-            }
             Source::Exchanges => {
                 let headers = message.headers.as_ref();
                 let id = headers.and_then(|h| h.get(record::RECORD_ID_HEADER)).map_or("", |v| v.as_str());

@@ -7,8 +7,7 @@
 //! after its retries, is counted (`host_recordings_dropped_total`), logged, and remembered per
 //! tunnel as a gap, published with the tunnel's next batch so that readers see the hole.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,9 +15,10 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tunnel_kit::batch::{Batcher, Limits};
+use tunnel_kit::gaps::{GapLedger, is_gap};
 use tunnel_kit::journal::{Entry, Journal, Outcomes};
 use tunnel_schemas::events::TunnelRequest;
-use tunnel_schemas::record::{self, ExchangeRecord, KIND_EXCHANGE, KIND_GAP, RecordBatch, RecordingGap, owner_key};
+use tunnel_schemas::record::{self, ExchangeRecord, KIND_EXCHANGE, KIND_GAP, RecordBatch, owner_key};
 use tunnel_schemas::subjects::{RECORDING_STREAM, recording};
 use tunnel_schemas::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 
@@ -38,9 +38,6 @@ const RECORD_OVERHEAD_BYTES: usize = 512;
 /// Room left in a NATS message for the headers of a part.
 const PART_HEADROOM_BYTES: usize = 8 << 10;
 
-/// Gaps not yet stored, per tunnel, each with whether it is being published.
-type Gaps = Arc<Mutex<HashMap<String, (RecordingGap, bool)>>>;
-
 /// A finished record and the memory it holds.
 type Finished = (ExchangeRecord, Option<OwnedSemaphorePermit>);
 
@@ -55,7 +52,7 @@ struct Inner {
     policy: Policy,
     /// Memory of captures and queued records.
     budget: Arc<Semaphore>,
-    gaps: Gaps,
+    gaps: GapLedger,
 }
 
 impl Recorder {
@@ -67,7 +64,7 @@ impl Recorder {
             tracing::error!(error = %e, "recording stream unavailable; recordings are dropped until it exists");
             tokio::spawn(super::stream::retry(js.clone(), policy.clone()));
         }
-        let gaps = Gaps::default();
+        let gaps = GapLedger::default();
         let outcomes =
             Stored { gaps: gaps.clone(), budgets: TunnelBudgets::new(policy.max_bytes_per_tunnel), js: js.clone() };
         let (journal, _) = Journal::start(js, SEALED_QUEUE, outcomes);
@@ -111,18 +108,8 @@ fn weigh((record, _): &Finished) -> usize {
 
 /// The journal entries of a tunnel's batch: its pending gap (when not already being published),
 /// then the batch's parts, the last carrying the count of records and the memory they hold.
-fn seal(gaps: &Gaps, part_bytes: usize, tunnel: &str, finished: Vec<Finished>) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    if let Some((gap, publishing)) =
-        gaps.lock().unwrap_or_else(PoisonError::into_inner).get_mut(tunnel).filter(|(_, publishing)| !*publishing)
-    {
-        // Stays in the map until stored: a gap is never lost with the batch it rides with.
-        *publishing = true;
-        let payload = tunnel_schemas::encode(&*gap).into();
-        let count = usize::try_from(gap.dropped).unwrap_or(usize::MAX);
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        entries.push(Entry::new(recording(tunnel, KIND_GAP), id, payload, count, tunnel.to_owned()));
-    }
+fn seal(gaps: &GapLedger, part_bytes: usize, tunnel: &str, finished: Vec<Finished>) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = gaps.entry(tunnel, recording(tunnel, KIND_GAP)).into_iter().collect();
     let count = finished.len();
     let estimate = finished.iter().map(weigh).sum::<usize>();
     let mut held: Option<OwnedSemaphorePermit> = None;
@@ -192,40 +179,15 @@ impl SessionRecording {
 }
 
 /// Counts `count` dropped records of `tunnel`.
-fn note_drops(gaps: &Gaps, tunnel: &str, count: u64) {
+fn note_drops(gaps: &GapLedger, tunnel: &str, count: u64) {
     metrics::counter!("host_recordings_dropped_total").increment(count);
-    let now = tunnel_trail::filter::now_ms();
-    let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
-    let (gap, _) = gaps.entry(tunnel.to_owned()).or_insert_with(|| {
-        let gap = RecordingGap { v: PROTOCOL_VERSION, tunnel: tunnel.to_owned(), dropped: 0, from_ms: now, to_ms: now };
-        (gap, false)
-    });
-    gap.dropped += count;
-    gap.to_ms = now;
-}
-
-/// The gap of `tunnel` being published is done: `stored` drops of it are on record (0 when
-/// its publish failed: it goes with a later record).
-fn gap_settled(gaps: &Gaps, tunnel: &str, stored: u64) {
-    let mut gaps = gaps.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((gap, publishing)) = gaps.get_mut(tunnel) {
-        *publishing = false;
-        gap.dropped = gap.dropped.saturating_sub(stored);
-        if gap.dropped == 0 {
-            gaps.remove(tunnel);
-        }
-    }
-}
-
-/// Whether `entry` is a gap event rather than (a part of) a record.
-fn is_gap(entry: &Entry) -> bool {
-    entry.headers.is_none()
+    gaps.note(tunnel, count, tunnel_trail::filter::now_ms());
 }
 
 /// What the publisher reports: stored records count against their tunnel's budget, given-up
 /// ones become gaps.
 struct Stored {
-    gaps: Gaps,
+    gaps: GapLedger,
     budgets: TunnelBudgets,
     js: jetstream::Context,
 }
@@ -233,7 +195,7 @@ struct Stored {
 impl Outcomes for Stored {
     fn stored(&mut self, entry: &Entry, sequence: u64) {
         if is_gap(entry) {
-            gap_settled(&self.gaps, &entry.tag, entry.events as u64);
+            self.gaps.settled(&entry.tag, entry.events as u64);
             return;
         }
         metrics::counter!("host_recordings_stored_bytes_total").increment(entry.payload.len() as u64);
@@ -259,7 +221,7 @@ impl Outcomes for Stored {
 
     fn dropped(&mut self, entry: &Entry, error: &str) {
         if is_gap(entry) {
-            gap_settled(&self.gaps, &entry.tag, 0);
+            self.gaps.settled(&entry.tag, 0);
             return;
         }
         tracing::warn!(tunnel = %entry.tag, error, "recording batch given up");
