@@ -101,3 +101,48 @@ async fn records_dropped_while_the_stream_is_gone_are_reported_as_a_gap() {
         other => panic!("expected the new record, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_tail_far_behind_the_log_says_so() {
+    let env = TestEnv::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    let record = RequestAudit {
+        v: 1,
+        request_id: "old".into(),
+        tunnel: "behind".into(),
+        method: "GET".into(),
+        path: "/old".into(),
+        status: 200,
+        error: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_us: 1,
+        remote_addr: "127.0.0.1".into(),
+        at_ms: 0,
+    };
+    let mut acks = Vec::with_capacity(3000);
+    for _ in 0..3000 {
+        let batch = AuditBatch { v: 1, records: vec![record.clone()] };
+        acks.push(js.publish("audit.behind.req", tunnel_schemas::encode(&batch).into()).await.expect("published"));
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let query = tunnel_trail::query::Query {
+        tunnel: "behind".into(),
+        source: tunnel_trail::query::Source::Audit,
+        filter: tunnel_trail::filter::Filter { since_ms: Some(0), ..Default::default() },
+        follow: true,
+        owner: None,
+        limit: Some(10),
+    };
+    let events: Vec<_> = within(DEADLINE, "the first events", async {
+        tunnel_trail::query::read(&js, query).await.expect("reads").collect::<Vec<_>>().await
+    })
+    .await;
+    let behind = events.iter().find_map(|event| match event {
+        Ok(tunnel_trail::event::TrailEvent::Behind { pending }) => Some(*pending),
+        _ => None,
+    });
+    assert!(behind.is_some_and(|pending| pending >= 1000), "a live tail 3000 events back says so: {events:?}");
+}
