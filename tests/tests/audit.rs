@@ -1,12 +1,15 @@
 //! Every public request leaves an audit record in the `AUDIT` stream, bodies counted whole
-//! whether they travelled inline or streamed, and no header value or query string in it.
+//! whether they travelled inline or streamed, and no header value or query string in it; the
+//! trail reads it by start time, says when a tail falls behind, and reports records that never
+//! reached the stream.
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::StreamExt;
 use reqwest::Method;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::audit::{AuditBatch, RequestAudit};
-use tunnel_tests::{DEADLINE, TestEnv, Upstream, within};
+use tunnel_tests::{DEADLINE, TestEnv, Upstream, run_tunnel, within};
+use tunnel_trail::event::TrailEvent;
 
 /// The audit records of tunnel `name`, as they are stored.
 async fn records(env: &TestEnv, name: &str) -> impl futures_util::Stream<Item = RequestAudit> {
@@ -80,36 +83,23 @@ async fn records_dropped_while_the_stream_is_gone_are_reported_as_a_gap() {
     let config = tunnel_auditor::AuditorConfig::default();
     tunnel_auditor::stream::ensure_stream(&js, &config).await.expect("the stream is back");
     env.get("gone-log", "/after").await;
-    let query = tunnel_trail::query::Query {
-        tunnel: "gone-log".into(),
-        source: tunnel_trail::query::Source::Audit,
-        filter: tunnel_trail::filter::Filter { since_ms: Some(0), ..Default::default() },
-        follow: true,
-        owner: None,
-        limit: Some(2),
-    };
-    let events: Vec<_> = within(DEADLINE, "the gap and the record", async {
-        tunnel_trail::query::read(&js, query).await.expect("reads").collect::<Vec<_>>().await
-    })
-    .await;
+    let events = first_events(&js, "gone-log", 0, 2).await;
     match &events[0] {
-        Ok(tunnel_trail::event::TrailEvent::Gap(gap)) => assert_eq!(gap.dropped, 10, "{gap:?}"),
+        Ok(TrailEvent::Gap(gap)) => assert_eq!(gap.dropped, 10, "{gap:?}"),
         other => panic!("expected the gap first, got {other:?}"),
     }
     match &events[1] {
-        Ok(tunnel_trail::event::TrailEvent::Audit(record)) => assert_eq!(record.path, "/after"),
+        Ok(TrailEvent::Audit(record)) => assert_eq!(record.path, "/after"),
         other => panic!("expected the new record, got {other:?}"),
     }
 }
 
-#[tokio::test]
-async fn a_tail_far_behind_the_log_says_so() {
-    let env = TestEnv::start().await;
-    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
-    let record = RequestAudit {
+/// An old audit record of `tunnel`.
+fn old_record(tunnel: &str, i: u64) -> RequestAudit {
+    RequestAudit {
         v: 1,
-        request_id: "old".into(),
-        tunnel: "behind".into(),
+        request_id: format!("old-{i}"),
+        tunnel: tunnel.into(),
         method: "GET".into(),
         path: "/old".into(),
         status: 200,
@@ -119,30 +109,82 @@ async fn a_tail_far_behind_the_log_says_so() {
         duration_us: 1,
         remote_addr: "127.0.0.1".into(),
         at_ms: 0,
-    };
-    let mut acks = Vec::with_capacity(3000);
-    for _ in 0..3000 {
-        let batch = AuditBatch { v: 1, records: vec![record.clone()] };
-        acks.push(js.publish("audit.behind.req", tunnel_schemas::encode(&batch).into()).await.expect("published"));
     }
-    for ack in acks {
-        ack.await.expect("stored");
+}
+
+/// Publishes `count` audit records of `tunnel`, one per message, and waits until all are stored.
+async fn publish_old(js: &async_nats::jetstream::Context, tunnel: &str, count: u64) {
+    let mut acks = futures_util::stream::FuturesUnordered::new();
+    for i in 0..count {
+        let batch = AuditBatch { v: 1, records: vec![old_record(tunnel, i)] };
+        let ack = js.publish(format!("audit.{tunnel}.req"), tunnel_schemas::encode(&batch).into()).await;
+        acks.push(ack.expect("published").into_future());
+        if acks.len() >= 4096 {
+            acks.next().await.expect("an ack").expect("stored");
+        }
     }
-    let query = tunnel_trail::query::Query {
-        tunnel: "behind".into(),
+    while let Some(ack) = acks.next().await {
+        ack.expect("stored");
+    }
+}
+
+/// A trail query of `tunnel`'s audit records logged since `since_ms`.
+fn audit_query(tunnel: &str, since_ms: u64, follow: bool, limit: Option<usize>) -> tunnel_trail::query::Query {
+    tunnel_trail::query::Query {
+        tunnel: tunnel.into(),
         source: tunnel_trail::query::Source::Audit,
-        filter: tunnel_trail::filter::Filter { since_ms: Some(0), ..Default::default() },
-        follow: true,
+        filter: tunnel_trail::filter::Filter { since_ms: Some(since_ms), ..Default::default() },
+        follow,
         owner: None,
-        limit: Some(10),
-    };
-    let events: Vec<_> = within(DEADLINE, "the first events", async {
-        tunnel_trail::query::read(&js, query).await.expect("reads").collect::<Vec<_>>().await
+        limit,
+    }
+}
+
+/// The first `count` events of a live tail of `tunnel` from `since_ms`.
+async fn first_events(
+    js: &async_nats::jetstream::Context,
+    tunnel: &str,
+    since_ms: u64,
+    count: usize,
+) -> Vec<Result<TrailEvent, tunnel_trail::query::QueryError>> {
+    let query = audit_query(tunnel, since_ms, true, Some(count));
+    within(DEADLINE, "the first events", async {
+        tunnel_trail::query::read(js, query).await.expect("reads").collect::<Vec<_>>().await
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_tail_far_behind_the_log_says_so() {
+    let env = TestEnv::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    publish_old(&js, "behind", 3000).await;
+    let events = first_events(&js, "behind", 0, 10).await;
     let behind = events.iter().find_map(|event| match event {
-        Ok(tunnel_trail::event::TrailEvent::Behind { pending }) => Some(*pending),
+        Ok(TrailEvent::Behind { pending }) => Some(*pending),
         _ => None,
     });
     assert!(behind.is_some_and(|pending| pending >= 1000), "a live tail 3000 events back says so: {events:?}");
+}
+
+#[tokio::test]
+async fn a_time_query_skips_a_large_log_by_start_time() {
+    let env = TestEnv::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    publish_old(&js, "big-log", 100_000).await;
+    let since = tunnel_trail::filter::now_ms();
+    for i in 0..3 {
+        assert_eq!(env.get("big-log", &format!("/new-{i}")).await.status(), 502, "no tunnel online: audited anyway");
+    }
+    first_events(&js, "big-log", since, 3).await;
+    let started = std::time::Instant::now();
+    let query = audit_query("big-log", since, false, None);
+    let events: Vec<_> = tunnel_trail::query::read(&js, query).await.expect("reads").collect().await;
+    let took = started.elapsed();
+    assert_eq!(events.len(), 3, "only the new records: {events:?}");
+    assert!(took < std::time::Duration::from_secs(1), "the query took {took:?} over 100,000 records");
+    let args = ["trail", "big-log", "--nats", env.nats.url(), "--since", &since.to_string()];
+    let (code, stdout, _) = run_tunnel(std::path::Path::new("/nonexistent"), &args).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout.lines().count(), 3, "an operator reads any tunnel's trail with NATS credentials");
 }
