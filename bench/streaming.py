@@ -119,7 +119,8 @@ class System:
         store = tempfile.mkdtemp(dir=self.workdir)
         nats_url = f"nats://127.0.0.1:{nats_port}"
         logs = open(os.path.join(self.workdir, "services.log"), "ab")
-        env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
+        # Anonymous session-host, explicitly: this measures streaming, not admission.
+        env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1", TUNNEL_AUTH="anonymous")
 
         def spawn(name, args):
             self.procs[name] = subprocess.Popen(args, stdout=logs, stderr=logs, env=env)

@@ -243,6 +243,15 @@ start tunnel-auditor "$logs/auditor.log" \
     "$bin/tunnel-auditor" --nats "$nats_url" --listen "127.0.0.1:$auditor_port"
 wait_http tunnel-auditor "${pids[-1]}" "$logs/auditor.log" "http://127.0.0.1:$auditor_port/readyz"
 
+# Session-hosts admit clients with account tokens: make an account and a token for the demo
+# tunnel (the token is printed once; it stays in this shell only).
+say "creating account demo and a token for the tunnel name demo: tunnel admin token create demo --name demo"
+"$bin/tunnel" admin --nats "$nats_url" account create demo >/dev/null ||
+    fail "could not create the demo account"
+demo_token="$("$bin/tunnel" admin --nats "$nats_url" --json token create demo --name demo |
+    python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["token"])')" ||
+    fail "could not create the demo token"
+
 say "starting tunnel-session-host on 127.0.0.1:$host_port"
 start tunnel-session-host "$logs/session-host.log" \
     "$bin/tunnel-session-host" --nats "$nats_url" --listen "127.0.0.1:$host_port" \
@@ -279,7 +288,7 @@ say "starting: tunnel http $demo_port --server ws://127.0.0.1:$host_port --name 
 # With stdout not a terminal the client prints one JSON object per line; the first is
 # {"event":"ready","url":...,"name":...}.
 start tunnel "$logs/tunnel.log" \
-    env RUST_LOG="${RUST_LOG:-warn}" \
+    env RUST_LOG="${RUST_LOG:-warn}" TUNNEL_TOKEN="$demo_token" \
     "$bin/tunnel" http "$demo_port" --server "ws://127.0.0.1:$host_port" --name demo --record --json
 tunnel_pid="${pids[-1]}"
 ready=""
@@ -386,7 +395,8 @@ http-tunnel is up. Everything below runs until you press Ctrl-C.
 
 Try:
   curl -i http://demo.localhost:$ingress_port/
-  $bin/tunnel http 3000 --server ws://127.0.0.1:$host_port     # expose your own port 3000
+  $bin/tunnel admin --nats $nats_url token create demo    # a token for your own tunnels (shown once)
+  $bin/tunnel http 3000 --server ws://127.0.0.1:$host_port --token <token>   # expose your port 3000
   TUNNEL_STATE_DIR=.run/state $bin/tunnel trail demo --follow    # the demo's requests, live
   TUNNEL_STATE_DIR=.run/state $bin/tunnel replay demo --compare --to http://127.0.0.1:$ingress_port/t/demo
 

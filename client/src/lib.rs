@@ -31,7 +31,7 @@ use crate::forward::Forwarder;
 use crate::session::{OpenError, Resume, SessionEnd};
 
 /// What to expose and where.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// WebSocket URL of the session-host (`ws://host:7070`; the connect path is added when absent).
     pub server: String,
@@ -44,6 +44,20 @@ pub struct Options {
     /// Where to save the tunnel's name, URL and resume secret for later `trail` and `replay`
     /// commands ([`state`]); nothing is saved when absent.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The account token; never printed.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("server", &self.server)
+            .field("target", &self.target)
+            .field("name", &self.name)
+            .field("record", &self.record)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the client stopped before it was asked to.
@@ -91,7 +105,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let opened = tokio::select! {
-            opened = session::open(&server, options.name.as_deref(), resume.as_ref(), options.record) => opened,
+            opened = session::open(&server, options.name.as_deref(), resume.as_ref(), options.record, options.token.as_deref()) => opened,
             () = shutdown.cancelled() => return Ok(()),
         };
         let end = match opened {

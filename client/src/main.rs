@@ -26,6 +26,8 @@ enum Command {
     Replay(Logged<commands::replay::ReplayArgs>),
     /// Write recorded exchanges to a file, as JSON lines or HAR.
     Export(Logged<commands::export::ExportArgs>),
+    /// Operators: accounts and their tokens (needs NATS credentials).
+    Admin(Logged<commands::admin::AdminArgs>),
 }
 
 /// A log command's flags, with the output choice every command shares.
@@ -52,6 +54,9 @@ struct HttpArgs {
     /// Tunnel name to request (a DNS label); random when absent.
     #[arg(long, value_name = "NAME", env = "TUNNEL_NAME")]
     name: Option<String>,
+    /// Account token (`tt_…`) from the operator; never printed.
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Record every exchange (requests and responses, bodies up to the server's cap, credentials
     /// masked) for `tunnel trail --recorded` and `tunnel replay`.
     #[arg(long)]
@@ -78,6 +83,9 @@ async fn main() -> std::process::ExitCode {
         Command::Export(Logged { args, json }) => {
             return commands::export::run(args, json || !stdout_is_terminal()).await;
         }
+        Command::Admin(Logged { args, json }) => {
+            return commands::admin::run(args, json || !stdout_is_terminal()).await;
+        }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -94,6 +102,7 @@ async fn main() -> std::process::ExitCode {
         name: args.name,
         record: args.record,
         state_dir: tunnel_client::state::default_dir(),
+        token: args.token,
     };
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);

@@ -77,6 +77,7 @@ pub async fn open(
     name: Option<&str>,
     resume: Option<&Resume>,
     record: bool,
+    token: Option<&str>,
 ) -> Result<(Welcome, Socket), OpenError> {
     let hello = Hello {
         v: PROTOCOL_VERSION,
@@ -84,6 +85,7 @@ pub async fn open(
         resume_secret: resume.map(|r| r.secret.clone()),
         agent: concat!("tunnel/", env!("CARGO_PKG_VERSION")).to_owned(),
         record,
+        token: token.map(str::to_owned),
     };
     let handshake = async {
         let config = WebSocketConfig::default()

@@ -55,13 +55,17 @@ pub enum ErrorCode {
     Unavailable,
     /// The credentials do not give access to what was asked (another tunnel's trail).
     Forbidden,
+    /// No token, or a token that is not valid (unknown, wrong secret, revoked).
+    Unauthorized,
+    /// The token may not bind the tunnel name asked for.
+    NameNotAllowed,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -85,6 +89,8 @@ impl ErrorCode {
         Self::Cancelled,
         Self::Unavailable,
         Self::Forbidden,
+        Self::Unauthorized,
+        Self::NameNotAllowed,
         Self::Internal,
     ];
 
@@ -114,6 +120,8 @@ impl ErrorCode {
             Self::Cancelled => "cancelled",
             Self::Unavailable => "unavailable",
             Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::NameNotAllowed => "name_not_allowed",
             Self::Internal => "internal",
         }
     }
@@ -138,7 +146,8 @@ impl ErrorCode {
             Self::SessionReplaced => 409,
             Self::Cancelled => 499,
             Self::GoingAway | Self::Unavailable => 503,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::NameNotAllowed => 403,
+            Self::Unauthorized => 401,
             Self::Internal => 500,
         }
     }
@@ -173,6 +182,8 @@ impl ErrorCode {
             Self::Cancelled => "The request was cancelled.",
             Self::Unavailable => "The service is temporarily unavailable.",
             Self::Forbidden => "These credentials do not give access to this tunnel.",
+            Self::Unauthorized => "A valid token is required: pass --token or set TUNNEL_TOKEN.",
+            Self::NameNotAllowed => "This token may not bind that tunnel name.",
             Self::Internal => "An internal error occurred.",
         }
     }

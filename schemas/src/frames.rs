@@ -35,6 +35,9 @@ pub struct Hello {
     /// Record this tunnel's exchanges in the `RECORDINGS` stream (`tunnel http --record`).
     #[serde(default)]
     pub record: bool,
+    /// The account token (`tt_<id>_<secret>`), required unless the host runs anonymously.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// The host's acceptance of a [`Hello`].

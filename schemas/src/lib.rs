@@ -3,6 +3,7 @@
 //! Everything that crosses a process boundary is defined here and nowhere else:
 //!
 //! - [`names`]: tunnel names (DNS labels), validation and random generation;
+//! - [`pattern`]: name and path patterns (`*`, `?`);
 //! - [`subjects`]: every NATS subject and queue group, built by a function;
 //! - [`http`]: the HTTP request and response heads carried through the tunnel;
 //! - [`events`]: the MessagePack events exchanged over NATS between ingress and session-host;
@@ -11,6 +12,7 @@
 //! - [`audit`]: the audit events published to the `AUDIT` stream;
 //! - [`gap`]: events dropped before they reached the log, reported to readers;
 //! - [`record`]: the recorded exchanges published to the `RECORDINGS` stream;
+//! - [`tokens`]: accounts and tokens as stored in JetStream KV;
 //! - [`error`]: the typed error codes every component reports.
 //!
 //! Every message is encoded with [`encode`] as a MessagePack *map* (field names on the wire), so a
@@ -24,10 +26,12 @@ pub mod frames;
 pub mod gap;
 pub mod http;
 pub mod names;
+pub mod pattern;
 pub mod record;
 mod shared;
 pub mod stream;
 pub mod subjects;
+pub mod tokens;
 
 pub use error::ErrorCode;
 

@@ -25,7 +25,14 @@ where
 }
 
 fn hello() -> Hello {
-    Hello { v: 1, name: Some("demo".into()), resume_secret: None, agent: "tunnel/0.1.0".into(), record: true }
+    Hello {
+        v: 1,
+        name: Some("demo".into()),
+        resume_secret: None,
+        agent: "tunnel/0.1.0".into(),
+        record: true,
+        token: None,
+    }
 }
 
 fn welcome() -> Welcome {
@@ -67,7 +74,7 @@ fn response() -> TunnelReply {
 fn client_frames() {
     pin(
         &ClientFrame::Hello(hello()),
-        "81a548656c6c6f85a17601a46e616d65a464656d6fad726573756d655f736563726574c0a56167656e74ac74756e6e656c2f302e312e30a67265636f7264c3",
+        "81a548656c6c6f86a17601a46e616d65a464656d6fad726573756d655f736563726574c0a56167656e74ac74756e6e656c2f302e312e30a67265636f7264c3a5746f6b656ec0",
     );
     pin(
         &ClientFrame::Reply { stream: 7, reply: Bytes::from_static(b"\x81"), end: true },
@@ -174,7 +181,14 @@ fn optional_fields_may_be_absent_and_unknown_fields_are_ignored() {
     let decoded: ClientFrame = decode(&bytes, usize::MAX).expect("an old peer reads a newer hello");
     assert_eq!(
         decoded,
-        ClientFrame::Hello(Hello { v: 2, name: None, resume_secret: None, agent: String::new(), record: false })
+        ClientFrame::Hello(Hello {
+            v: 2,
+            name: None,
+            resume_secret: None,
+            agent: String::new(),
+            record: false,
+            token: None
+        })
     );
 }
 

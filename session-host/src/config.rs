@@ -30,6 +30,9 @@ pub struct HostConfig {
     pub drain_grace_secs: u64,
     /// Most unanswered requests per session; more get `unavailable` at once.
     pub max_inflight_per_session: usize,
+    /// How clients are admitted: `tokens` (an account token from `tunnel admin` is required) or
+    /// `anonymous` (anyone may open any free name; local development only, logged loudly).
+    pub auth: String,
     /// Tunnels recorded whatever their clients ask, as comma-separated name patterns (`*` for
     /// every tunnel, `shop-*`); empty records only the tunnels whose clients ask (`--record`).
     pub record_tunnels: String,
@@ -70,6 +73,7 @@ impl Default for HostConfig {
             ping_interval_secs: 15,
             drain_grace_secs: 10,
             max_inflight_per_session: 4096,
+            auth: "tokens".into(),
             record_tunnels: String::new(),
             record_body_bytes: 1 << 20,
             record_mask_headers: String::new(),
@@ -95,6 +99,9 @@ impl Validate for HostConfig {
         config::check_range("lease_replicas", self.lease_replicas, 1..=5)?;
         config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
         config::check_log_format(&self.log_format)?;
+        if !matches!(self.auth.as_str(), "tokens" | "anonymous") {
+            return Err(ConfigError::invalid("auth", "must be \"tokens\" or \"anonymous\""));
+        }
         config::check_range("record_body_bytes", self.record_body_bytes, 0..=(64 << 20))?;
         config::check_range("record_max_age_hours", self.record_max_age_hours, 1..=24 * 3650)?;
         config::check_range("record_max_bytes", self.record_max_bytes, 1 << 20..=u64::MAX)?;

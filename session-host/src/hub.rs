@@ -2,6 +2,7 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::config::HostConfig;
 use crate::leases::Leases;
 use crate::recording::Recorder;
@@ -21,6 +22,8 @@ pub struct Hub {
     pub registry: Registry,
     /// Where recorded exchanges go.
     pub recorder: Recorder,
+    /// Who may open sessions.
+    pub auth: Auth,
 }
 
 /// Room left in a NATS message for the headers of a reply.

@@ -10,6 +10,7 @@
 //! its sockets the host keeps no state: clients may land on any host.
 
 mod access;
+pub mod auth;
 pub mod config;
 mod dispatch;
 mod exchanges;
@@ -44,6 +45,9 @@ pub enum HostError {
     /// The lease bucket could not be opened.
     #[error(transparent)]
     Leases(#[from] leases::LeaseError),
+    /// Clients cannot be admitted as configured.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     /// NATS refused the host-wide subscriptions.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -67,9 +71,12 @@ pub async fn run(
     let dispatch = dispatch::Dispatch::start(&nats, &config.inbox_prefix(), &registry).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
+    let auth = auth::Auth::open(&js, &config.auth).await?;
+    let revocations = tokio::spawn(auth.clone().watch_revocations(registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
-    let hub = Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone(), registry, recorder });
+    let hub =
+        Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone(), registry, recorder, auth });
     let sessions = TaskTracker::new();
     let access =
         access::Access { hub: hub.clone(), readers: Arc::new(tokio::sync::Semaphore::new(access::MAX_READERS)) };
@@ -84,6 +91,7 @@ pub async fn run(
         tracing::warn!("sessions still open after the grace period");
     }
     dispatch.stop().await;
+    revocations.abort();
     Ok(())
 }
 

@@ -31,6 +31,9 @@ struct Sessions {
 struct Delivery {
     streams: mpsc::Sender<Box<async_nats::Message>>,
     takeover: watch::Sender<Option<String>>,
+    /// The id of the token the session was opened with, if any.
+    token: Option<String>,
+    revoked: watch::Sender<bool>,
 }
 
 /// What the host-wide subscriptions deliver to one session; dropping it unregisters the session.
@@ -42,6 +45,8 @@ pub struct Registration {
     pub streams: mpsc::Receiver<Box<async_nats::Message>>,
     /// Set to the id of the session that took this one's tunnel over.
     pub takeover: watch::Receiver<Option<String>>,
+    /// Set when the token the session was opened with is revoked.
+    pub revoked: watch::Receiver<bool>,
 }
 
 /// Why a message could not be delivered to a session.
@@ -54,20 +59,39 @@ pub enum Undelivered {
 }
 
 impl Registry {
-    /// Registers `session`, holding `tunnel`.
-    pub fn register(&self, tunnel: &str, session: &str) -> Registration {
+    /// Registers `session`, holding `tunnel`, opened with the token `token` (its id).
+    pub fn register(&self, tunnel: &str, session: &str, token: Option<&str>) -> Registration {
         let (streams_tx, streams) = mpsc::channel(STREAM_QUEUE);
         let (takeover_tx, takeover) = watch::channel(None);
+        let (revoked_tx, revoked) = watch::channel(false);
+        let delivery = Delivery {
+            streams: streams_tx,
+            takeover: takeover_tx,
+            token: token.map(str::to_owned),
+            revoked: revoked_tx,
+        };
         let mut sessions = self.lock();
         sessions.by_tunnel.entry(tunnel.to_owned()).or_default().push(session.to_owned());
-        sessions.by_session.insert(session.to_owned(), Delivery { streams: streams_tx, takeover: takeover_tx });
+        sessions.by_session.insert(session.to_owned(), delivery);
         Registration {
             registry: self.clone(),
             tunnel: tunnel.to_owned(),
             session: session.to_owned(),
             streams,
             takeover,
+            revoked,
         }
+    }
+
+    /// Tells every session opened with token `id` that it was revoked; returns how many.
+    pub fn revoke(&self, id: &str) -> usize {
+        let sessions = self.lock();
+        let mut told = 0;
+        for delivery in sessions.by_session.values().filter(|d| d.token.as_deref() == Some(id)) {
+            delivery.revoked.send_replace(true);
+            told += 1;
+        }
+        told
     }
 
     /// Queues a stream frame for `session`, without waiting.
@@ -141,9 +165,9 @@ mod tests {
     #[test]
     fn a_takeover_reaches_every_other_session_of_the_tunnel_only() {
         let registry = Registry::default();
-        let old = registry.register("demo", "s1");
-        let new = registry.register("demo", "s2");
-        let other = registry.register("other", "s3");
+        let old = registry.register("demo", "s1", None);
+        let new = registry.register("demo", "s2", None);
+        let other = registry.register("other", "s3", None);
         assert_eq!(registry.take_over("demo", "s2"), 1);
         assert_eq!(old.takeover.borrow().as_deref(), Some("s2"));
         assert_eq!(*new.takeover.borrow(), None);
@@ -154,7 +178,7 @@ mod tests {
     #[test]
     fn stream_frames_reach_their_session_in_order_until_it_ends() {
         let registry = Registry::default();
-        let mut session = registry.register("demo", "s1");
+        let mut session = registry.register("demo", "s1", None);
         registry.deliver_stream("s1", message("a")).expect("delivered");
         registry.deliver_stream("s1", message("b")).expect("delivered");
         assert_eq!(registry.deliver_stream("s2", message("c")), Err(Undelivered::NoSession));
@@ -163,5 +187,16 @@ mod tests {
         drop(session);
         assert_eq!(registry.deliver_stream("s1", message("d")), Err(Undelivered::NoSession));
         assert_eq!(registry.take_over("demo", "s2"), 0);
+    }
+
+    #[test]
+    fn a_revocation_reaches_the_sessions_of_that_token_only() {
+        let registry = Registry::default();
+        let a = registry.register("demo", "s1", Some("t1"));
+        let b = registry.register("other", "s2", Some("t2"));
+        let anonymous = registry.register("open", "s3", None);
+        assert_eq!(registry.revoke("t1"), 1);
+        assert!(*a.revoked.borrow());
+        assert!(!*b.revoked.borrow() && !*anonymous.revoked.borrow());
     }
 }

@@ -20,6 +20,7 @@ use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, 
 
 use tunnel_kit::service::ServiceConfig;
 
+use crate::auth::Credential;
 use crate::exchanges::Exchanges;
 use crate::hub::Hub;
 use crate::leases::{Lease, LeaseError};
@@ -171,6 +172,8 @@ struct Session {
     requests: Subscriber,
     /// Stream frames and takeover notices from the host-wide subscriptions.
     registration: Registration,
+    /// The token the session was admitted with (none in anonymous mode).
+    credential: Option<Credential>,
     exchanges: Exchanges,
     next_stream: StreamId,
     last_seen: Instant,
@@ -192,11 +195,16 @@ impl Session {
                 format!("client speaks protocol {}, this server speaks {PROTOCOL_VERSION}", hello.v),
             ));
         }
+        let credential = hub.auth.admit(hello.token.as_deref()).await?;
+        if let Some(credential) = &credential {
+            crate::auth::may_bind(credential, hello.name.as_deref())?;
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let lease = acquire(hub, &hello, &id).await?;
         let name = &lease.name;
         let nats = &hub.nats;
-        let registration = hub.registry.register(name.as_str(), &id);
+        let token = credential.as_ref().map(|c| c.token.as_str());
+        let registration = hub.registry.register(name.as_str(), &id, token);
         let requests = nats
             .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
             .await
@@ -221,6 +229,7 @@ impl Session {
             out,
             requests,
             registration,
+            credential,
             exchanges,
             next_stream: 0,
             last_seen: Instant::now(),
@@ -254,7 +263,8 @@ impl Session {
             recording: recorded,
         };
         session.send(HostFrame::Welcome(welcome)).await?;
-        tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, recorded, "session open");
+        let account = session.credential.as_ref().map(|c| c.account.as_str());
+        tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, recorded, account, "session open");
         Ok(session)
     }
 
@@ -298,21 +308,12 @@ impl Session {
                     Err(failure) => Err(failure),
                 },
                 Ok(()) = self.registration.takeover.changed() => self.on_takeover().await,
+                Ok(()) = self.registration.revoked.changed() => Err(Failure::new(ErrorCode::Unauthorized, "token revoked")),
                 Some(message) = self.registration.streams.recv() => match self.exchanges.relay_from_ingress(&message) {
                     Some(frame) => self.send(frame).await,
                     None => Ok(()),
                 },
-                _ = renew.tick(), if !self.drained => match Box::pin(self.hub.leases.renew(&mut self.lease)).await {
-                    Ok(()) => Ok(()),
-                    Err(LeaseError::Lost | LeaseError::InUse) => {
-                        self.start_drain(Failure::new(ErrorCode::SessionReplaced, "lease lost")).await;
-                        Ok(())
-                    }
-                    Err(LeaseError::Unavailable(e)) => {
-                        tracing::warn!(error = %e, "lease renewal failed; retrying");
-                        Ok(())
-                    }
-                },
+                _ = renew.tick(), if !self.drained => Box::pin(self.renew()).await,
                 _ = ping.tick() => self.keepalive(ping_interval).await,
                 _ = sweep.tick(), if !self.exchanges.is_empty() => Box::pin(self.sweep()).await,
                 () = sleep_until_or_never(end_at), if end_at.is_some() => match self.end.take() {
@@ -330,6 +331,26 @@ impl Session {
         Box::pin(self.close(&ending, release)).await;
         metrics::gauge!("host_sessions").decrement(1.0);
         ending
+    }
+
+    /// Renews the lease (a lost lease drains the session) and checks that the session's token
+    /// still exists (a revoked one ends it, should the revocation watch have missed it).
+    async fn renew(&mut self) -> Result<(), Failure> {
+        match self.hub.leases.renew(&mut self.lease).await {
+            Ok(()) => {}
+            Err(LeaseError::Lost | LeaseError::InUse) => {
+                self.start_drain(Failure::new(ErrorCode::SessionReplaced, "lease lost")).await;
+            }
+            Err(LeaseError::Unavailable(e)) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+        }
+        if let Some(credential) = &self.credential {
+            match self.hub.auth.still_valid(credential).await {
+                Ok(true) => {}
+                Ok(false) => return Err(Failure::new(ErrorCode::Unauthorized, "token revoked")),
+                Err(failure) => tracing::warn!(detail = %failure.detail, "token check failed; retrying"),
+            }
+        }
+        Ok(())
     }
 
     /// The host is shutting down: tell the client to move, keep serving until its new session

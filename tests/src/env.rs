@@ -38,6 +38,8 @@ pub struct EnvOptions {
     pub record_body_bytes: u64,
     /// Session-host: bytes of recordings one tunnel keeps.
     pub record_max_bytes_per_tunnel: u64,
+    /// Session-host: `anonymous`, or `tokens` (the token bucket is created first, empty).
+    pub auth: &'static str,
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
     /// connecting as its own user (passwords: [`password_of`]).
     pub permissions: bool,
@@ -75,6 +77,7 @@ impl Default for EnvOptions {
             record_body_bytes: HostConfig::default().record_body_bytes,
             record_max_bytes_per_tunnel: HostConfig::default().record_max_bytes_per_tunnel,
             permissions: false,
+            auth: "anonymous",
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct TestEnv {
     shutdown: CancellationToken,
     services: Vec<JoinHandle<()>>,
     http: reqwest::Client,
+    /// The token clients of [`TestEnv::recorded_tunnel`] present.
+    client_token: Option<String>,
 }
 
 impl TestEnv {
@@ -160,8 +165,19 @@ impl TestEnv {
             .expect("auditor runs");
         }));
 
+        if options.auth == "tokens" {
+            let admin = connect(&nats_url_as(nats.url(), options.permissions.then_some("admin")), "admin").await;
+            let js = async_nats::jetstream::new(admin);
+            let bucket = async_nats::jetstream::kv::Config {
+                bucket: tunnel_schemas::tokens::TOKENS_BUCKET.into(),
+                history: 1,
+                ..Default::default()
+            };
+            js.create_key_value(bucket).await.expect("token bucket");
+        }
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
-        let mut env = Self { nats, options, ingress, hosts: Vec::new(), metrics, shutdown, services, http };
+        let mut env =
+            Self { nats, options, ingress, hosts: Vec::new(), metrics, shutdown, services, http, client_token: None };
         env.add_host().await;
         env
     }
@@ -179,6 +195,7 @@ impl TestEnv {
             handshake_timeout_secs: self.options.handshake_timeout_secs,
             lease_ttl_secs: self.options.lease_ttl_secs,
             node_id: format!("host{}", self.hosts.len() + 1),
+            auth: self.options.auth.into(),
             record_tunnels: self.options.record_tunnels.clone(),
             record_body_bytes: self.options.record_body_bytes,
             record_max_bytes_per_tunnel: self.options.record_max_bytes_per_tunnel,
@@ -275,8 +292,14 @@ impl TestEnv {
             name: Some(name.to_owned()),
             record: true,
             state_dir: Some(state_dir.to_owned()),
+            token: self.client_token.clone(),
         };
         Tunnel::ready(Tunnel::spawn_with(options)).await
+    }
+
+    /// Makes [`TestEnv::recorded_tunnel`]'s clients present `token`.
+    pub fn use_token(&mut self, token: &str) {
+        self.client_token = Some(token.to_owned());
     }
 
     /// Starts a tunnel client without waiting for it to be ready.
@@ -334,6 +357,7 @@ impl Tunnel {
             name: name.map(str::to_owned),
             record: false,
             state_dir: None,
+            token: None,
         };
         Self::spawn_with(options)
     }

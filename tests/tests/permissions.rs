@@ -1,15 +1,23 @@
 //! The users and subject permissions of `nats/accounts.conf` carry the whole system: every
-//! component connects as its own user, and a request, a streamed download, its audit record, its
-//! recording, the trail through the session-host and a replay all work within them.
+//! component connects as its own user, and a token check, a request, a streamed download, its
+//! audit record, its recording, the trail through the session-host and a replay all work within
+//! them.
 
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
 
 #[tokio::test]
 async fn every_component_works_within_its_permissions() {
-    let env = TestEnv::start_with(EnvOptions { permissions: true, ..EnvOptions::default() }).await;
+    let mut env = TestEnv::start_with(EnvOptions { permissions: true, auth: "tokens", ..EnvOptions::default() }).await;
     let upstream = Upstream::start().await;
     let state = tempfile::tempdir().expect("state dir");
-    let _tunnel = env.recorded_tunnel(upstream.port(), "perm-demo", state.path()).await;
+    let admin = env.nats_url_as("admin");
+    let (code, _, stderr) = run_tunnel(state.path(), &["admin", "--nats", &admin, "account", "create", "perm"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, _) = run_tunnel(state.path(), &["admin", "--nats", &admin, "token", "create", "perm"]).await;
+    assert_eq!(code, Some(0));
+    let created: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    env.use_token(created["token"].as_str().expect("token"));
+    let tunnel = env.recorded_tunnel(upstream.port(), "perm-demo", state.path()).await;
     let since = tunnel_trail::filter::now_ms().to_string();
     assert_eq!(env.get("perm-demo", "/echo").await.status(), 200);
     let download = within(DEADLINE, "the download", env.get("perm-demo", "/stream/2097152").await.bytes()).await;
@@ -34,8 +42,16 @@ async fn every_component_works_within_its_permissions() {
         run_tunnel(state.path(), &["replay", "perm-demo", "--since", &since, "--limit", "1", "--to", &to, "--compare"])
             .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    let admin = env.nats_url_as("admin");
     let (code, stdout, _) =
         run_tunnel(state.path(), &["trail", "perm-demo", "--nats", &admin, "--since", &since, "--recorded"]).await;
     assert_eq!((code, stdout.lines().count()), (Some(0), 3), "the operator reads it all, the replay included");
+    let id = created["id"].as_str().expect("id");
+    let (code, _, _) = run_tunnel(state.path(), &["admin", "--nats", &admin, "token", "revoke", id]).await;
+    assert_eq!(code, Some(0));
+    match tunnel.finish().await {
+        Err(tunnel_client::ClientError::Refused(failure)) => {
+            assert_eq!(failure.code, tunnel_schemas::ErrorCode::Unauthorized, "the host's watch sees the revocation");
+        }
+        other => panic!("expected the session closed, got {other:?}"),
+    }
 }

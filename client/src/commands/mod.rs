@@ -1,6 +1,8 @@
-//! The log commands of the `tunnel` CLI: `trail`, `replay` and `export`. They share how the
+//! The commands of the `tunnel` CLI beside `http`: the log commands `trail`, `replay` and
+//! `export`, and the operator's `admin`. They share how the
 //! tunnel and its log are found ([`LogArgs`]) and what is selected ([`FilterArgs`]).
 
+pub mod admin;
 pub mod export;
 pub mod replay;
 pub mod trail;
