@@ -59,13 +59,15 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token may not bind the tunnel name asked for.
     NameNotAllowed,
+    /// The tunnel name is reserved by another account.
+    NameOwned,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -91,6 +93,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::Unauthorized,
         Self::NameNotAllowed,
+        Self::NameOwned,
         Self::Internal,
     ];
 
@@ -122,6 +125,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::Unauthorized => "unauthorized",
             Self::NameNotAllowed => "name_not_allowed",
+            Self::NameOwned => "name_owned",
             Self::Internal => "internal",
         }
     }
@@ -146,7 +150,7 @@ impl ErrorCode {
             Self::SessionReplaced => 409,
             Self::Cancelled => 499,
             Self::GoingAway | Self::Unavailable => 503,
-            Self::Forbidden | Self::NameNotAllowed => 403,
+            Self::Forbidden | Self::NameNotAllowed | Self::NameOwned => 403,
             Self::Unauthorized => 401,
             Self::Internal => 500,
         }
@@ -184,6 +188,7 @@ impl ErrorCode {
             Self::Forbidden => "These credentials do not give access to this tunnel.",
             Self::Unauthorized => "A valid token is required: pass --token or set TUNNEL_TOKEN.",
             Self::NameNotAllowed => "This token may not bind that tunnel name.",
+            Self::NameOwned => "This tunnel name is reserved by another account.",
             Self::Internal => "An internal error occurred.",
         }
     }

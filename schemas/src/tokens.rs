@@ -15,6 +15,27 @@ use crate::pattern::Glob;
 pub const ACCOUNTS_BUCKET: &str = "tunnel_accounts";
 /// KV bucket of tokens: key `t.<id>`, value [`TokenRecord`].
 pub const TOKENS_BUCKET: &str = "tunnel_tokens";
+/// KV bucket of name reservations: key `r.<name>`, value [`ReservationRecord`].
+pub const RESERVATIONS_BUCKET: &str = "tunnel_reservations";
+
+/// A tunnel name reserved by an account: no one else may bind it, even while it is free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRecord {
+    /// The owning account.
+    pub account: String,
+    /// Unix time of the reservation, in milliseconds.
+    pub created_ms: u64,
+}
+
+/// KV key of the reservation of tunnel `name`.
+pub fn reservation_key(name: &str) -> String {
+    format!("r.{name}")
+}
+
+/// Whether two byte strings are equal, in time that depends on their length only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
 
 /// Prefix of every token.
 const TOKEN_PREFIX: &str = "tt_";
@@ -57,9 +78,7 @@ impl TokenRecord {
 
     /// Whether `secret` is this token's, compared in constant time.
     pub fn verifies(&self, secret: &str) -> bool {
-        let presented = hash_secret(secret);
-        let (a, b) = (presented.as_bytes(), self.secret_hash.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0_u8, |diff, (x, y)| diff | (x ^ y)) == 0
+        constant_time_eq(hash_secret(secret).as_bytes(), self.secret_hash.as_bytes())
     }
 }
 

@@ -4,12 +4,17 @@
 //! Tokens live in the KV bucket [`TOKENS_BUCKET`], made by `tunnel admin`; only their secrets'
 //! hashes are stored. A host checks the token at every hello, again at every lease renewal, and
 //! watches the bucket: a revoked (deleted) token closes its sessions on every host at once.
+//!
+//! Names reserved by an account ([`RESERVATIONS_BUCKET`]) are bound by that account's tokens
+//! only, even while free, and checked at every bind, resume and renewal.
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::events::Failure;
-use tunnel_schemas::tokens::{TOKENS_BUCKET, Token, TokenRecord, token_key};
+use tunnel_schemas::tokens::{
+    RESERVATIONS_BUCKET, ReservationRecord, TOKENS_BUCKET, Token, TokenRecord, reservation_key, token_key,
+};
 
 use crate::registry::Registry;
 
@@ -18,11 +23,13 @@ const MAX_RECORD_BYTES: usize = 64 << 10;
 
 /// How sessions are admitted.
 #[derive(Clone)]
-pub enum Auth {
-    /// Anyone may open any free name.
-    Anonymous,
-    /// A token from the bucket is required.
-    Tokens(Box<kv::Store>),
+pub struct Auth {
+    /// The token bucket; `None` in anonymous mode (anyone may open any free name).
+    tokens: Option<Box<kv::Store>>,
+    /// The reservations, once `tunnel admin` has made the bucket (looked for at each bind until
+    /// then).
+    reservations: std::sync::Arc<tokio::sync::OnceCell<kv::Store>>,
+    js: jetstream::Context,
 }
 
 /// What a valid token grants a session.
@@ -56,20 +63,49 @@ impl Auth {
     /// # Errors
     /// [`AuthError`] when tokens are required and the bucket is missing, or the mode is unknown.
     pub async fn open(js: &jetstream::Context, mode: &str) -> Result<Self, AuthError> {
-        match mode {
+        let tokens = match mode {
             "anonymous" => {
                 tracing::warn!(
                     "ANONYMOUS MODE: any client may open any free tunnel name; for local development only \
                      (set auth = \"tokens\" and create tokens with `tunnel admin`)"
                 );
-                Ok(Self::Anonymous)
+                None
             }
-            "tokens" => js
-                .get_key_value(TOKENS_BUCKET)
-                .await
-                .map(|kv| Self::Tokens(Box::new(kv)))
-                .map_err(|e| AuthError::NoTokenStore(e.to_string())),
-            other => Err(AuthError::UnknownMode(other.to_owned())),
+            "tokens" => Some(Box::new(
+                js.get_key_value(TOKENS_BUCKET).await.map_err(|e| AuthError::NoTokenStore(e.to_string()))?,
+            )),
+            other => return Err(AuthError::UnknownMode(other.to_owned())),
+        };
+        Ok(Self { tokens, reservations: std::sync::Arc::default(), js: js.clone() })
+    }
+
+    /// The account that reserved `name`, if any.
+    ///
+    /// # Errors
+    /// `unavailable` when the store does not answer.
+    pub async fn owner_of(&self, name: &str) -> Result<Option<String>, Failure> {
+        let found = self.reservations.get_or_try_init(|| self.js.get_key_value(RESERVATIONS_BUCKET)).await;
+        let Ok(reservations) = found else { return Ok(None) };
+        let entry = reservations
+            .get(reservation_key(name))
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        Ok(entry
+            .and_then(|bytes| tunnel_schemas::decode::<ReservationRecord>(&bytes, MAX_RECORD_BYTES).ok())
+            .map(|r| r.account))
+    }
+
+    /// Whether a session admitted with `credential` may hold `name`: `Ok(true)` when its account
+    /// owns the name, `Ok(false)` when nobody reserved it.
+    ///
+    /// # Errors
+    /// `name_owned` when another account reserved it (or the session has no account);
+    /// `unavailable` when the store does not answer.
+    pub async fn may_hold(&self, credential: Option<&Credential>, name: &str) -> Result<bool, Failure> {
+        match self.owner_of(name).await? {
+            None => Ok(false),
+            Some(owner) if credential.is_some_and(|c| c.account == owner) => Ok(true),
+            Some(_) => Err(Failure::new(ErrorCode::NameOwned, format!("{name} is reserved by another account"))),
         }
     }
 
@@ -79,7 +115,7 @@ impl Auth {
     /// A typed failure: `unauthorized` for a missing, malformed, unknown or wrong token,
     /// `unavailable` when the store does not answer.
     pub async fn admit(&self, presented: Option<&str>) -> Result<Option<Credential>, Failure> {
-        let Self::Tokens(kv) = self else { return Ok(None) };
+        let Some(kv) = &self.tokens else { return Ok(None) };
         let unauthorized = |detail: &str| Failure::new(ErrorCode::Unauthorized, detail);
         let token = presented.and_then(Token::parse).ok_or_else(|| unauthorized("no valid token presented"))?;
         let record = lookup(kv, &token.id).await?.ok_or_else(|| unauthorized("unknown or revoked token"))?;
@@ -94,7 +130,7 @@ impl Auth {
     /// # Errors
     /// `unavailable` when the store does not answer.
     pub async fn still_valid(&self, credential: &Credential) -> Result<bool, Failure> {
-        let Self::Tokens(kv) = self else { return Ok(true) };
+        let Some(kv) = &self.tokens else { return Ok(true) };
         Ok(lookup(kv, &credential.token)
             .await?
             .is_some_and(|record| record.secret_hash == credential.record.secret_hash))
@@ -102,7 +138,7 @@ impl Auth {
 
     /// Closes the sessions of revoked tokens as their records are deleted, until the watch ends.
     pub async fn watch_revocations(self, registry: Registry) {
-        let Self::Tokens(kv) = self else { return };
+        let Some(kv) = self.tokens else { return };
         loop {
             let mut watch = match kv.watch_all().await {
                 Ok(watch) => watch,

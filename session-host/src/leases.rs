@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tunnel_schemas::names::TunnelName;
 use tunnel_schemas::subjects::{LEASES_BUCKET, lease_key};
+use tunnel_schemas::tokens::constant_time_eq;
 
 /// The lease store.
 #[derive(Clone)]
@@ -84,7 +85,8 @@ impl Leases {
     }
 
     /// Takes `name` for `session`: creates the lease, or takes it over when `resume_secret`
-    /// matches the stored hash.
+    /// matches the stored hash, or when the session's account `owns` the name (its client came
+    /// back after a crash without its secret; the stale session is evicted).
     ///
     /// # Errors
     /// [`LeaseError::InUse`] when another client holds the name.
@@ -92,6 +94,7 @@ impl Leases {
         &self,
         name: TunnelName,
         resume_secret: Option<&str>,
+        owns: bool,
         session: &str,
         host: &str,
     ) -> Result<Lease, LeaseError> {
@@ -106,12 +109,14 @@ impl Leases {
         let (revision, resumed) = match created {
             Ok(revision) => (revision, false),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let Some(secret) = resume_secret else {
+                if resume_secret.is_none() && !owns {
                     return Err(LeaseError::InUse);
-                };
+                }
                 let entry = self.kv.entry(&key).await.map_err(unavailable)?.ok_or(LeaseError::InUse)?;
                 let held: LeaseRecord = tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
-                if held.secret_hash != hash(secret) {
+                let resumes = resume_secret
+                    .is_some_and(|secret| constant_time_eq(held.secret_hash.as_bytes(), hash(secret).as_bytes()));
+                if !resumes && !owns {
                     return Err(LeaseError::InUse);
                 }
                 let revision = self.kv.update(&key, record.clone(), entry.revision).await.map_err(|e| {
@@ -173,7 +178,7 @@ impl Leases {
             return Ok(false);
         }
         let held: LeaseRecord = tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
-        Ok(held.secret_hash == hash(secret))
+        Ok(constant_time_eq(held.secret_hash.as_bytes(), hash(secret).as_bytes()))
     }
 
     /// Releases `lease` if it is still the current one.

@@ -200,7 +200,7 @@ impl Session {
             crate::auth::may_bind(credential, hello.name.as_deref())?;
         }
         let id = uuid::Uuid::now_v7().to_string();
-        let lease = acquire(hub, &hello, &id).await?;
+        let lease = acquire(hub, &hello, credential.as_ref(), &id).await?;
         let name = &lease.name;
         let nats = &hub.nats;
         let token = credential.as_ref().map(|c| c.token.as_str());
@@ -333,8 +333,9 @@ impl Session {
         ending
     }
 
-    /// Renews the lease (a lost lease drains the session) and checks that the session's token
-    /// still exists (a revoked one ends it, should the revocation watch have missed it).
+    /// Renews the lease (a lost lease drains the session), checks that no other account reserved
+    /// the name meanwhile, and that the session's token still exists (a revoked one ends it,
+    /// should the revocation watch have missed it).
     async fn renew(&mut self) -> Result<(), Failure> {
         match self.hub.leases.renew(&mut self.lease).await {
             Ok(()) => {}
@@ -342,6 +343,11 @@ impl Session {
                 self.start_drain(Failure::new(ErrorCode::SessionReplaced, "lease lost")).await;
             }
             Err(LeaseError::Unavailable(e)) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+        }
+        if let Err(failure) = self.hub.auth.may_hold(self.credential.as_ref(), self.lease.name.as_str()).await
+            && failure.code == ErrorCode::NameOwned
+        {
+            return Err(failure);
         }
         if let Some(credential) = &self.credential {
             match self.hub.auth.still_valid(credential).await {
@@ -504,7 +510,8 @@ impl Session {
     }
 }
 
-async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failure> {
+/// Takes the name the client asked for (or a random free one), if its account may hold it.
+async fn acquire(hub: &Hub, hello: &Hello, credential: Option<&Credential>, session: &str) -> Result<Lease, Failure> {
     let refused = |e: LeaseError, name: &TunnelName| match e {
         LeaseError::InUse => Failure::new(ErrorCode::NameInUse, format!("{name} is held by another client")),
         LeaseError::Lost | LeaseError::Unavailable(_) => Failure::new(ErrorCode::Unavailable, e.to_string()),
@@ -514,15 +521,19 @@ async fn acquire(hub: &Hub, hello: &Hello, session: &str) -> Result<Lease, Failu
             NameError::Invalid(_) => Failure::new(ErrorCode::InvalidName, e.to_string()),
             NameError::Reserved(_) => Failure::new(ErrorCode::ReservedName, e.to_string()),
         })?;
+        let owns = hub.auth.may_hold(credential, name.as_str()).await?;
         return hub
             .leases
-            .acquire(name.clone(), hello.resume_secret.as_deref(), session, &hub.config.node_id)
+            .acquire(name.clone(), hello.resume_secret.as_deref(), owns, session, &hub.config.node_id)
             .await
             .map_err(|e| refused(e, &name));
     }
     for _ in 0..RANDOM_NAME_ATTEMPTS {
         let name = TunnelName::random();
-        match hub.leases.acquire(name.clone(), None, session, &hub.config.node_id).await {
+        if hub.auth.owner_of(name.as_str()).await?.is_some() {
+            continue;
+        }
+        match hub.leases.acquire(name.clone(), None, false, session, &hub.config.node_id).await {
             Err(LeaseError::InUse) => continue,
             result => return result.map_err(|e| refused(e, &name)),
         }

@@ -338,6 +338,13 @@ impl Tunnel {
     }
 
     /// Waits for the ready event of a started client.
+    ///
+    /// # Panics
+    /// When the client fails or is not ready within [`DEADLINE`].
+    pub async fn ready_with(tunnel: Self) -> Self {
+        Self::ready(tunnel).await
+    }
+
     async fn ready(mut tunnel: Self) -> Self {
         match tunnel.next_event().await {
             Some(Event::Ready { name, url, .. }) => {

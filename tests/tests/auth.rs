@@ -125,3 +125,37 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
     );
     assert_eq!(refused(client(&env, upstream.port(), Some("shop-acme"), Some(token))).await, ErrorCode::Unauthorized);
 }
+
+#[tokio::test]
+async fn a_reserved_name_belongs_to_its_account_and_its_owner_takes_it_back_after_a_crash() {
+    let options = EnvOptions { auth: "tokens", lease_ttl_secs: 3, ..EnvOptions::default() };
+    let env = TestEnv::start_with(options).await;
+    let upstream = Upstream::start().await;
+    for account in ["acme", "rival"] {
+        admin(&env, &["account", "create", account]).await;
+    }
+    let acme = admin(&env, &["token", "create", "acme"]).await["token"].as_str().expect("token").to_owned();
+    let rival = admin(&env, &["token", "create", "rival"]).await["token"].as_str().expect("token").to_owned();
+    admin(&env, &["name", "reserve", "shop", "acme"]).await;
+
+    let stranger = client(&env, upstream.port(), Some("shop"), Some(&rival));
+    assert_eq!(refused(stranger).await, ErrorCode::NameOwned, "free, but reserved");
+    let crashed = Tunnel::ready_with(client(&env, upstream.port(), Some("shop"), Some(&acme))).await;
+    crashed.kill();
+    let back = Instant::now();
+    let _owner = Tunnel::ready_with(client(&env, upstream.port(), Some("shop"), Some(&acme))).await;
+    assert!(back.elapsed() < Duration::from_secs(2), "the owner binds at once, without a resume secret");
+    assert_eq!(env.get("shop", "/echo").await.status(), 200);
+
+    // A name reserved while someone else holds it: their session ends at its next renewal.
+    let mut holder = Tunnel::ready_with(client(&env, upstream.port(), Some("market"), Some(&rival))).await;
+    admin(&env, &["name", "reserve", "market", "acme"]).await;
+    loop {
+        match holder.next_event().await {
+            None => break,
+            Some(tunnel_client::Event::Request { .. }) => {}
+            Some(other) => panic!("expected the session to end, got {other:?}"),
+        }
+    }
+    assert_eq!(refused(holder).await, ErrorCode::NameOwned);
+}

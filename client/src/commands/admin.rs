@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
+use tunnel_schemas::names::TunnelName;
 use tunnel_schemas::tokens::{
-    ACCOUNTS_BUCKET, AccountRecord, TOKENS_BUCKET, Token, TokenRecord, account_key, hash_secret, token_key,
-    valid_account,
+    ACCOUNTS_BUCKET, AccountRecord, RESERVATIONS_BUCKET, ReservationRecord, TOKENS_BUCKET, Token, TokenRecord,
+    account_key, hash_secret, reservation_key, token_key, valid_account,
 };
 use tunnel_trail::filter::now_ms;
 
@@ -35,6 +36,28 @@ enum AdminCommand {
     /// Tokens of accounts.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tunnel names reserved by accounts.
+    #[command(subcommand)]
+    Name(NameCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum NameCommand {
+    /// Reserves a tunnel name for an account: its tokens alone may bind it, and its client takes
+    /// it back at once after a crash.
+    Reserve {
+        /// The tunnel name.
+        name: String,
+        /// The account.
+        account: String,
+    },
+    /// Lists the reserved names and their accounts.
+    List,
+    /// Ends a reservation.
+    Release {
+        /// The tunnel name.
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -94,6 +117,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
     let js = jetstream::new(nats);
     let accounts = bucket(&js, ACCOUNTS_BUCKET, args.replicas).await?;
     let tokens = bucket(&js, TOKENS_BUCKET, args.replicas).await?;
+    let reservations = bucket(&js, RESERVATIONS_BUCKET, args.replicas).await?;
     match args.command {
         AdminCommand::Account(AccountCommand::Create { name }) => {
             if !valid_account(&name) {
@@ -162,6 +186,35 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
                 let value = serde_json::json!({ "id": id, "account": record.account, "names": record.names, "created_ms": record.created_ms });
                 print(json, &value, &format!("{id}  {:<20} {names}", record.account));
             }
+        }
+        AdminCommand::Name(NameCommand::Reserve { name, account }) => {
+            let name = TunnelName::parse(&name).map_err(|e| ("invalid_arguments", e.to_string()))?;
+            if accounts.get(account_key(&account)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
+                return Err(("unknown_account", format!("no account {account}")));
+            }
+            let record = tunnel_schemas::encode(&ReservationRecord { account: account.clone(), created_ms: now_ms() });
+            reservations.create(reservation_key(name.as_str()), record.into()).await.map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => ("already_exists", format!("{name} is reserved already")),
+                _ => ("unavailable", e.to_string()),
+            })?;
+            let value = serde_json::json!({ "event": "name_reserved", "name": name.as_str(), "account": account });
+            print(json, &value, &format!("{name} reserved for {account}"));
+        }
+        AdminCommand::Name(NameCommand::List) => {
+            for name in keys(&reservations, "r.").await? {
+                let bytes =
+                    reservations.get(reservation_key(&name)).await.map_err(|e| ("unavailable", e.to_string()))?;
+                let Some(record) = bytes.and_then(|b| tunnel_schemas::decode::<ReservationRecord>(&b, 64 << 10).ok())
+                else {
+                    continue;
+                };
+                let value = serde_json::json!({ "name": name, "account": record.account });
+                print(json, &value, &format!("{name}  {}", record.account));
+            }
+        }
+        AdminCommand::Name(NameCommand::Release { name }) => {
+            reservations.delete(reservation_key(&name)).await.map_err(|e| ("unavailable", e.to_string()))?;
+            print(json, &serde_json::json!({ "event": "name_released", "name": name }), &format!("{name} released"));
         }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
             if tokens.get(token_key(&id)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
