@@ -28,6 +28,14 @@ pub struct IngressConfig {
     pub max_header_bytes: usize,
     /// Longest request target (path and query), in bytes (414 above).
     pub max_uri_bytes: usize,
+    /// Requests per second one tunnel may receive through this node (0: no limit); more get 429.
+    pub rate_limit_per_tunnel: u32,
+    /// Burst of requests one tunnel may receive at once (at least the rate).
+    pub rate_burst_per_tunnel: u32,
+    /// Requests per second one client address may send through this node (0: no limit).
+    pub rate_limit_per_ip: u32,
+    /// Burst of requests one client address may send at once (at least the rate).
+    pub rate_burst_per_ip: u32,
     /// Publish an audit event per request to the `AUDIT` stream.
     pub audit: bool,
     /// Identifier of this node in NATS inboxes and logs.
@@ -48,6 +56,10 @@ impl Default for IngressConfig {
             max_body_bytes: 0,
             max_header_bytes: 64 << 10,
             max_uri_bytes: 8 << 10,
+            rate_limit_per_tunnel: 0,
+            rate_burst_per_tunnel: 0,
+            rate_limit_per_ip: 0,
+            rate_burst_per_ip: 0,
             audit: true,
             node_id: "ing1".into(),
             log_format: "text".into(),

@@ -14,6 +14,7 @@ pub mod config;
 mod error_page;
 mod exchange;
 mod headers;
+mod limits;
 mod proxy;
 mod request_id;
 mod routing;

@@ -30,6 +30,7 @@ use crate::config::IngressConfig;
 use crate::error_page::{error_response, wants_json};
 use crate::exchange::Exchange;
 use crate::headers::{Forwarded, header_bytes, request_headers, response_headers};
+use crate::limits::{Limited, Limits};
 use crate::request_id::request_id;
 use crate::routing::{Route, route};
 use crate::streams::StreamHub;
@@ -50,6 +51,7 @@ struct Inner {
     ops: Router,
     streams: Arc<StreamHub>,
     audit: AuditSink,
+    limits: Arc<Limits>,
     metrics: RequestMetrics,
 }
 
@@ -92,6 +94,13 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// A request refused by a rate limit: 429 with `Retry-After`.
+    fn rate_limited(limited: Limited, request_id: &str, json: bool) -> Self {
+        let mut outcome = Self::failed(ErrorCode::RateLimited, request_id, json, 0);
+        outcome.response.headers_mut().insert(header::RETRY_AFTER, limited.retry_after_secs.into());
+        outcome
+    }
+
     fn failed(code: ErrorCode, request_id: &str, json: bool, bytes_in: u64) -> Self {
         tracing::debug!(code = %code, "request failed");
         let response = error_response(code, request_id, json);
@@ -105,7 +114,12 @@ impl Proxy {
     pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router, streams: Arc<StreamHub>) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
         let audit = AuditSink::start(nats.clone());
-        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams, audit, metrics: RequestMetrics::new() }) }
+        let limits = Limits::new(
+            (config.rate_limit_per_tunnel, config.rate_burst_per_tunnel),
+            (config.rate_limit_per_ip, config.rate_burst_per_ip),
+        );
+        let metrics = RequestMetrics::new();
+        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams, audit, limits, metrics }) }
     }
 }
 
@@ -131,8 +145,12 @@ pub async fn handle(
     let on_upgrade = parts.extensions.remove::<OnUpgrade>();
     let client_ip = peer.ip().to_string();
     let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
-    let mut outcome =
-        proxy.forward(&parts, body, on_upgrade, route.clone(), &client_ip, &request_id).instrument(span).await;
+    let mut outcome = match proxy.inner.limits.check(route.name.as_str(), peer.ip()) {
+        Ok(()) => {
+            proxy.forward(&parts, body, on_upgrade, route.clone(), &client_ip, &request_id).instrument(span).await
+        }
+        Err(limited) => Outcome::rate_limited(limited, &request_id, wants_json(&parts.headers)),
+    };
     proxy.inner.metrics.record(outcome.error, started.elapsed());
     if proxy.inner.config.audit {
         let record = audit::RequestAudit {

@@ -61,13 +61,15 @@ pub enum ErrorCode {
     NameNotAllowed,
     /// The tunnel name is reserved by another account.
     NameOwned,
+    /// Too many requests: a rate limit of the tunnel or of the client address was reached.
+    RateLimited,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -94,6 +96,7 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::NameNotAllowed,
         Self::NameOwned,
+        Self::RateLimited,
         Self::Internal,
     ];
 
@@ -126,6 +129,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::NameNotAllowed => "name_not_allowed",
             Self::NameOwned => "name_owned",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -152,6 +156,7 @@ impl ErrorCode {
             Self::GoingAway | Self::Unavailable => 503,
             Self::Forbidden | Self::NameNotAllowed | Self::NameOwned => 403,
             Self::Unauthorized => 401,
+            Self::RateLimited => 429,
             Self::Internal => 500,
         }
     }
@@ -189,6 +194,7 @@ impl ErrorCode {
             Self::Unauthorized => "A valid token is required: pass --token or set TUNNEL_TOKEN.",
             Self::NameNotAllowed => "This token may not bind that tunnel name.",
             Self::NameOwned => "This tunnel name is reserved by another account.",
+            Self::RateLimited => "Too many requests; retry after the time in Retry-After.",
             Self::Internal => "An internal error occurred.",
         }
     }

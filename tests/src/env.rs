@@ -38,6 +38,10 @@ pub struct EnvOptions {
     pub record_body_bytes: u64,
     /// Session-host: bytes of recordings one tunnel keeps.
     pub record_max_bytes_per_tunnel: u64,
+    /// Ingress: requests per second per tunnel (0: no limit), bursts of the same size.
+    pub rate_limit_per_tunnel: u32,
+    /// Ingress: requests per second per client address (0: no limit), bursts of the same size.
+    pub rate_limit_per_ip: u32,
     /// Session-host: `anonymous`, or `tokens` (the token bucket is created first, empty).
     pub auth: &'static str,
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
@@ -77,6 +81,8 @@ impl Default for EnvOptions {
             record_body_bytes: HostConfig::default().record_body_bytes,
             record_max_bytes_per_tunnel: HostConfig::default().record_max_bytes_per_tunnel,
             permissions: false,
+            rate_limit_per_tunnel: 0,
+            rate_limit_per_ip: 0,
             auth: "anonymous",
         }
     }
@@ -127,6 +133,10 @@ impl TestEnv {
             request_timeout_secs: options.request_timeout_secs,
             max_body_bytes: options.max_body_bytes,
             stream_idle_timeout_secs: options.stream_idle_timeout_secs,
+            rate_limit_per_tunnel: options.rate_limit_per_tunnel,
+            rate_burst_per_tunnel: options.rate_limit_per_tunnel,
+            rate_limit_per_ip: options.rate_limit_per_ip,
+            rate_burst_per_ip: options.rate_limit_per_ip,
             ..IngressConfig::default()
         };
         let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
