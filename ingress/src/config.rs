@@ -36,6 +36,15 @@ pub struct IngressConfig {
     pub rate_limit_per_ip: u32,
     /// Burst of requests one client address may send at once (at least the rate).
     pub rate_burst_per_ip: u32,
+    /// PEM certificate chain to serve HTTPS with (a wildcard for `*.<domain>`); empty for HTTP.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// With TLS on: an address also listening for plain HTTP, answering every request with a
+    /// permanent redirect to HTTPS; empty for none.
+    pub redirect_listen: String,
+    /// The public HTTPS port redirects point to (443 is left out of the URL).
+    pub redirect_https_port: u16,
     /// Publish an audit event per request to the `AUDIT` stream.
     pub audit: bool,
     /// Identifier of this node in NATS inboxes and logs.
@@ -60,6 +69,10 @@ impl Default for IngressConfig {
             rate_burst_per_tunnel: 0,
             rate_limit_per_ip: 0,
             rate_burst_per_ip: 0,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            redirect_listen: String::new(),
+            redirect_https_port: 443,
             audit: true,
             node_id: "ing1".into(),
             log_format: "text".into(),
@@ -75,6 +88,15 @@ impl Validate for IngressConfig {
         config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
         config::check_log_format(&self.log_format)?;
+        if !self.redirect_listen.is_empty() {
+            config::check_socket_addr("redirect_listen", &self.redirect_listen)?;
+            if self.tls_cert_file.is_empty() {
+                return Err(ConfigError::invalid(
+                    "redirect_listen",
+                    "redirects to HTTPS need tls_cert_file and tls_key_file",
+                ));
+            }
+        }
         if self.domain.is_empty() || self.domain.starts_with('.') || self.domain.contains(['/', ':', ' ']) {
             return Err(ConfigError::invalid("domain", "must be a host name such as tunnel.example.com"));
         }

@@ -16,6 +16,7 @@ mod exchange;
 mod headers;
 mod limits;
 mod proxy;
+mod redirect;
 mod request_id;
 mod routing;
 mod streams;
@@ -29,22 +30,55 @@ use tunnel_kit::telemetry::PrometheusHandle;
 pub use config::IngressConfig;
 pub use error_page::ERROR_HEADER;
 
-/// Serves public requests on `listener` until `shutdown` is cancelled, then drains open
-/// connections.
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// NATS refused the stream subscription.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tunnel_kit::tls::TlsError),
+    /// The redirect listener cannot be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Redirect(String, std::io::Error),
+}
+
+/// Serves public requests on `listener` (HTTPS when the configuration names a certificate)
+/// until `shutdown` is cancelled, then drains open connections.
 ///
 /// # Errors
-/// When the stream subscription cannot be made.
+/// [`IngressError`] when the stream subscription cannot be made, the certificate cannot be used
+/// or the redirect listener cannot be bound.
 pub async fn run(
     listener: TcpListener,
     nats: async_nats::Client,
     config: IngressConfig,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
+) -> Result<(), IngressError> {
+    let tls = tunnel_kit::tls::from_settings(&config.tls_cert_file, &config.tls_key_file)?;
+    let redirect = if config.redirect_listen.is_empty() {
+        None
+    } else {
+        let listen = config.redirect_listen.clone();
+        let listener = TcpListener::bind(&listen).await.map_err(|e| IngressError::Redirect(listen, e))?;
+        let options = tunnel_kit::serve::ServeOptions::default();
+        Some(tokio::spawn(tunnel_kit::serve::serve(
+            listener,
+            redirect::router(config.redirect_https_port),
+            shutdown.clone(),
+            options,
+        )))
+    };
     let ops = tunnel_kit::ops::router(metrics, nats.clone()).fallback(no_tunnel_name);
     let streams = streams::StreamHub::start(&nats, &config.inbox_prefix()).await?;
     let app = Router::new().fallback(proxy::handle).with_state(proxy::Proxy::new(nats, config, ops, streams));
-    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
+    let options = tunnel_kit::serve::ServeOptions { tls, ..Default::default() };
+    tunnel_kit::serve::serve(listener, app, shutdown, options).await;
+    if let Some(redirect) = redirect {
+        let _ = redirect.await;
+    }
     Ok(())
 }
 

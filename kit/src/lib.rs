@@ -15,6 +15,7 @@
 //! - [`nats`]: connecting to NATS with a per-component inbox prefix;
 //! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain;
 //! - [`service`]: the start and stop script of every server's `main`;
+//! - [`tls`]: the servers' TLS configuration from PEM files;
 //! - [`sink`]: the batching WebSocket writer of the tunnel client.
 
 pub mod alloc;
@@ -30,3 +31,4 @@ pub mod service;
 pub mod shutdown;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;

@@ -1,5 +1,7 @@
-//! The HTTP accept loop shared by ingress and session-host: HTTP/1.1 and h2c on one port, upgrades
-//! (WebSocket) allowed, the peer address available as [`ConnectInfo`], graceful drain on shutdown.
+//! The HTTP accept loop shared by ingress and session-host: HTTP/1.1 and h2c on one port (or
+//! HTTPS, HTTP/2 by ALPN, when given a TLS configuration), upgrades (WebSocket) allowed, the peer
+//! address available as [`ConnectInfo`], graceful drain on shutdown. TLS handshakes run in the
+//! connection's own task under the header timeout, so a slow one never holds the accept loop.
 //!
 //! `axum::serve` hides hyper's limits; this loop sets them (header count, header read timeout).
 
@@ -17,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Limits and timeouts of the accept loop.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Serve HTTPS with this configuration instead of plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Most header fields hyper parses in one request head (more → 431 from hyper).
     pub max_headers: usize,
     /// Time a client has to send a complete request head (slowloris guard).
@@ -29,7 +33,12 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { max_headers: 1024, header_read_timeout: Duration::from_secs(10), grace: Duration::from_secs(10) }
+        Self {
+            tls: None,
+            max_headers: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(10),
+        }
     }
 }
 
@@ -43,6 +52,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         .header_read_timeout(options.header_read_timeout)
         .timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -62,13 +72,32 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                let handshake_timeout = options.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "tls handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "tls handshake timed out"),
+                    };
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(options.grace, graceful.shutdown()).await.is_err() {

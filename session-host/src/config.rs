@@ -30,6 +30,11 @@ pub struct HostConfig {
     pub drain_grace_secs: u64,
     /// Most unanswered requests per session; more get `unavailable` at once.
     pub max_inflight_per_session: usize,
+    /// PEM certificate chain to serve `wss://` with; empty for plain `ws://` (behind a
+    /// TLS-terminating load balancer).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
     /// How clients are admitted: `tokens` (an account token from `tunnel admin` is required) or
     /// `anonymous` (anyone may open any free name; local development only, logged loudly).
     pub auth: String,
@@ -73,6 +78,8 @@ impl Default for HostConfig {
             ping_interval_secs: 15,
             drain_grace_secs: 10,
             max_inflight_per_session: 4096,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             auth: "tokens".into(),
             record_tunnels: String::new(),
             record_body_bytes: 1 << 20,

@@ -45,6 +45,9 @@ pub enum HostError {
     /// The lease bucket could not be opened.
     #[error(transparent)]
     Leases(#[from] leases::LeaseError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tunnel_kit::tls::TlsError),
     /// Clients cannot be admitted as configured.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
@@ -65,6 +68,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), HostError> {
+    let tls = tunnel_kit::tls::from_settings(&config.tls_cert_file, &config.tls_key_file)?;
     let registry = registry::Registry::default();
     // Subscribed before the lease bucket is opened: the server has the subscriptions once
     // JetStream answers on the same connection.
@@ -85,7 +89,8 @@ pub async fn run(
         .with_state((hub, sessions.clone()))
         .merge(Router::new().route(access::TRAIL_PATH, get(access::trail)).with_state(access))
         .merge(tunnel_kit::ops::router(metrics, nats));
-    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions::default()).await;
+    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions { tls, ..Default::default() })
+        .await;
     sessions.close();
     if tokio::time::timeout(session_grace, sessions.wait()).await.is_err() {
         tracing::warn!("sessions still open after the grace period");

@@ -42,6 +42,9 @@ pub struct EnvOptions {
     pub rate_limit_per_tunnel: u32,
     /// Ingress: requests per second per client address (0: no limit), bursts of the same size.
     pub rate_limit_per_ip: u32,
+    /// Ingress and session-host: serve HTTPS and `wss://` with this certificate and key (PEM
+    /// files), the ingress also redirecting plain HTTP from [`TestEnv::redirect_addr`].
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Session-host: `anonymous`, or `tokens` (the token bucket is created first, empty).
     pub auth: &'static str,
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
@@ -83,6 +86,7 @@ impl Default for EnvOptions {
             permissions: false,
             rate_limit_per_tunnel: 0,
             rate_limit_per_ip: 0,
+            tls: None,
             auth: "anonymous",
         }
     }
@@ -102,6 +106,8 @@ pub struct TestEnv {
     http: reqwest::Client,
     /// The token clients of [`TestEnv::recorded_tunnel`] present.
     client_token: Option<String>,
+    /// Where the ingress redirects plain HTTP to HTTPS (with [`EnvOptions::tls`]).
+    redirect: SocketAddr,
 }
 
 impl TestEnv {
@@ -127,6 +133,7 @@ impl TestEnv {
 
         let ingress_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
         let ingress = ingress_listener.local_addr().expect("ingress address");
+        let redirect = free_addr().await;
         let ingress_config = IngressConfig {
             nats_url: nats.url().to_owned(),
             domain: DOMAIN.into(),
@@ -137,6 +144,10 @@ impl TestEnv {
             rate_burst_per_tunnel: options.rate_limit_per_tunnel,
             rate_limit_per_ip: options.rate_limit_per_ip,
             rate_burst_per_ip: options.rate_limit_per_ip,
+            tls_cert_file: tls_setting(&options, |(cert, _)| cert),
+            tls_key_file: tls_setting(&options, |(_, key)| key),
+            redirect_listen: if options.tls.is_some() { redirect.to_string() } else { String::new() },
+            redirect_https_port: ingress.port(),
             ..IngressConfig::default()
         };
         let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
@@ -186,8 +197,9 @@ impl TestEnv {
             js.create_key_value(bucket).await.expect("token bucket");
         }
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+        let hosts = Vec::new();
         let mut env =
-            Self { nats, options, ingress, hosts: Vec::new(), metrics, shutdown, services, http, client_token: None };
+            Self { nats, options, ingress, hosts, metrics, shutdown, services, http, client_token: None, redirect };
         env.add_host().await;
         env
     }
@@ -206,6 +218,8 @@ impl TestEnv {
             lease_ttl_secs: self.options.lease_ttl_secs,
             node_id: format!("host{}", self.hosts.len() + 1),
             auth: self.options.auth.into(),
+            tls_cert_file: tls_setting(&self.options, |(cert, _)| cert),
+            tls_key_file: tls_setting(&self.options, |(_, key)| key),
             record_tunnels: self.options.record_tunnels.clone(),
             record_body_bytes: self.options.record_body_bytes,
             record_max_bytes_per_tunnel: self.options.record_max_bytes_per_tunnel,
@@ -251,6 +265,11 @@ impl TestEnv {
             assert!(std::time::Instant::now() < deadline, "{name} is {} after {DEADLINE:?}, not {at_least}", value());
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// The address where the ingress redirects plain HTTP to HTTPS (with [`EnvOptions::tls`]).
+    pub fn redirect_addr(&self) -> SocketAddr {
+        self.redirect
     }
 
     /// The ingress address.
@@ -418,6 +437,20 @@ impl Tunnel {
     pub fn kill(self) {
         self.task.abort();
     }
+}
+
+/// One of the TLS file settings of `options`, empty without TLS.
+fn tls_setting(
+    options: &EnvOptions,
+    pick: fn(&(std::path::PathBuf, std::path::PathBuf)) -> &std::path::PathBuf,
+) -> String {
+    options.tls.as_ref().map(|files| pick(files).display().to_string()).unwrap_or_default()
+}
+
+/// A free local address (bound, then released) for a listener the service binds itself.
+async fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("address")
 }
 
 fn nats_url_as(url: &str, user: Option<&str>) -> String {

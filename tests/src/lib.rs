@@ -18,11 +18,13 @@ mod env;
 mod nats;
 mod proxy;
 pub mod raw;
+mod tls;
 mod upstream;
 
 pub use env::{EnvOptions, TestEnv, Tunnel, password_of};
 pub use nats::NatsServer;
 pub use proxy::CutProxy;
+pub use tls::TestCertificates;
 pub use upstream::{Recorded, Upstream, pattern, sha256_hex};
 
 use std::time::Duration;

@@ -490,50 +490,21 @@ async fn replay_keeps_the_recorded_pace_at_speed_one() {
 }
 
 /// An `https://` service with a certificate for `localhost` from a fresh CA; returns its port and
-/// the CA certificate (PEM), to be trusted through `SSL_CERT_FILE`.
-async fn https_service() -> (u16, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("cert");
-    let config =
-        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+/// the certificates (the CA to be trusted through `SSL_CERT_FILE`).
+async fn https_service() -> (u16, tunnel_tests::TestCertificates) {
+    let certificates = tunnel_tests::TestCertificates::issue(&["localhost"]);
+    let tls = tunnel_kit::tls::server_config(&certificates.cert_file, &certificates.key_file).expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
     let app = axum::Router::new().fallback(|| async { "secure ok" });
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    (port, ca.pem())
+    let options = tunnel_kit::serve::ServeOptions { tls: Some(tls), ..Default::default() };
+    tokio::spawn(tunnel_kit::serve::serve(listener, app, Default::default(), options));
+    (port, certificates)
 }
 
 #[tokio::test]
 async fn replay_sends_to_https_targets_checked_against_the_trusted_roots() {
-    let (port, ca) = https_service().await;
+    let (port, certificates) = https_service().await;
     let dir = tempfile::tempdir().expect("dir");
     let exchange = serde_json::json!({
         "v": 1, "request_id": "tls-1", "tunnel": "tls", "owner": "", "at_ms": 1, "head_us": 0, "duration_us": 0,
@@ -550,8 +521,7 @@ async fn replay_sends_to_https_targets_checked_against_the_trusted_roots() {
     });
     let file = dir.path().join("tls.jsonl");
     std::fs::write(&file, format!("{exchange}\n")).expect("written");
-    let roots = dir.path().join("ca.pem");
-    std::fs::write(&roots, ca).expect("written");
+    let roots = certificates.ca_file.clone();
     let replay = |trusted: bool| {
         let mut command = Command::new(binary("tunnel"));
         command.args(["replay", "--from", file.to_str().expect("utf-8"), "--compare", "--to"]);
