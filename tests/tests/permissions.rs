@@ -55,3 +55,60 @@ async fn every_component_works_within_its_permissions() {
         other => panic!("expected the session closed, got {other:?}"),
     }
 }
+
+/// The server's next permission violation for a client connected as `user`, after `act`.
+async fn violation_after<F, Fut>(env: &TestEnv, user: &str, act: F) -> String
+where
+    F: FnOnce(async_nats::Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (events, mut violations) = tokio::sync::mpsc::unbounded_channel();
+    let url = env.nats_url_as(user);
+    let address: async_nats::ServerAddr = url.parse().expect("url");
+    let (name, password) = (address.username().expect("user"), address.password().expect("password"));
+    let client = async_nats::ConnectOptions::with_user_and_password(name.into(), password.into())
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = events.send(e.to_string());
+                }
+            }
+        })
+        .connect(url.as_str())
+        .await
+        .expect("connects");
+    act(client.clone()).await;
+    let violation = within(DEADLINE, "a permission violation", violations.recv()).await.expect("an error");
+    drop(client);
+    violation
+}
+
+#[tokio::test]
+async fn components_are_refused_what_they_do_not_need() {
+    let env = TestEnv::start_with(EnvOptions { permissions: true, ..EnvOptions::default() }).await;
+    let denied = violation_after(&env, "ingress", |nats| async move {
+        let _requests = nats.subscribe("tun.someone.req").await.expect("sent");
+        nats.flush().await.expect("flushed");
+    })
+    .await;
+    assert!(
+        denied.to_ascii_lowercase().contains("permissions violation"),
+        "ingress reads no tunnel's requests: {denied}"
+    );
+    let denied = violation_after(&env, "session-host", |nats| async move {
+        nats.publish("_INBOX.host.other-host.session.st.1", "forged".into()).await.expect("sent");
+        nats.flush().await.expect("flushed");
+    })
+    .await;
+    assert!(
+        denied.to_ascii_lowercase().contains("permissions violation"),
+        "no host writes into another's inbox: {denied}"
+    );
+    let denied = violation_after(&env, "session-host", |nats| async move {
+        nats.publish("$KV.tunnel_tokens.t.forged", "x".into()).await.expect("sent");
+        nats.flush().await.expect("flushed");
+    })
+    .await;
+    assert!(denied.to_ascii_lowercase().contains("permissions violation"), "hosts cannot write tokens: {denied}");
+}
