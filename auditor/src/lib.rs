@@ -71,6 +71,10 @@ async fn consume(consumer: &async_nats::jetstream::consumer::PullConsumer) {
 }
 
 fn record(subject: &str, payload: &[u8]) {
+    if subject.rsplit('.').next() == Some(tunnel_schemas::audit::KIND_ACCESS) {
+        // Session events (bind, refusal, revocation): read by the trail, nothing to count here.
+        return;
+    }
     if subject.rsplit('.').next() == Some(tunnel_schemas::audit::KIND_GAP) {
         // Records that never reached the stream: counted by the ingress that dropped them.
         match tunnel_schemas::decode::<tunnel_schemas::gap::Gap>(payload, usize::MAX) {

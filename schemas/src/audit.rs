@@ -52,3 +52,50 @@ pub struct AuditBatch {
     /// The records, in the order their requests completed.
     pub records: Vec<RequestAudit>,
 }
+
+/// Subject kind of an [`AccessEvent`] (`audit.<name>.access`).
+pub const KIND_ACCESS: &str = "access";
+
+/// What happened to a client's access to a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// A session bound the name.
+    Bound,
+    /// A session took the name back (resume secret, or its account owns the name).
+    Resumed,
+    /// A client was refused the name (the code says why).
+    Refused,
+    /// A session was closed because its token was revoked.
+    Revoked,
+    /// A session ended (the code says why, when it was not the client's goodbye).
+    Closed,
+}
+
+/// One access event of a tunnel, published by the session-host: who bound, was refused, or lost
+/// the name. Token ids and account names only: never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEvent {
+    /// Protocol version of the publisher.
+    pub v: u16,
+    /// Tunnel name.
+    pub tunnel: String,
+    /// What happened.
+    pub access: Access,
+    /// Session id (empty for a refusal before a session existed).
+    #[serde(default)]
+    pub session: String,
+    /// The account, when the client presented a valid token.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The token's public id, when one was presented and parsed.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Why (refusals, revocations, closes).
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+    /// The client's address.
+    pub remote_addr: String,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+}

@@ -2,6 +2,7 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::AccessLog;
 use crate::auth::Auth;
 use crate::config::HostConfig;
 use crate::leases::Leases;
@@ -24,6 +25,8 @@ pub struct Hub {
     pub recorder: Recorder,
     /// Who may open sessions.
     pub auth: Auth,
+    /// Where access events go.
+    pub access_log: AccessLog,
 }
 
 /// Room left in a NATS message for the headers of a reply.

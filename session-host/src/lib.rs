@@ -10,6 +10,7 @@
 //! its sockets the host keeps no state: clients may land on any host.
 
 mod access;
+mod access_log;
 pub mod auth;
 pub mod config;
 mod dispatch;
@@ -78,9 +79,18 @@ pub async fn run(
     let auth = auth::Auth::open(&js, &config.auth).await?;
     let revocations = tokio::spawn(auth.clone().watch_revocations(registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
+    let access_log = access_log::AccessLog::start(&nats);
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
-    let hub =
-        Arc::new(hub::Hub { nats: nats.clone(), leases, config, shutdown: shutdown.clone(), registry, recorder, auth });
+    let hub = Arc::new(hub::Hub {
+        nats: nats.clone(),
+        leases,
+        config,
+        shutdown: shutdown.clone(),
+        registry,
+        recorder,
+        auth,
+        access_log,
+    });
     let sessions = TaskTracker::new();
     let access =
         access::Access { hub: hub.clone(), readers: Arc::new(tokio::sync::Semaphore::new(access::MAX_READERS)) };
@@ -101,13 +111,15 @@ pub async fn run(
 }
 
 async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, request: Request) -> Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+    let remote_addr = peer.map(|ip| ip.to_string()).unwrap_or_default();
     let upgrade = match socket::accept(request) {
         Ok(upgrade) => upgrade,
         Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
     };
     sessions.spawn(async move {
         match upgrade.socket.await {
-            Ok(upgraded) => session::run(hub, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Ok(upgraded) => session::run(hub, hyper_util::rt::TokioIo::new(upgraded), remote_addr).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });

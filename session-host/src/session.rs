@@ -12,14 +12,17 @@ use hyper_util::rt::TokioIo;
 use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tunnel_schemas::audit::Access;
 use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER, UPLOAD_HEADER};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
 use tunnel_schemas::names::{NameError, TunnelName};
 use tunnel_schemas::stream::StreamFrame;
+use tunnel_schemas::tokens::Token;
 use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode, subjects};
 
 use tunnel_kit::service::ServiceConfig;
 
+use crate::access_log::Who;
 use crate::auth::Credential;
 use crate::exchanges::Exchanges;
 use crate::hub::Hub;
@@ -46,19 +49,32 @@ type WsStream = Reader<ReadHalf<Socket>>;
 ///
 /// The socket is split before the future is built, so that the future, which every idle session
 /// keeps, holds no room for the socket itself.
-pub fn run(hub: Arc<Hub>, socket: Socket) -> impl Future<Output = ()> {
+pub fn run(hub: Arc<Hub>, socket: Socket, remote_addr: String) -> impl Future<Output = ()> {
     let (read, write) = tokio::io::split(socket);
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
     let writer = tokio::spawn(crate::socket::write_frames(write, out_rx));
-    serve_socket(hub, Reader::new(read, MAX_FRAME_BYTES), out, writer)
+    serve_socket(hub, Reader::new(read, MAX_FRAME_BYTES), out, writer, remote_addr)
 }
 
-async fn serve_socket(hub: Arc<Hub>, mut stream: WsStream, out: mpsc::Sender<Outgoing>, writer: JoinHandle<()>) {
+async fn serve_socket(
+    hub: Arc<Hub>,
+    mut stream: WsStream,
+    out: mpsc::Sender<Outgoing>,
+    writer: JoinHandle<()>,
+    remote_addr: String,
+) {
     let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream, &out)).await {
         Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
         Ok(Err(failure)) => Ending::Refused(failure),
-        Ok(Ok(hello)) => match Box::pin(Session::open(&hub, hello, out.clone())).await {
-            Err(failure) => Ending::Refused(failure),
+        Ok(Ok(hello)) => match Box::pin(Session::open(&hub, hello.clone(), out.clone(), remote_addr.clone())).await {
+            Err(failure) => {
+                if let Some(name) = hello.name.as_deref().and_then(|name| TunnelName::parse(name).ok()) {
+                    let token = hello.token.as_deref().and_then(Token::parse).map(|token| token.id);
+                    let who = Who { remote_addr, account: None, token };
+                    hub.access_log.record(&name, Access::Refused, "", &who, Some(failure.code));
+                }
+                Ending::Refused(failure)
+            }
             Ok(session) => {
                 let span = tracing::info_span!("session", tunnel = %session.lease.name, session = %session.id);
                 tracing::Instrument::instrument(session.serve(stream), span).await
@@ -174,6 +190,8 @@ struct Session {
     registration: Registration,
     /// The token the session was admitted with (none in anonymous mode).
     credential: Option<Credential>,
+    /// The client, for access events.
+    who: Who,
     exchanges: Exchanges,
     next_stream: StreamId,
     last_seen: Instant,
@@ -188,7 +206,12 @@ struct Session {
 }
 
 impl Session {
-    async fn open(hub: &Arc<Hub>, hello: Hello, out: mpsc::Sender<Outgoing>) -> Result<Self, Failure> {
+    async fn open(
+        hub: &Arc<Hub>,
+        hello: Hello,
+        out: mpsc::Sender<Outgoing>,
+        remote_addr: String,
+    ) -> Result<Self, Failure> {
         if hello.v != PROTOCOL_VERSION {
             return Err(Failure::new(
                 ErrorCode::ProtocolVersion,
@@ -229,6 +252,11 @@ impl Session {
             out,
             requests,
             registration,
+            who: Who {
+                remote_addr,
+                account: credential.as_ref().map(|c| c.account.clone()),
+                token: credential.as_ref().map(|c| c.token.clone()),
+            },
             credential,
             exchanges,
             next_stream: 0,
@@ -263,6 +291,8 @@ impl Session {
             recording: recorded,
         };
         session.send(HostFrame::Welcome(welcome)).await?;
+        let access = if session.lease.resumed { Access::Resumed } else { Access::Bound };
+        hub.access_log.record(&session.lease.name, access, &session.id, &session.who, None);
         let account = session.credential.as_ref().map(|c| c.account.as_str());
         tracing::info!(tunnel = %session.lease.name, session = %session.id, resumed = session.lease.resumed, agent = %hello.agent, recorded, account, "session open");
         Ok(session)
@@ -466,6 +496,14 @@ impl Session {
     /// Ends the session: no more requests reach it, every pending request fails at once, and
     /// the lease is released when the client said goodbye (kept for a resume otherwise).
     async fn close(&mut self, ending: &Ending, release: bool) {
+        let (access, code) = match ending {
+            Ending::Refused(failure) if failure.code == ErrorCode::Unauthorized => {
+                (Access::Revoked, Some(failure.code))
+            }
+            Ending::Refused(failure) => (Access::Closed, Some(failure.code)),
+            Ending::ClientLeft => (Access::Closed, None),
+        };
+        self.hub.access_log.record(&self.lease.name, access, &self.id, &self.who, code);
         let (code, detail) = match ending {
             Ending::Refused(failure) if failure.code == ErrorCode::GoingAway => {
                 (ErrorCode::GoingAway, "host shutting down")

@@ -124,6 +124,25 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
         "the token is never printed"
     );
     assert_eq!(refused(client(&env, upstream.port(), Some("shop-acme"), Some(token))).await, ErrorCode::Unauthorized);
+
+    // Every bind, refusal and revocation is in the trail: 3 refusals, the bind, the revocation,
+    // and the audit records of the two requests.
+    let nats = env.nats_url_as("admin");
+    let args = ["trail", "shop-acme", "--nats", &nats, "--since", "0", "--follow", "--limit", "7"];
+    let (code, trail, _) = run_tunnel(std::path::Path::new("/nonexistent"), &args).await;
+    assert_eq!(code, Some(0), "{trail}");
+    let access: Vec<(String, String)> = trail
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("json"))
+        .filter(|event| event["kind"] == "access")
+        .map(|event| {
+            (event["access"].as_str().unwrap_or("").to_owned(), event["code"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    let count = |what: &str, code: &str| access.iter().filter(|(a, c)| a == what && c == code).count();
+    assert_eq!(count("refused", "unauthorized"), 3, "{access:?}");
+    assert_eq!((count("bound", ""), count("revoked", "unauthorized")), (1, 1), "{access:?}");
+    assert!(!trail.contains(secret), "access events carry token ids, never secrets");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! One entry of a trail, as the reader yields it and as JSON lines carry it.
 
 use serde::{Deserialize, Serialize};
-use tunnel_schemas::audit::RequestAudit;
+use tunnel_schemas::audit::{AccessEvent, RequestAudit};
 use tunnel_schemas::gap::Gap;
 
 use crate::filter::format_ms;
@@ -15,6 +15,8 @@ pub enum TrailEvent {
     Audit(RequestAudit),
     /// A full recorded exchange (recorded tunnels).
     Exchange(Box<ExchangeJson>),
+    /// A session bound, resumed, was refused, revoked or closed (`audit.<name>.access`).
+    Access(AccessEvent),
     /// Events dropped before they reached the log: the trail has a hole here.
     Gap(Gap),
     /// A live tail fell this many events behind the end of the log.
@@ -82,6 +84,21 @@ impl TrailEvent {
                 format_ms(gap.from_ms),
                 format_ms(gap.to_ms)
             ),
+            Self::Access(event) => {
+                let who = match (&event.account, &event.token) {
+                    (Some(account), _) => format!("account {account}"),
+                    (None, Some(token)) => format!("token {token}"),
+                    (None, None) => "anonymous".to_owned(),
+                };
+                let code = event.code.map(|code| format!(" ({})", code.as_str())).unwrap_or_default();
+                format!(
+                    "{:<25} -- {:?}{code}: {who} from {} {}",
+                    format_ms(event.at_ms),
+                    event.access,
+                    event.remote_addr,
+                    event.session
+                )
+            }
             Self::Behind { pending } => format!("-- the tail is {pending} events behind the log"),
             Self::Error { message } => format!("-- reading stopped: {message}"),
         }

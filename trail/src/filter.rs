@@ -105,6 +105,12 @@ impl Filter {
             && (self.request_ids.is_empty() || self.request_ids.iter().any(|id| id == request_id))
     }
 
+    /// Whether the filter selects by request (method, status, path, id): then session events,
+    /// which belong to no request, are left out.
+    pub fn selects_requests(&self) -> bool {
+        self.method.is_some() || self.status.is_some() || self.path.is_some() || !self.request_ids.is_empty()
+    }
+
     /// Whether a time of logging (unix ms) lies in the range.
     pub fn in_range(&self, logged_ms: u64) -> bool {
         self.since_ms.is_none_or(|since| logged_ms >= since) && self.until_ms.is_none_or(|until| logged_ms <= until)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, consumer::Consumer};
 use futures_util::{Stream, StreamExt};
-use tunnel_schemas::audit::AuditBatch;
+use tunnel_schemas::audit::{AccessEvent, AuditBatch, KIND_ACCESS};
 use tunnel_schemas::gap::{Gap, KIND_GAP};
 use tunnel_schemas::record::{self, Parts, RecordBatch};
 use tunnel_schemas::subjects::{AUDIT_STREAM, RECORDING_STREAM, audit_all, recording};
@@ -168,6 +168,15 @@ impl Reader {
             match tunnel_schemas::decode::<Gap>(&message.payload, MAX_MESSAGE_BYTES) {
                 Ok(gap) => self.ready.push_back(TrailEvent::Gap(gap)),
                 Err(e) => tracing::warn!(error = %e, "undecodable gap event skipped"),
+            }
+            return;
+        }
+        if message.subject.rsplit('.').next() == Some(KIND_ACCESS) {
+            if !filter.selects_requests() {
+                match tunnel_schemas::decode::<AccessEvent>(&message.payload, MAX_MESSAGE_BYTES) {
+                    Ok(event) => self.ready.push_back(TrailEvent::Access(event)),
+                    Err(e) => tracing::warn!(error = %e, "undecodable access event skipped"),
+                }
             }
             return;
         }

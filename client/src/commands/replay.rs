@@ -137,7 +137,7 @@ pub async fn collect(access: &Access, query: Query) -> Result<Vec<ExchangeRecord
             }
             TrailEvent::Gap(gap) => eprintln!("note: {}", TrailEvent::Gap(gap).row()),
             TrailEvent::Error { message } => return Err(("unavailable", message)),
-            TrailEvent::Audit(_) | TrailEvent::Behind { .. } => {}
+            TrailEvent::Audit(_) | TrailEvent::Access(_) | TrailEvent::Behind { .. } => {}
         }
     }
     Ok(records)
