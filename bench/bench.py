@@ -559,7 +559,8 @@ class Bench:
             "tunnel-session-host-idle",
             "tunnel-session-host",
             ["--public-url", "http://{name}.localhost:1"],
-            env={"TUNNEL_NODE_ID": "idle"},
+            # Anonymous, explicitly: the idle sessions present no token.
+            env={"TUNNEL_NODE_ID": "idle", "TUNNEL_AUTH": "anonymous"},
         )
         time.sleep(1)
         steps = [{"sessions": 0, "host_rss_kib": rss_kib(host.pid), "nats_rss_kib": rss_kib(self.nats.pid)}]
