@@ -86,6 +86,16 @@ pub fn host_base(server: &str) -> Result<String, TrailError> {
     Ok(format!("{scheme}://{authority}"))
 }
 
+/// An operator's connection to NATS at `url` as `name` (a user and password in the URL
+/// authenticate, as for the servers), replies under its own `_INBOX.cli.<random>` prefix.
+///
+/// # Errors
+/// When no server answers or the credentials are refused.
+pub async fn operator_nats(url: &str, name: &str) -> Result<async_nats::Client, tunnel_kit::nats::ConnectError> {
+    let inbox = tunnel_schemas::subjects::inbox_prefix("cli", &uuid::Uuid::new_v4().simple().to_string());
+    tunnel_kit::nats::connect(url, name, &inbox).await
+}
+
 /// The events of `query`, from the log behind `access`.
 ///
 /// # Errors
@@ -96,11 +106,7 @@ pub async fn read(
 ) -> Result<BoxStream<'static, Result<TrailEvent, TrailError>>, TrailError> {
     match access {
         Access::Nats { url } => {
-            // A user and password in the URL authenticate, as for the servers.
-            let inbox = tunnel_schemas::subjects::inbox_prefix("cli", &uuid::Uuid::new_v4().simple().to_string());
-            let nats = tunnel_kit::nats::connect(url, "tunnel-cli", &inbox)
-                .await
-                .map_err(|e| TrailError::Unreachable(e.to_string()))?;
+            let nats = operator_nats(url, "tunnel-cli").await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             let js = async_nats::jetstream::new(nats);
             let events = query::read(&js, query).await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             Ok(events.map_err(|e| TrailError::Unreachable(e.to_string())).boxed())

@@ -35,7 +35,7 @@ pub struct AuditSink {
 impl AuditSink {
     /// Starts the publisher on `nats`.
     pub fn start(nats: async_nats::Client) -> Self {
-        let gaps = GapLedger::default();
+        let gaps = GapLedger::new("ingress_audit_dropped_total");
         let (journal, _) = Journal::start(jetstream::new(nats), SEALED_QUEUE, Dropped { gaps: gaps.clone() });
         let sealing = gaps.clone();
         let seal = move |subject: String, records: Vec<RequestAudit>| {
@@ -51,16 +51,9 @@ impl AuditSink {
     pub fn record(&self, subject: String, record: RequestAudit) {
         let tunnel = record.tunnel.clone();
         if self.batcher.try_add(subject, record).is_err() {
-            note_drops(&self.gaps, &tunnel, 1);
+            self.gaps.note(&tunnel, 1);
         }
     }
-}
-
-/// Counts `count` audit records of `tunnel` dropped, and keeps them as a gap to report.
-fn note_drops(gaps: &GapLedger, tunnel: &str, count: u64) {
-    metrics::counter!("ingress_audit_dropped_total").increment(count);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    gaps.note(tunnel, count, u64::try_from(now).unwrap_or(u64::MAX));
 }
 
 /// Settles gaps as they are stored, and counts the batches the journal gave up.
@@ -80,7 +73,7 @@ impl Outcomes for Dropped {
             self.gaps.settled(&entry.tag, 0);
             return;
         }
-        note_drops(&self.gaps, &entry.tag, entry.events as u64);
+        self.gaps.note(&entry.tag, entry.events as u64);
         tracing::warn!(error, subject = %entry.subject, events = entry.events, "audit batch given up");
     }
 }

@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::Subject;
 use axum::Router;
@@ -130,7 +130,7 @@ pub async fn handle(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let arrived_ms = unix_ms();
+    let arrived_ms = tunnel_schemas::now_ms();
     let (mut parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let host = host_of(&parts);
@@ -398,8 +398,4 @@ fn host_of(parts: &Parts) -> Option<&str> {
 
 fn declared_length(parts: &Parts) -> Option<u64> {
     parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -16,14 +16,23 @@ use crate::journal::Entry;
 const MAX_TUNNELS: usize = 10_000;
 
 /// Pending gaps per tunnel, shared by a publisher's producers and its outcomes.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GapLedger {
     gaps: Arc<Mutex<HashMap<String, (Gap, bool)>>>,
+    /// Counter of the events dropped.
+    metric: &'static str,
 }
 
 impl GapLedger {
-    /// Notes `count` events of `tunnel` dropped now (`now_ms`, unix milliseconds).
-    pub fn note(&self, tunnel: &str, count: u64, now_ms: u64) {
+    /// A ledger counting drops in the counter `metric`.
+    pub fn new(metric: &'static str) -> Self {
+        Self { gaps: Arc::default(), metric }
+    }
+
+    /// Counts `count` events of `tunnel` dropped now, and keeps them as a gap to report.
+    pub fn note(&self, tunnel: &str, count: u64) {
+        metrics::counter!(self.metric).increment(count);
+        let now_ms = tunnel_schemas::now_ms();
         let mut gaps = self.gaps.lock().unwrap_or_else(PoisonError::into_inner);
         if !gaps.contains_key(tunnel) && gaps.len() >= MAX_TUNNELS {
             return;
@@ -73,13 +82,13 @@ mod tests {
 
     #[test]
     fn a_gap_stays_until_stored_and_is_published_once_at_a_time() {
-        let ledger = GapLedger::default();
-        ledger.note("t", 2, 10);
+        let ledger = GapLedger::new("test_dropped_total");
+        ledger.note("t", 2);
         let entry = ledger.entry("t", "rec.t.gap".into()).expect("a pending gap");
         assert!(is_gap(&entry));
         assert_eq!(entry.events, 2);
         assert!(ledger.entry("t", "rec.t.gap".into()).is_none(), "one at a time");
-        ledger.note("t", 1, 20);
+        ledger.note("t", 1);
         ledger.settled("t", 0);
         let again = ledger.entry("t", "rec.t.gap".into()).expect("failed: sent again");
         assert_eq!(again.events, 3);

@@ -43,6 +43,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest WebSocket frame a peer may send (16 MiB); larger frames close the connection.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
+/// The current unix time in milliseconds: the clock of every timestamp in events and records.
+pub fn now_ms() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Why a message could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

@@ -65,11 +65,15 @@ impl Exchanges {
         self.open.is_empty()
     }
 
-    /// Registers the request `payload` relayed on `stream`, arrived at unix time `at_ms`.
-    pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>, payload: &Bytes, at_ms: u64) {
+    /// Registers the request `payload` relayed on `stream`, arrived now.
+    pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>, payload: &Bytes) {
         let now = Instant::now();
         let host = self.subject(stream);
-        let capture = self.recording.as_ref().and_then(|recording| recording.capture(payload, at_ms)).map(Box::new);
+        let capture = self
+            .recording
+            .as_ref()
+            .and_then(|recording| recording.capture(payload, tunnel_schemas::now_ms()))
+            .map(Box::new);
         let exchange = Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now, capture };
         self.open.insert(stream, exchange);
     }

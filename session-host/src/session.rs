@@ -441,7 +441,7 @@ impl Session {
             tracing::debug!(stream, request_id, "relaying request");
         }
         let ingress = headers.and_then(|h| h.get(STREAM_HEADER)).map(|v| Subject::from(v.as_str()));
-        self.exchanges.open(stream, reply, ingress, &message.payload, tunnel_trail::filter::now_ms());
+        self.exchanges.open(stream, reply, ingress, &message.payload);
         if headers.is_some_and(|h| h.get(UPLOAD_HEADER).is_some()) {
             // Ingress waits to learn this host's stream subject before it sends the body.
             self.exchanges.relay_to_ingress(stream, StreamFrame::Ping).await;

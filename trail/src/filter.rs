@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tunnel_schemas::audit::RequestAudit;
 use tunnel_schemas::record::ExchangeRecord;
@@ -172,10 +172,7 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, FilterError> {
         .ok_or_else(|| FilterError::Time(text.to_owned()))
 }
 
-/// The current unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use tunnel_schemas::now_ms;
 
 /// A unix time in milliseconds as RFC 3339 with milliseconds, UTC.
 pub fn format_ms(ms: u64) -> String {

@@ -164,14 +164,15 @@ impl Reader {
 
     fn decode(&mut self, message: &jetstream::Message) {
         let filter = &self.query.filter;
-        if message.subject.rsplit('.').next() == Some(KIND_GAP) {
+        let kind = message.subject.rsplit('.').next();
+        if kind == Some(KIND_GAP) {
             match tunnel_schemas::decode::<Gap>(&message.payload, MAX_MESSAGE_BYTES) {
                 Ok(gap) => self.ready.push_back(TrailEvent::Gap(gap)),
                 Err(e) => tracing::warn!(error = %e, "undecodable gap event skipped"),
             }
             return;
         }
-        if message.subject.rsplit('.').next() == Some(KIND_ACCESS) {
+        if kind == Some(KIND_ACCESS) {
             if !filter.selects_requests() {
                 match tunnel_schemas::decode::<AccessEvent>(&message.payload, MAX_MESSAGE_BYTES) {
                     Ok(event) => self.ready.push_back(TrailEvent::Access(event)),

@@ -110,10 +110,8 @@ pub async fn run(args: AdminArgs, json: bool) -> ExitCode {
 }
 
 async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
-    let inbox = tunnel_schemas::subjects::inbox_prefix("cli", &uuid::Uuid::new_v4().simple().to_string());
-    let nats = tunnel_kit::nats::connect(&args.nats, "tunnel-admin", &inbox)
-        .await
-        .map_err(|e| ("unavailable", e.to_string()))?;
+    let nats =
+        crate::trail::operator_nats(&args.nats, "tunnel-admin").await.map_err(|e| ("unavailable", e.to_string()))?;
     let js = jetstream::new(nats);
     let accounts = bucket(&js, ACCOUNTS_BUCKET, args.replicas).await?;
     let tokens = bucket(&js, TOKENS_BUCKET, args.replicas).await?;

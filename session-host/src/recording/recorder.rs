@@ -64,7 +64,7 @@ impl Recorder {
             tracing::error!(error = %e, "recording stream unavailable; recordings are dropped until it exists");
             tokio::spawn(super::stream::retry(js.clone(), policy.clone()));
         }
-        let gaps = GapLedger::default();
+        let gaps = GapLedger::new("host_recordings_dropped_total");
         let outcomes =
             Stored { gaps: gaps.clone(), budgets: TunnelBudgets::new(policy.max_bytes_per_tunnel), js: js.clone() };
         let (journal, _) = Journal::start(js, SEALED_QUEUE, outcomes);
@@ -88,7 +88,7 @@ impl Recorder {
 
     fn publish(&self, tunnel: &str, record: ExchangeRecord, permit: Option<OwnedSemaphorePermit>) {
         if self.inner.batcher.try_add(tunnel.to_owned(), (record, permit)).is_err() {
-            note_drops(&self.inner.gaps, tunnel, 1);
+            self.inner.gaps.note(tunnel, 1);
             tracing::debug!(tunnel, "recording queue full; record dropped");
         }
     }
@@ -178,12 +178,6 @@ impl SessionRecording {
     }
 }
 
-/// Counts `count` dropped records of `tunnel`.
-fn note_drops(gaps: &GapLedger, tunnel: &str, count: u64) {
-    metrics::counter!("host_recordings_dropped_total").increment(count);
-    gaps.note(tunnel, count, tunnel_trail::filter::now_ms());
-}
-
 /// What the publisher reports: stored records count against their tunnel's budget, given-up
 /// ones become gaps.
 struct Stored {
@@ -227,7 +221,7 @@ impl Outcomes for Stored {
         tracing::warn!(tunnel = %entry.tag, error, "recording batch given up");
         // The last part of a batch carries its count of records.
         if entry.events > 0 {
-            note_drops(&self.gaps, &entry.tag, entry.events as u64);
+            self.gaps.note(&entry.tag, entry.events as u64);
         }
     }
 }
