@@ -468,16 +468,14 @@ async fn connect(url: &str, component: &str) -> async_nats::Client {
 fn init_tracing() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
-        if std::env::var_os("RUST_LOG").is_some() {
-            let _ = tracing_subscriber_init();
-        }
+        let _ = tracing_subscriber_init();
     });
 }
 
+/// Logs of the services in the test's own output (shown when it fails): warnings and errors,
+/// or what `RUST_LOG` asks for.
 fn tracing_subscriber_init() -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init()
-        .map_err(|e| e.to_string())
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init().map_err(|e| e.to_string())
 }

@@ -7,8 +7,12 @@ use tunnel_schemas::subjects::{RECORDING_STREAM, RECORDING_SUBJECTS};
 
 use super::Policy;
 
-/// Time between attempts at creating the stream after a failure.
-const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// Time before the first new attempt at creating the stream after a failure; it doubles up to
+/// [`RETRY_CEILING`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// Longest time between attempts at creating the stream.
+const RETRY_CEILING: Duration = Duration::from_secs(10);
 
 /// Window in which a re-published part (same message id) is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -46,12 +50,14 @@ pub async fn ensure_stream(js: &jetstream::Context, policy: &Policy) -> Result<s
     Ok(stream)
 }
 
-/// Tries to create the stream every [`RETRY_INTERVAL`] until it exists (JetStream was down at
-/// start, or refused the settings: the error says why, e.g. a `record_max_bytes` over the
-/// server's `max_file_store`).
+/// Tries to create the stream, at growing intervals from [`RETRY_FIRST`] to [`RETRY_CEILING`],
+/// until it exists (JetStream was down or slow at start, or refused the settings: the error says
+/// why, e.g. a `record_max_bytes` over the server's `max_file_store`).
 pub async fn retry(js: jetstream::Context, policy: Policy) {
+    let mut interval = RETRY_FIRST;
     loop {
-        tokio::time::sleep(RETRY_INTERVAL).await;
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(RETRY_CEILING);
         match ensure_stream(&js, &policy).await {
             Ok(_) => {
                 tracing::info!(stream = RECORDING_STREAM, "recording stream ready");
