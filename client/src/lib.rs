@@ -46,6 +46,8 @@ pub struct Options {
     pub state_dir: Option<std::path::PathBuf>,
     /// The account token; never printed.
     pub token: Option<String>,
+    /// Who on the public side may reach the tunnel; its secrets are already hashed.
+    pub policy: tunnel_schemas::policy::PublicPolicy,
 }
 
 impl std::fmt::Debug for Options {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for Options {
             .field("name", &self.name)
             .field("record", &self.record)
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +108,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let opened = tokio::select! {
-            opened = session::open(&server, options.name.as_deref(), resume.as_ref(), options.record, options.token.as_deref()) => opened,
+            opened = session::open(&server, &options, resume.as_ref()) => opened,
             () = shutdown.cancelled() => return Ok(()),
         };
         let end = match opened {

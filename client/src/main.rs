@@ -61,6 +61,8 @@ struct HttpArgs {
     /// masked) for `tunnel trail --recorded` and `tunnel replay`.
     #[arg(long)]
     record: bool,
+    #[command(flatten)]
+    policy: commands::policy::PolicyArgs,
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
     #[arg(long)]
     json: bool,
@@ -96,6 +98,10 @@ async fn main() -> std::process::ExitCode {
             Ok(target) => target,
             Err(e) => return commands::fail(json, "invalid_target", &e.to_string()),
         };
+    let policy = match args.policy.build() {
+        Ok(policy) => policy,
+        Err(e) => return commands::fail(json, "invalid_policy", &e.to_string()),
+    };
     let options = Options {
         server: args.server,
         target,
@@ -103,6 +109,7 @@ async fn main() -> std::process::ExitCode {
         record: args.record,
         state_dir: tunnel_client::state::default_dir(),
         token: args.token,
+        policy,
     };
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);

@@ -20,6 +20,7 @@ use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
 use tunnel_schemas::stream::{MAX_FRAMES_IN_FLIGHT, StreamFrame};
 use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode};
 
+use crate::Options;
 use crate::events::Event;
 use crate::exchange::{self, Link};
 use crate::forward::Forwarder;
@@ -71,21 +72,17 @@ pub enum OpenError {
     Transient(String),
 }
 
-/// Connects to `server`, says hello and waits for the welcome.
-pub async fn open(
-    server: &str,
-    name: Option<&str>,
-    resume: Option<&Resume>,
-    record: bool,
-    token: Option<&str>,
-) -> Result<(Welcome, Socket), OpenError> {
+/// Connects to `server`, says hello with `options` (the name or `resume`, the token, the
+/// recording wish, the public policy) and waits for the welcome.
+pub async fn open(server: &str, options: &Options, resume: Option<&Resume>) -> Result<(Welcome, Socket), OpenError> {
     let hello = Hello {
         v: PROTOCOL_VERSION,
-        name: resume.map(|r| r.name.clone()).or_else(|| name.map(str::to_owned)),
+        name: resume.map(|r| r.name.clone()).or_else(|| options.name.clone()),
         resume_secret: resume.map(|r| r.secret.clone()),
         agent: concat!("tunnel/", env!("CARGO_PKG_VERSION")).to_owned(),
-        record,
-        token: token.map(str::to_owned),
+        record: options.record,
+        token: options.token.clone(),
+        policy: options.policy.clone(),
     };
     let handshake = async {
         let config = WebSocketConfig::default()

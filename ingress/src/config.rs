@@ -45,6 +45,10 @@ pub struct IngressConfig {
     pub redirect_listen: String,
     /// The public HTTPS port redirects point to (443 is left out of the URL).
     pub redirect_https_port: u16,
+    /// Networks or addresses of proxies in front of this node (comma-separated); only from them
+    /// is `X-Forwarded-For` believed, for policies, rate limits and audit. Empty: the
+    /// connection's own address counts.
+    pub trusted_proxies: String,
     /// Publish an audit event per request to the `AUDIT` stream.
     pub audit: bool,
     /// Identifier of this node in NATS inboxes and logs.
@@ -73,6 +77,7 @@ impl Default for IngressConfig {
             tls_key_file: String::new(),
             redirect_listen: String::new(),
             redirect_https_port: 443,
+            trusted_proxies: String::new(),
             audit: true,
             node_id: "ing1".into(),
             log_format: "text".into(),
@@ -88,6 +93,8 @@ impl Validate for IngressConfig {
         config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
         config::check_log_format(&self.log_format)?;
+        crate::client_addr::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::invalid("trusted_proxies", e))?;
         if !self.redirect_listen.is_empty() {
             config::check_socket_addr("redirect_listen", &self.redirect_listen)?;
             if self.tls_cert_file.is_empty() {

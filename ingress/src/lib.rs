@@ -10,11 +10,13 @@
 //! `/metrics`) or get a 404 `no_tunnel_name` page.
 
 mod audit;
+mod client_addr;
 pub mod config;
 mod error_page;
 mod exchange;
 mod headers;
 mod limits;
+mod policies;
 mod proxy;
 mod redirect;
 mod request_id;

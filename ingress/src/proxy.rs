@@ -1,4 +1,5 @@
-//! The public request path: limits, routing, the NATS request to the tunnel, the response.
+//! The public request path: routing, limits, policies, the NATS request to the tunnel, the
+//! response.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,15 +23,18 @@ use tunnel_schemas::events::{
     Failure, REQUEST_ID_HEADER, STREAM_HEADER, TunnelReply, TunnelRequest, TunnelResponse, UPLOAD_HEADER,
 };
 use tunnel_schemas::http::{Header, RequestHead};
+use tunnel_schemas::policy::POLICY_REVISION_HEADER;
 use tunnel_schemas::stream::INLINE_BYTES;
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION, audit, subjects};
 
 use crate::audit::AuditSink;
+use crate::client_addr::TrustedProxies;
 use crate::config::IngressConfig;
 use crate::error_page::{error_response, wants_json};
 use crate::exchange::Exchange;
 use crate::headers::{Forwarded, header_bytes, request_headers, response_headers};
 use crate::limits::{Limited, Limits};
+use crate::policies::{Admitted, PolicyBook};
 use crate::request_id::request_id;
 use crate::routing::{Route, route};
 use crate::streams::StreamHub;
@@ -52,6 +56,10 @@ struct Inner {
     streams: Arc<StreamHub>,
     audit: AuditSink,
     limits: Arc<Limits>,
+    /// The tunnels' public-side policies.
+    policies: Arc<PolicyBook>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    trusted: TrustedProxies,
     metrics: RequestMetrics,
 }
 
@@ -80,6 +88,10 @@ impl RequestMetrics {
     }
 }
 
+/// Longest wait for this ingress to apply a tunnel's new policy when its session-host refused a
+/// request for having been checked against an older one.
+const POLICY_WAIT: Duration = Duration::from_secs(2);
+
 /// Response chunks queued for the public client beyond what the exchange holds.
 const DOWNLOAD_QUEUE: usize = 2;
 
@@ -101,6 +113,18 @@ impl Outcome {
         outcome
     }
 
+    /// A request refused by a policy: 403, or 401 with a basic-auth challenge for `tunnel`.
+    fn refused(code: ErrorCode, tunnel: &str, request_id: &str, json: bool) -> Self {
+        let mut outcome = Self::failed(code, request_id, json, 0);
+        if code == ErrorCode::AuthRequired
+            && let Ok(challenge) =
+                header::HeaderValue::from_str(&format!("Basic realm=\"{tunnel}\", charset=\"UTF-8\""))
+        {
+            outcome.response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        outcome
+    }
+
     fn failed(code: ErrorCode, request_id: &str, json: bool, bytes_in: u64) -> Self {
         tracing::debug!(code = %code, "request failed");
         let response = error_response(code, request_id, json);
@@ -119,7 +143,11 @@ impl Proxy {
             (config.rate_limit_per_ip, config.rate_burst_per_ip),
         );
         let metrics = RequestMetrics::new();
-        Self { inner: Arc::new(Inner { nats, config, timeout, ops, streams, audit, limits, metrics }) }
+        let policies = PolicyBook::start(&nats);
+        // Validated with the configuration.
+        let trusted = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
+        let inner = Inner { nats, config, timeout, ops, streams, audit, limits, policies, trusted, metrics };
+        Self { inner: Arc::new(inner) }
     }
 }
 
@@ -143,13 +171,29 @@ pub async fn handle(
     };
     let request_id = request_id(&parts.headers);
     let on_upgrade = parts.extensions.remove::<OnUpgrade>();
-    let client_ip = peer.ip().to_string();
+    let client = proxy.inner.trusted.client(peer.ip(), &parts.headers);
+    let client_ip = client.to_string();
     let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
-    let mut outcome = match proxy.inner.limits.check(route.name.as_str(), peer.ip()) {
-        Ok(()) => {
-            proxy.forward(&parts, body, on_upgrade, route.clone(), &client_ip, &request_id).instrument(span).await
+    let json = wants_json(&parts.headers);
+    let admitted = match proxy.inner.limits.check(route.name.as_str(), client) {
+        Err(limited) => Err(Outcome::rate_limited(limited, &request_id, json)),
+        Ok(()) => match proxy.inner.policies.applied() {
+            None => Err(Outcome::failed(ErrorCode::Unavailable, &request_id, json, 0)),
+            Some(revision) => proxy
+                .inner
+                .policies
+                .check(route.name.as_str(), client, &parts.headers)
+                .map(|admitted| (admitted, revision))
+                .map_err(|refused| Outcome::refused(refused.0, route.name.as_str(), &request_id, json)),
+        },
+    };
+    let mut outcome = match admitted {
+        Ok(admitted) => {
+            let peer_ip = peer.ip().to_canonical().to_string();
+            let request = Admission { client, peer_ip: &peer_ip, request_id: &request_id, admitted };
+            proxy.forward(&parts, body, on_upgrade, route.clone(), request).instrument(span).await
         }
-        Err(limited) => Outcome::rate_limited(limited, &request_id, wants_json(&parts.headers)),
+        Err(refused) => refused,
     };
     proxy.inner.metrics.record(outcome.error, started.elapsed());
     if proxy.inner.config.audit {
@@ -189,6 +233,17 @@ pub async fn handle(
     outcome.response
 }
 
+/// What the checks before forwarding found out about a request.
+struct Admission<'a> {
+    /// The client's address (behind trusted proxies).
+    client: std::net::IpAddr,
+    /// The connection's own address, appended to `X-Forwarded-For`.
+    peer_ip: &'a str,
+    request_id: &'a str,
+    /// What the policies decided, and the bucket revision they were read at.
+    admitted: (Admitted, u64),
+}
+
 impl Proxy {
     async fn forward(
         &self,
@@ -196,9 +251,9 @@ impl Proxy {
         body: Body,
         on_upgrade: Option<OnUpgrade>,
         route: Route,
-        client_ip: &str,
-        request_id: &str,
+        admission: Admission<'_>,
     ) -> Outcome {
+        let Admission { client, peer_ip, request_id, admitted: (admitted, policy_revision) } = admission;
         let json = wants_json(&parts.headers);
         let fail = |code: ErrorCode, bytes_in: u64| Outcome::failed(code, request_id, json, bytes_in);
         let config = &self.inner.config;
@@ -233,13 +288,17 @@ impl Proxy {
             (Bytes::new(), false)
         };
         let bytes_in = inline.len() as u64;
-        let forwarded = Forwarded { client_ip, proto: &config.public_scheme, host: host_of(parts), request_id };
+        let forwarded =
+            Forwarded { client_ip: peer_ip, proto: &config.public_scheme, host: host_of(parts), request_id };
         let mut headers = request_headers(&parts.headers, &forwarded);
+        if admitted.consumed_authorization {
+            strip_authorization(&mut headers);
+        }
         if let Some(protocol) = &upgrade {
             headers.push(Header("connection".into(), Bytes::from_static(b"upgrade")));
             headers.push(Header("upgrade".into(), protocol.clone()));
         }
-        let event = TunnelRequest {
+        let mut event = TunnelRequest {
             v: PROTOCOL_VERSION,
             request_id: request_id.to_owned(),
             head: RequestHead { method: parts.method.as_str().to_owned(), target: route.target, headers },
@@ -248,20 +307,40 @@ impl Proxy {
             upgrade: upgrade.is_some(),
         };
         let stream = exchange.out().subject().to_owned();
-        let request = self.send(&route.name, request_id, &stream, &event);
-        tokio::pin!(request);
-        let reply = loop {
-            tokio::select! {
-                reply = &mut request => break reply,
-                ended = exchange.step() => if let Some(ended) = ended {
-                    // Before the head only a reset can end the exchange.
-                    let code = match ended {
-                        Ended::Reset(code) => code,
-                        Ended::Complete => ErrorCode::Internal,
-                    };
-                    return fail(code, bytes_in + exchange.bytes_sent());
-                },
+        let reply = {
+            let request = self.send(&route.name, (request_id, policy_revision), &stream, &event);
+            tokio::pin!(request);
+            loop {
+                tokio::select! {
+                    reply = &mut request => break reply,
+                    ended = exchange.step() => if let Some(ended) = ended {
+                        // Before the head only a reset can end the exchange.
+                        let code = match ended {
+                            Ended::Reset(code) => code,
+                            Ended::Complete => ErrorCode::Internal,
+                        };
+                        return fail(code, bytes_in + exchange.bytes_sent());
+                    },
+                }
             }
+        };
+        // The session's policy was newer than this ingress's: wait for it, check the request
+        // against it, and send it again (a whole body only; a streaming one has gone).
+        let pending = reply.as_ref().err().and_then(tunnel_schemas::policy::pending_revision);
+        let reply = match pending {
+            Some(revision) if event.end && upgrade.is_none() => {
+                let policies = &self.inner.policies;
+                if !policies.wait_applied(revision, POLICY_WAIT).await {
+                    return fail(ErrorCode::PolicyPending, bytes_in);
+                }
+                match policies.check(route.name.as_str(), client, &parts.headers) {
+                    Err(refused) => return Outcome::refused(refused.0, route.name.as_str(), request_id, json),
+                    Ok(admitted) if admitted.consumed_authorization => strip_authorization(&mut event.head.headers),
+                    Ok(_) => {}
+                }
+                self.send(&route.name, (request_id, revision), &stream, &event).await
+            }
+            _ => reply,
         };
         let (response, host) = match reply {
             Ok(reply) => reply,
@@ -315,10 +394,11 @@ impl Proxy {
 
     /// Sends `event` to the tunnel and waits for the response head; returns it with the
     /// session-host's stream subject.
+    /// The request carries its id and the policy revision the ingress applied.
     async fn send(
         &self,
         name: &tunnel_schemas::names::TunnelName,
-        request_id: &str,
+        (request_id, policy_revision): (&str, u64),
         stream: &str,
         event: &TunnelRequest,
     ) -> Result<(TunnelResponse, Option<Subject>), Failure> {
@@ -329,6 +409,7 @@ impl Proxy {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, request_id);
         headers.insert(STREAM_HEADER, stream);
+        headers.insert(POLICY_REVISION_HEADER, policy_revision.to_string().as_str());
         if !event.end {
             headers.insert(UPLOAD_HEADER, "1");
         }
@@ -374,6 +455,11 @@ async fn relay_upgraded(mut exchange: Exchange, on_upgrade: OnUpgrade) -> Summar
     let summary = exchange.run().await;
     let _ = writer.await;
     summary
+}
+
+/// Drops the tunnel's own basic-auth credentials: the local service never sees them.
+fn strip_authorization(headers: &mut Vec<Header>) {
+    headers.retain(|Header(name, _)| name != "authorization");
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with an `Upgrade` field).

@@ -63,13 +63,23 @@ pub enum ErrorCode {
     NameOwned,
     /// Too many requests: a rate limit of the tunnel or of the client address was reached.
     RateLimited,
+    /// The tunnel requires HTTP basic auth and the request has no valid user and password.
+    AuthRequired,
+    /// The tunnel's policy refuses the request: its client address or a required header.
+    PolicyDenied,
+    /// A tunnel client asked for a public-side policy that cannot be used.
+    InvalidPolicy,
+    /// The request reached an ingress that had not yet applied the tunnel's policy; the
+    /// ingress waits for it and retries once, so a public client sees this only when it did
+    /// not arrive in time.
+    PolicyPending,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -97,6 +107,10 @@ impl ErrorCode {
         Self::NameNotAllowed,
         Self::NameOwned,
         Self::RateLimited,
+        Self::AuthRequired,
+        Self::PolicyDenied,
+        Self::InvalidPolicy,
+        Self::PolicyPending,
         Self::Internal,
     ];
 
@@ -130,6 +144,10 @@ impl ErrorCode {
             Self::NameNotAllowed => "name_not_allowed",
             Self::NameOwned => "name_owned",
             Self::RateLimited => "rate_limited",
+            Self::AuthRequired => "auth_required",
+            Self::PolicyDenied => "policy_denied",
+            Self::InvalidPolicy => "invalid_policy",
+            Self::PolicyPending => "policy_pending",
             Self::Internal => "internal",
         }
     }
@@ -147,15 +165,15 @@ impl ErrorCode {
             Self::BodyTooLarge => 413,
             Self::HeadersTooLarge => 431,
             Self::UriTooLong => 414,
-            Self::BadRequest | Self::InvalidName | Self::BadFrame | Self::FrameTooLarge => 400,
+            Self::BadRequest | Self::InvalidName | Self::BadFrame | Self::FrameTooLarge | Self::InvalidPolicy => 400,
             Self::NameInUse | Self::ReservedName => 409,
             Self::ProtocolVersion => 426,
             Self::HandshakeTimeout => 408,
             Self::SessionReplaced => 409,
             Self::Cancelled => 499,
-            Self::GoingAway | Self::Unavailable => 503,
-            Self::Forbidden | Self::NameNotAllowed | Self::NameOwned => 403,
-            Self::Unauthorized => 401,
+            Self::GoingAway | Self::Unavailable | Self::PolicyPending => 503,
+            Self::Forbidden | Self::NameNotAllowed | Self::NameOwned | Self::PolicyDenied => 403,
+            Self::Unauthorized | Self::AuthRequired => 401,
             Self::RateLimited => 429,
             Self::Internal => 500,
         }
@@ -195,6 +213,10 @@ impl ErrorCode {
             Self::NameNotAllowed => "This token may not bind that tunnel name.",
             Self::NameOwned => "This tunnel name is reserved by another account.",
             Self::RateLimited => "Too many requests; retry after the time in Retry-After.",
+            Self::AuthRequired => "This tunnel requires a user name and password.",
+            Self::PolicyDenied => "This tunnel does not admit this request.",
+            Self::InvalidPolicy => "The tunnel's access policy cannot be used.",
+            Self::PolicyPending => "The tunnel's access policy is being applied; retry in a moment.",
             Self::Internal => "An internal error occurred.",
         }
     }

@@ -38,6 +38,10 @@ pub struct Hello {
     /// The account token (`tt_<id>_<secret>`), required unless the host runs anonymously.
     #[serde(default)]
     pub token: Option<String>,
+    /// Who on the public side may reach the tunnel (`--basic-auth`, `--allow-cidr`, …); empty
+    /// for everyone. Its secrets are already hashed. Left off the wire when empty.
+    #[serde(default, skip_serializing_if = "crate::policy::PublicPolicy::is_empty")]
+    pub policy: crate::policy::PublicPolicy,
 }
 
 /// The host's acceptance of a [`Hello`].

@@ -13,6 +13,7 @@
 //! - [`gap`]: events dropped before they reached the log, reported to readers;
 //! - [`record`]: the recorded exchanges published to the `RECORDINGS` stream;
 //! - [`tokens`]: accounts and tokens as stored in JetStream KV;
+//! - [`policy`]: public-side access policies of tunnels (networks, headers, basic auth);
 //! - [`error`]: the typed error codes every component reports.
 //!
 //! Every message is encoded with [`encode`] as a MessagePack *map* (field names on the wire), so a
@@ -27,6 +28,7 @@ pub mod gap;
 pub mod http;
 pub mod names;
 pub mod pattern;
+pub mod policy;
 pub mod record;
 mod shared;
 pub mod stream;

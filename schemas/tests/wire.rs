@@ -6,6 +6,7 @@ use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 use tunnel_schemas::events::{Control, Failure, TunnelReply, TunnelRequest, TunnelResponse};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, Welcome};
 use tunnel_schemas::http::{Header, RequestHead, ResponseHead};
+use tunnel_schemas::policy::PublicPolicy;
 use tunnel_schemas::stream::StreamFrame;
 use tunnel_schemas::{ErrorCode, decode, encode};
 
@@ -32,6 +33,7 @@ fn hello() -> Hello {
         agent: "tunnel/0.1.0".into(),
         record: true,
         token: None,
+        policy: PublicPolicy::default(),
     }
 }
 
@@ -187,7 +189,8 @@ fn optional_fields_may_be_absent_and_unknown_fields_are_ignored() {
             resume_secret: None,
             agent: String::new(),
             record: false,
-            token: None
+            token: None,
+            policy: PublicPolicy::default(),
         })
     );
 }

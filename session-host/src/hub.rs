@@ -6,6 +6,7 @@ use crate::access_log::AccessLog;
 use crate::auth::Auth;
 use crate::config::HostConfig;
 use crate::leases::Leases;
+use crate::policies::Policies;
 use crate::recording::Recorder;
 use crate::registry::Registry;
 
@@ -27,6 +28,8 @@ pub struct Hub {
     pub auth: Auth,
     /// Where access events go.
     pub access_log: AccessLog,
+    /// The owners' public-side policies, enforced by the ingresses.
+    pub policies: Policies,
 }
 
 /// Room left in a NATS message for the headers of a reply.

@@ -17,6 +17,7 @@ mod dispatch;
 mod exchanges;
 mod hub;
 pub mod leases;
+mod policies;
 pub mod recording;
 mod registry;
 mod session;
@@ -52,6 +53,9 @@ pub enum HostError {
     /// Clients cannot be admitted as configured.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// The policy bucket could not be opened.
+    #[error("cannot open the policy bucket: {0}")]
+    Policies(String),
     /// NATS refused the host-wide subscriptions.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -61,7 +65,7 @@ pub enum HostError {
 /// `going_away` and waits for them.
 ///
 /// # Errors
-/// [`HostError`] when the lease bucket cannot be opened or NATS refuses a subscription.
+/// [`HostError`] when the lease or policy bucket cannot be opened or NATS refuses a subscription.
 pub async fn run(
     listener: TcpListener,
     nats: async_nats::Client,
@@ -76,6 +80,7 @@ pub async fn run(
     let dispatch = dispatch::Dispatch::start(&nats, &config.inbox_prefix(), &registry).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
+    let policies = policies::Policies::open(&js, config.lease_replicas).await.map_err(HostError::Policies)?;
     let auth = auth::Auth::open(&js, &config.auth).await?;
     let revocations = tokio::spawn(auth.clone().watch_revocations(registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
@@ -90,6 +95,7 @@ pub async fn run(
         recorder,
         auth,
         access_log,
+        policies,
     });
     let sessions = TaskTracker::new();
     let access =

@@ -192,6 +192,8 @@ struct Session {
     credential: Option<Credential>,
     /// The client, for access events.
     who: Who,
+    /// Revision of the tunnel's policy that a request's ingress must have applied.
+    policy_revision: u64,
     exchanges: Exchanges,
     next_stream: StreamId,
     last_seen: Instant,
@@ -222,9 +224,11 @@ impl Session {
         if let Some(credential) = &credential {
             crate::auth::may_bind(credential, hello.name.as_deref())?;
         }
+        hello.policy.validate().map_err(|e| Failure::new(ErrorCode::InvalidPolicy, e.to_string()))?;
         let id = uuid::Uuid::now_v7().to_string();
         let lease = acquire(hub, &hello, credential.as_ref(), &id).await?;
         let name = &lease.name;
+        let policy_revision = hub.policies.publish(name.as_str(), &hello.policy).await?;
         let nats = &hub.nats;
         let token = credential.as_ref().map(|c| c.token.as_str());
         let registration = hub.registry.register(name.as_str(), &id, token);
@@ -258,6 +262,7 @@ impl Session {
                 token: credential.as_ref().map(|c| c.token.clone()),
             },
             credential,
+            policy_revision,
             exchanges,
             next_stream: 0,
             last_seen: Instant::now(),
@@ -433,9 +438,15 @@ impl Session {
             self.exchanges.refuse(reply, ErrorCode::Unavailable, "too many requests in flight").await;
             return Ok(());
         }
+        let headers = message.headers.as_ref();
+        if !crate::policies::ingress_has_applied(headers, self.policy_revision) {
+            metrics::counter!("host_requests_before_policy_total").increment(1);
+            let failure = tunnel_schemas::policy::pending(self.policy_revision);
+            self.exchanges.refuse(reply, failure.code, &failure.detail).await;
+            return Ok(());
+        }
         self.next_stream = self.next_stream.wrapping_add(1);
         let stream = self.next_stream;
-        let headers = message.headers.as_ref();
         if tracing::enabled!(tracing::Level::DEBUG) {
             let request_id = headers.and_then(|h| h.get(REQUEST_ID_HEADER)).map(|v| v.as_str().to_owned());
             tracing::debug!(stream, request_id, "relaying request");
@@ -534,6 +545,7 @@ impl Session {
         self.exchanges.fail_all(code, detail).await;
         if release {
             self.hub.leases.release(&self.lease).await;
+            self.hub.policies.clear(self.lease.name.as_str()).await;
         }
         tracing::info!(released = release, "session closed");
     }

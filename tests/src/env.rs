@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunnel_client::{ClientError, Event, Options, Target};
 use tunnel_ingress::IngressConfig;
+use tunnel_schemas::policy::PublicPolicy;
 use tunnel_session_host::HostConfig;
 
 use crate::{DEADLINE, NatsServer, within};
@@ -42,6 +43,8 @@ pub struct EnvOptions {
     pub rate_limit_per_tunnel: u32,
     /// Ingress: requests per second per client address (0: no limit), bursts of the same size.
     pub rate_limit_per_ip: u32,
+    /// Ingress: proxies whose `X-Forwarded-For` is believed (comma-separated networks).
+    pub trusted_proxies: String,
     /// Ingress and session-host: serve HTTPS and `wss://` with this certificate and key (PEM
     /// files), the ingress also redirecting plain HTTP from [`TestEnv::redirect_addr`].
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
@@ -86,6 +89,7 @@ impl Default for EnvOptions {
             permissions: false,
             rate_limit_per_tunnel: 0,
             rate_limit_per_ip: 0,
+            trusted_proxies: String::new(),
             tls: None,
             auth: "anonymous",
         }
@@ -148,6 +152,7 @@ impl TestEnv {
             tls_key_file: tls_setting(&options, |(_, key)| key),
             redirect_listen: if options.tls.is_some() { redirect.to_string() } else { String::new() },
             redirect_https_port: ingress.port(),
+            trusted_proxies: options.trusted_proxies.clone(),
             ..IngressConfig::default()
         };
         let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
@@ -312,17 +317,25 @@ impl TestEnv {
         Tunnel::open(&self.server_url(), port, name).await
     }
 
-    /// Opens a tunnel that asks to be recorded and saves its name, URL and secret in
-    /// `state_dir` (as `tunnel http --record` does), and waits until it is ready.
-    pub async fn recorded_tunnel(&self, port: u16, name: &str, state_dir: &std::path::Path) -> Tunnel {
-        let options = Options {
+    /// What a client of this system needs to serve the local `port` as `name`, with the token of
+    /// [`TestEnv::use_token`]; change fields before [`Tunnel::spawn_with`].
+    pub fn client_options(&self, port: u16, name: &str) -> Options {
+        Options {
             server: self.server_url(),
             target: Target::port(port),
             name: Some(name.to_owned()),
-            record: true,
-            state_dir: Some(state_dir.to_owned()),
+            record: false,
+            state_dir: None,
             token: self.client_token.clone(),
-        };
+            policy: PublicPolicy::default(),
+        }
+    }
+
+    /// Opens a tunnel that asks to be recorded and saves its name, URL and secret in
+    /// `state_dir` (as `tunnel http --record` does), and waits until it is ready.
+    pub async fn recorded_tunnel(&self, port: u16, name: &str, state_dir: &std::path::Path) -> Tunnel {
+        let options =
+            Options { record: true, state_dir: Some(state_dir.to_owned()), ..self.client_options(port, name) };
         Tunnel::ready(Tunnel::spawn_with(options)).await
     }
 
@@ -394,6 +407,7 @@ impl Tunnel {
             record: false,
             state_dir: None,
             token: None,
+            policy: PublicPolicy::default(),
         };
         Self::spawn_with(options)
     }

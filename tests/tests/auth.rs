@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tunnel_client::{ClientError, Options, Target};
 use tunnel_schemas::ErrorCode;
+use tunnel_schemas::policy::PublicPolicy;
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, Upstream, binary, run_tunnel, within};
 
 /// `tunnel admin … --json` against the environment's NATS; its single JSON line.
@@ -27,6 +28,7 @@ fn client(env: &TestEnv, port: u16, name: Option<&str>, token: Option<&str>) -> 
         record: false,
         state_dir: None,
         token: token.map(str::to_owned),
+        policy: PublicPolicy::default(),
     })
 }
 
@@ -98,6 +100,7 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
         record: false,
         state_dir: None,
         token: Some(token.to_owned()),
+        policy: PublicPolicy::default(),
     });
     let mut elsewhere = elsewhere;
     assert!(matches!(elsewhere.next_event().await, Some(tunnel_client::Event::Ready { .. })));

@@ -1,7 +1,7 @@
 //! The users and subject permissions of `nats/accounts.conf` carry the whole system: every
 //! component connects as its own user, and a token check, a request, a streamed download, its
-//! audit record, its recording, the trail through the session-host and a replay all work within
-//! them.
+//! audit record, its recording, the trail through the session-host, a replay and a tunnel's
+//! public-side policy all work within them.
 
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
 
@@ -45,6 +45,16 @@ async fn every_component_works_within_its_permissions() {
     let (code, stdout, _) =
         run_tunnel(state.path(), &["trail", "perm-demo", "--nats", &admin, "--since", &since, "--recorded"]).await;
     assert_eq!((code, stdout.lines().count()), (Some(0), 3), "the operator reads it all, the replay included");
+    let fenced =
+        tunnel_schemas::policy::PolicySpec { basic_auth: vec!["ann:long enough".into()], ..Default::default() };
+    let options = tunnel_client::Options {
+        policy: fenced.build().expect("valid"),
+        ..env.client_options(upstream.port(), "perm-fenced")
+    };
+    let _fenced = tunnel_tests::Tunnel::ready_with(tunnel_tests::Tunnel::spawn_with(options)).await;
+    assert_eq!(env.get("perm-fenced", "/echo").await.status(), 401, "the host stores the policy, the ingress reads it");
+    let admitted = env.request(reqwest::Method::GET, "perm-fenced", "/echo").basic_auth("ann", Some("long enough"));
+    assert_eq!(within(DEADLINE, "a response", admitted.send()).await.expect("response").status(), 200);
     let id = created["id"].as_str().expect("id");
     let (code, _, _) = run_tunnel(state.path(), &["admin", "--nats", &admin, "token", "revoke", id]).await;
     assert_eq!(code, Some(0));

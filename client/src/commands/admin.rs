@@ -1,4 +1,4 @@
-//! `tunnel admin`: the operator's accounts and tokens, straight in JetStream KV (NATS
+//! `tunnel admin`: the operator's accounts, tokens, reserved names and policies, straight in JetStream KV (NATS
 //! credentials needed). A token is printed once, when it is created; only its hash is stored.
 
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use tunnel_schemas::names::TunnelName;
+use tunnel_schemas::policy::POLICIES_BUCKET;
 use tunnel_schemas::tokens::{
     ACCOUNTS_BUCKET, AccountRecord, RESERVATIONS_BUCKET, ReservationRecord, TOKENS_BUCKET, Token, TokenRecord,
     account_key, hash_secret, reservation_key, token_key, valid_account,
@@ -39,6 +40,9 @@ enum AdminCommand {
     /// Tunnel names reserved by accounts.
     #[command(subcommand)]
     Name(NameCommand),
+    /// Operator policies: who on the public side may reach the tunnels whose names match.
+    #[command(subcommand)]
+    Policy(super::policy::PolicyCommand),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -98,8 +102,8 @@ enum TokenCommand {
     },
 }
 
-/// Why an admin command failed.
-type Refusal = (&'static str, String);
+/// Why an admin command failed: its code and message.
+pub type Refusal = (&'static str, String);
 
 /// Runs `tunnel admin`.
 pub async fn run(args: AdminArgs, json: bool) -> ExitCode {
@@ -214,6 +218,10 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
             reservations.delete(reservation_key(&name)).await.map_err(|e| ("unavailable", e.to_string()))?;
             print(json, &serde_json::json!({ "event": "name_released", "name": name }), &format!("{name} released"));
         }
+        AdminCommand::Policy(command) => {
+            let policies = bucket(&js, POLICIES_BUCKET, args.replicas).await?;
+            super::policy::admin(&policies, command, json).await?;
+        }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
             if tokens.get(token_key(&id)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
                 return Err(("unknown_token", format!("no token {id}")));
@@ -235,7 +243,7 @@ async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<
 }
 
 /// The keys of `store` starting with `prefix`, without it.
-async fn keys(store: &kv::Store, prefix: &str) -> Result<Vec<String>, Refusal> {
+pub async fn keys(store: &kv::Store, prefix: &str) -> Result<Vec<String>, Refusal> {
     let mut keys = store.keys().await.map_err(|e| ("unavailable", e.to_string()))?;
     let mut found = Vec::new();
     while let Some(key) = keys.next().await {
@@ -258,7 +266,8 @@ async fn token_records(tokens: &kv::Store) -> Result<Vec<(String, TokenRecord)>,
     Ok(records)
 }
 
-fn print(json: bool, value: &serde_json::Value, text: &str) {
+/// Prints `value` as a JSON line, or `text`.
+pub fn print(json: bool, value: &serde_json::Value, text: &str) {
     if json {
         println!("{value}");
     } else {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod export;
+pub mod policy;
 pub mod replay;
 pub mod trail;
 
