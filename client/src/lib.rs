@@ -48,6 +48,8 @@ pub struct Options {
     pub token: Option<String>,
     /// Who on the public side may reach the tunnel; its secrets are already hashed.
     pub policy: tunnel_schemas::policy::PublicPolicy,
+    /// Serve the name together with the other clients of the same account that say so.
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for Options {
             .field("record", &self.record)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("policy", &self.policy)
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }

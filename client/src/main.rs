@@ -61,6 +61,10 @@ struct HttpArgs {
     /// masked) for `tunnel trail --recorded` and `tunnel replay`.
     #[arg(long)]
     record: bool,
+    /// Serve the name together with the other clients of your account that pass --shared
+    /// (needs --name and a token); each request goes to one of them.
+    #[arg(long, requires = "name")]
+    shared: bool,
     #[command(flatten)]
     policy: commands::policy::PolicyArgs,
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
@@ -110,6 +114,7 @@ async fn main() -> std::process::ExitCode {
         state_dir: tunnel_client::state::default_dir(),
         token: args.token,
         policy,
+        shared: args.shared,
     };
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);

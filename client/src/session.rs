@@ -83,6 +83,7 @@ pub async fn open(server: &str, options: &Options, resume: Option<&Resume>) -> R
         record: options.record,
         token: options.token.clone(),
         policy: options.policy.clone(),
+        shared: options.shared,
     };
     let handshake = async {
         let config = WebSocketConfig::default()

@@ -42,6 +42,10 @@ pub struct Hello {
     /// for everyone. Its secrets are already hashed. Left off the wire when empty.
     #[serde(default, skip_serializing_if = "crate::policy::PublicPolicy::is_empty")]
     pub policy: crate::policy::PublicPolicy,
+    /// Serve the name together with the other clients of the same account that say so
+    /// (`tunnel http --shared`); needs a token and a name. Left off the wire when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// The host's acceptance of a [`Hello`].

@@ -34,6 +34,7 @@ fn hello() -> Hello {
         record: true,
         token: None,
         policy: PublicPolicy::default(),
+        shared: false,
     }
 }
 
@@ -191,6 +192,7 @@ fn optional_fields_may_be_absent_and_unknown_fields_are_ignored() {
             record: false,
             token: None,
             policy: PublicPolicy::default(),
+            shared: false,
         })
     );
 }

@@ -29,6 +29,10 @@ struct LeaseRecord {
     session: String,
     host: String,
     secret_hash: String,
+    /// The account whose clients may serve the name together (each saying so); none for a
+    /// name served by one client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shared_by: Option<String>,
 }
 
 /// A lease held by a session.
@@ -40,6 +44,9 @@ pub struct Lease {
     pub secret: String,
     /// Whether a resume secret took the name back.
     pub resumed: bool,
+    /// Whether the name is served together by sessions of one account: they all renew the same
+    /// lease, and none releases it.
+    pub shared: bool,
     key: String,
     record: Bytes,
     revision: u64,
@@ -84,7 +91,8 @@ impl Leases {
         Ok(Self { kv })
     }
 
-    /// Takes `name` for `session`: creates the lease, or takes it over when `resume_secret`
+    /// Takes `name` for `session`: creates the lease (shared by the account `share` when given),
+    /// or joins it when it is shared by that same account, or takes it over when `resume_secret`
     /// matches the stored hash, or when the session's account `owns` the name (its client came
     /// back after a crash without its secret; the stale session is evicted).
     ///
@@ -93,8 +101,7 @@ impl Leases {
     pub async fn acquire(
         &self,
         name: TunnelName,
-        resume_secret: Option<&str>,
-        owns: bool,
+        (resume_secret, owns, share): (Option<&str>, bool, Option<&str>),
         session: &str,
         host: &str,
     ) -> Result<Lease, LeaseError> {
@@ -104,16 +111,22 @@ impl Leases {
             session: session.to_owned(),
             host: host.to_owned(),
             secret_hash: hash(&secret),
+            shared_by: share.map(str::to_owned),
         }));
         let created = self.kv.create(&key, record.clone()).await;
         let (revision, resumed) = match created {
             Ok(revision) => (revision, false),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                if resume_secret.is_none() && !owns {
+                if resume_secret.is_none() && !owns && share.is_none() {
                     return Err(LeaseError::InUse);
                 }
                 let entry = self.kv.entry(&key).await.map_err(unavailable)?.ok_or(LeaseError::InUse)?;
                 let held: LeaseRecord = tunnel_schemas::decode(&entry.value, usize::MAX).map_err(unavailable)?;
+                if share.is_some() && held.shared_by.as_deref() == share {
+                    // Served together: the members renew the very same record.
+                    let (record, revision) = (entry.value, entry.revision);
+                    return Ok(Lease { name, secret, resumed: false, shared: true, key, record, revision });
+                }
                 let resumes = resume_secret
                     .is_some_and(|secret| constant_time_eq(held.secret_hash.as_bytes(), hash(secret).as_bytes()));
                 if !resumes && !owns {
@@ -126,7 +139,7 @@ impl Leases {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        Ok(Lease { name, secret, resumed, key, record, revision })
+        Ok(Lease { name, secret, resumed, shared: share.is_some(), key, record, revision })
     }
 
     /// Renews `lease`, resetting its age.
@@ -181,8 +194,12 @@ impl Leases {
         Ok(constant_time_eq(held.secret_hash.as_bytes(), hash(secret).as_bytes()))
     }
 
-    /// Releases `lease` if it is still the current one.
+    /// Releases `lease` if it is still the current one and served by one session (a shared
+    /// name stays with the other members, and expires one TTL after the last has gone).
     pub async fn release(&self, lease: &Lease) {
+        if lease.shared {
+            return;
+        }
         if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {
             tracing::debug!(error = %e, "lease not released (already taken over or expired)");
         }

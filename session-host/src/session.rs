@@ -543,7 +543,7 @@ impl Session {
             }
         }
         self.exchanges.fail_all(code, detail).await;
-        if release {
+        if release && !self.lease.shared {
             self.hub.leases.release(&self.lease).await;
             self.hub.policies.clear(self.lease.name.as_str()).await;
         }
@@ -560,11 +560,20 @@ impl Session {
     }
 }
 
-/// Takes the name the client asked for (or a random free one), if its account may hold it.
+/// Takes the name the client asked for (or a random free one), if its account may hold it; a
+/// client asking to share the name joins the other clients of its account serving it.
 async fn acquire(hub: &Hub, hello: &Hello, credential: Option<&Credential>, session: &str) -> Result<Lease, Failure> {
     let refused = |e: LeaseError, name: &TunnelName| match e {
         LeaseError::InUse => Failure::new(ErrorCode::NameInUse, format!("{name} is held by another client")),
         LeaseError::Lost | LeaseError::Unavailable(_) => Failure::new(ErrorCode::Unavailable, e.to_string()),
+    };
+    let share = match (hello.shared, credential) {
+        (false, _) => None,
+        (true, None) => return Err(Failure::new(ErrorCode::Unauthorized, "sharing a name needs an account token")),
+        (true, Some(_)) if hello.name.is_none() => {
+            return Err(Failure::new(ErrorCode::InvalidName, "a shared tunnel needs a name (--name)"));
+        }
+        (true, Some(credential)) => Some(credential.account.as_str()),
     };
     if let Some(requested) = &hello.name {
         let name = TunnelName::parse(requested).map_err(|e| match e {
@@ -574,7 +583,7 @@ async fn acquire(hub: &Hub, hello: &Hello, credential: Option<&Credential>, sess
         let owns = hub.auth.may_hold(credential, name.as_str()).await?;
         return hub
             .leases
-            .acquire(name.clone(), hello.resume_secret.as_deref(), owns, session, &hub.config.node_id)
+            .acquire(name.clone(), (hello.resume_secret.as_deref(), owns, share), session, &hub.config.node_id)
             .await
             .map_err(|e| refused(e, &name));
     }
@@ -583,7 +592,7 @@ async fn acquire(hub: &Hub, hello: &Hello, credential: Option<&Credential>, sess
         if hub.auth.owner_of(name.as_str()).await?.is_some() {
             continue;
         }
-        match hub.leases.acquire(name.clone(), None, false, session, &hub.config.node_id).await {
+        match hub.leases.acquire(name.clone(), (None, false, None), session, &hub.config.node_id).await {
             Err(LeaseError::InUse) => continue,
             result => return result.map_err(|e| refused(e, &name)),
         }

@@ -328,6 +328,7 @@ impl TestEnv {
             state_dir: None,
             token: self.client_token.clone(),
             policy: PublicPolicy::default(),
+            shared: false,
         }
     }
 
@@ -408,6 +409,7 @@ impl Tunnel {
             state_dir: None,
             token: None,
             policy: PublicPolicy::default(),
+            shared: false,
         };
         Self::spawn_with(options)
     }

@@ -104,6 +104,7 @@ pub async fn ws_hello(socket: &mut WsSocket, v: u16, name: Option<&str>, resume_
         record: false,
         token: None,
         policy: tunnel_schemas::policy::PublicPolicy::default(),
+        shared: false,
     };
     socket.send(Message::Binary(tunnel_schemas::encode(&ClientFrame::Hello(hello)).into())).await.expect("send hello");
     ws_next_frame(socket).await.expect("a frame after hello")

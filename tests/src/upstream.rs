@@ -105,6 +105,12 @@ impl Upstream {
             .expect("upstream running")
     }
 
+    /// How many requests arrived since the last call (or [`Upstream::next_request`]), without
+    /// waiting: a request is counted before its response is sent.
+    pub fn take_count(&mut self) -> usize {
+        std::iter::from_fn(|| self.requests.try_recv().ok()).count()
+    }
+
     /// Waits until a `/hang` request's connection was closed by the client side.
     ///
     /// # Panics

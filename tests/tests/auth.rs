@@ -29,6 +29,7 @@ fn client(env: &TestEnv, port: u16, name: Option<&str>, token: Option<&str>) -> 
         state_dir: None,
         token: token.map(str::to_owned),
         policy: PublicPolicy::default(),
+        shared: false,
     })
 }
 
@@ -101,6 +102,7 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
         state_dir: None,
         token: Some(token.to_owned()),
         policy: PublicPolicy::default(),
+        shared: false,
     });
     let mut elsewhere = elsewhere;
     assert!(matches!(elsewhere.next_event().await, Some(tunnel_client::Event::Ready { .. })));
