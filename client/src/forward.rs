@@ -55,21 +55,15 @@ pub struct Forwarder {
     target: Target,
 }
 
-/// A connector for `http://` and `https://` URLs; servers are checked against the system's root
-/// certificates (none when the system has none: every `https://` server is then refused).
+/// A connector for `http://` and `https://` URLs; servers are checked against the roots of
+/// [`crate::trust`].
 pub fn connector() -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.enforce_http(false);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = builder.with_native_roots().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "no system root certificates: https servers cannot be verified");
-        let roots = rustls::RootCertStore::empty();
-        hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
-    });
-    builder.https_or_http().enable_http1().wrap_connector(http)
+    let tls = (*crate::trust::client_config()).clone();
+    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
 }
 
 impl Forwarder {

@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod commands;
+pub mod config;
 pub mod events;
 pub mod exchange;
 pub mod forward;
@@ -16,6 +17,7 @@ pub mod session;
 pub mod state;
 pub mod target;
 pub mod trail;
+pub mod trust;
 
 use std::sync::Arc;
 

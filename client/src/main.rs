@@ -10,6 +10,10 @@ use tunnel_client::{Event, Options, Target, commands};
 #[derive(Debug, Parser)]
 #[command(name = "tunnel", version)]
 struct Cli {
+    /// A PEM file of CA certificates to trust besides the system's (a private CA); a server
+    /// certificate that neither verifies is refused.
+    #[arg(long, global = true, value_name = "FILE", env = "TUNNEL_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,13 +52,15 @@ struct HttpArgs {
     /// Forward to this URL instead of a local port (http://192.168.1.20:8080).
     #[arg(long, value_name = "URL", conflicts_with = "port")]
     to: Option<String>,
-    /// WebSocket URL of the http-tunnel server.
-    #[arg(long, value_name = "WS_URL", env = "TUNNEL_SERVER", default_value = "ws://127.0.0.1:7070")]
-    server: String,
+    /// WebSocket URL of the http-tunnel server [default: the settings file's, or
+    /// ws://127.0.0.1:7070].
+    #[arg(long, value_name = "WS_URL", env = "TUNNEL_SERVER")]
+    server: Option<String>,
     /// Tunnel name to request (a DNS label); random when absent.
     #[arg(long, value_name = "NAME", env = "TUNNEL_NAME")]
     name: Option<String>,
-    /// Account token (`tt_…`) from the operator; never printed.
+    /// Account token (`tt_…`) from the operator, or a JWT [default: the settings file's];
+    /// never printed.
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Record every exchange (requests and responses, bodies up to the server's cap, credentials
@@ -72,13 +78,26 @@ struct HttpArgs {
     json: bool,
 }
 
+/// The session-host when neither a flag, the environment nor the settings file names one.
+const DEFAULT_SERVER: &str = "ws://127.0.0.1:7070";
+
 // One developer's traffic fits one thread; a single-threaded runtime saves the wake-ups between
 // worker threads that dominate at low load (measured: about half the CPU per request at one
 // connection). TOKIO_WORKER_THREADS does not apply here.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     tunnel_kit::alloc::tune();
-    let args = match Cli::parse().command {
+    let cli = Cli::parse();
+    let settings = match tunnel_client::config::ClientConfig::load() {
+        Ok(settings) => settings,
+        Err(e) => return commands::fail(!stdout_is_terminal(), "invalid_settings", &e.to_string()),
+    };
+    if let Some(ca_file) = cli.ca_file.as_ref().or(settings.ca_file.as_ref())
+        && let Err(e) = tunnel_client::trust::add_ca_file(ca_file)
+    {
+        return commands::fail(!stdout_is_terminal(), "invalid_ca_file", &e.to_string());
+    }
+    let args = match cli.command {
         Command::Http(args) => args,
         Command::Trail(Logged { args, json }) => {
             return commands::trail::run(args, json || !stdout_is_terminal()).await;
@@ -107,12 +126,12 @@ async fn main() -> std::process::ExitCode {
         Err(e) => return commands::fail(json, "invalid_policy", &e.to_string()),
     };
     let options = Options {
-        server: args.server,
+        server: args.server.or(settings.server).unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
         target,
         name: args.name,
         record: args.record,
         state_dir: tunnel_client::state::default_dir(),
-        token: args.token,
+        token: args.token.or(settings.token),
         policy,
         shared: args.shared,
     };

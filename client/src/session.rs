@@ -90,7 +90,8 @@ pub async fn open(server: &str, options: &Options, resume: Option<&Resume>) -> R
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES))
             .read_buffer_size(READ_BUFFER_BYTES);
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(server, Some(config), true)
+        let tls = tokio_tungstenite::Connector::Rustls(crate::trust::client_config());
+        let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(server, Some(config), true, Some(tls))
             .await
             .map_err(|e| OpenError::Transient(format!("cannot connect to {server}: {e}")))?;
         let hello = encode(&ClientFrame::Hello(hello));

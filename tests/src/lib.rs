@@ -43,8 +43,8 @@ pub async fn within<T>(deadline: Duration, what: &str, future: impl std::future:
     }
 }
 
-/// Runs the `tunnel` binary with `args` to its end, with `state_dir` as its state directory;
-/// returns its exit code, stdout and stderr.
+/// Runs the `tunnel` binary with `args` to its end, with `state_dir` as its state directory and
+/// `<state_dir>/config.toml` as its settings file; returns its exit code, stdout and stderr.
 ///
 /// # Panics
 /// When it cannot start or does not finish within [`DEADLINE`].
@@ -52,6 +52,7 @@ pub async fn run_tunnel(state_dir: &std::path::Path, args: &[&str]) -> (Option<i
     let output = tokio::process::Command::new(binary("tunnel"))
         .args(args)
         .env("TUNNEL_STATE_DIR", state_dir)
+        .env("TUNNEL_CONFIG", state_dir.join("config.toml"))
         .env_remove("TUNNEL_SECRET")
         .env_remove("TUNNEL_NATS_URL")
         .kill_on_drop(true)
