@@ -28,6 +28,11 @@ pub struct IngressConfig {
     pub max_header_bytes: usize,
     /// Longest request target (path and query), in bytes (414 above).
     pub max_uri_bytes: usize,
+    /// Seconds a client has for the TLS handshake, its first bytes and each request head before
+    /// its connection is closed (slowloris guard).
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; beyond it the ingress stops accepting until one closes.
+    pub max_connections: usize,
     /// Requests per second one tunnel may receive through this node (0: no limit); more get 429.
     pub rate_limit_per_tunnel: u32,
     /// Burst of requests one tunnel may receive at once (at least the rate).
@@ -69,6 +74,8 @@ impl Default for IngressConfig {
             max_body_bytes: 0,
             max_header_bytes: 64 << 10,
             max_uri_bytes: 8 << 10,
+            header_read_timeout_secs: tunnel_kit::serve::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            max_connections: tunnel_kit::serve::DEFAULT_MAX_CONNECTIONS,
             rate_limit_per_tunnel: 0,
             rate_burst_per_tunnel: 0,
             rate_limit_per_ip: 0,
@@ -92,6 +99,8 @@ impl Validate for IngressConfig {
         config::check_range("stream_idle_timeout_secs", self.stream_idle_timeout_secs, 0..=86_400)?;
         config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
+        config::check_range("header_read_timeout_secs", self.header_read_timeout_secs, 1..=300)?;
+        config::check_range("max_connections", self.max_connections, 1..=10_000_000)?;
         config::check_log_format(&self.log_format)?;
         crate::client_addr::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| ConfigError::invalid("trusted_proxies", e))?;

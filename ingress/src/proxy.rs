@@ -161,7 +161,9 @@ pub async fn handle(
     let arrived_ms = tunnel_schemas::now_ms();
     let (mut parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let host = host_of(&parts);
+    let Ok(host) = crate::routing::public_host(&parts.headers, &parts.uri) else {
+        return error_response(ErrorCode::BadRequest, &request_id(&parts.headers), wants_json(&parts.headers));
+    };
     let Some(route) = route(host, target, &proxy.inner.config.domain) else {
         let request = Request::from_parts(parts, body);
         return match proxy.inner.ops.clone().oneshot(request).await {
@@ -475,11 +477,7 @@ fn upgrade_protocol(headers: &axum::http::HeaderMap) -> Option<Bytes> {
 }
 
 fn host_of(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|authority| authority.as_str()))
+    crate::routing::public_host(&parts.headers, &parts.uri).ok().flatten()
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {

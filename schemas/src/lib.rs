@@ -45,6 +45,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest WebSocket frame a peer may send (16 MiB); larger frames close the connection.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
+/// Deepest nesting of MessagePack arrays and maps a decoder follows. The contract's messages nest
+/// five levels at most; without a tight limit, a hostile message of nested maps under an unknown
+/// field (skipped recursively) overflows the stack of the decoding thread before rmp-serde's own
+/// limit of 1,024 levels is reached, aborting the whole process.
+pub const MAX_DEPTH: usize = 32;
+
 /// The current unix time in milliseconds: the clock of every timestamp in events and records.
 pub fn now_ms() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -95,7 +101,9 @@ pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> R
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge { size: bytes.len(), limit });
     }
-    Ok(rmp_serde::from_slice(bytes)?)
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_DEPTH);
+    Ok(T::deserialize(&mut deserializer)?)
 }
 
 /// Decodes a message like [`decode`], but its byte fields (bodies, stream data, relayed events,

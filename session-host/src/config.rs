@@ -5,6 +5,22 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tunnel_kit::config::{self, ConfigError, Validate};
 
+/// Default of [`HostConfig::header_read_timeout_secs`].
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default of [`HostConfig::connections_per_ip_per_sec`]: a client reconnects far less often;
+/// an office of clients behind one address restarting together fits in the burst.
+pub const DEFAULT_CONNECTIONS_PER_IP_PER_SEC: u32 = 10;
+/// Default of [`HostConfig::connection_burst_per_ip`].
+pub const DEFAULT_CONNECTION_BURST_PER_IP: u32 = 100;
+/// Default of [`HostConfig::max_pending_handshakes`].
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Default of [`HostConfig::max_pending_handshakes_per_ip`]: a handshake takes milliseconds, so a
+/// legitimate address rarely has more than a few pending.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 32;
+/// Default of [`HostConfig::max_connections`]: sessions are connections, and an idle session
+/// costs a few KiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
 /// Settings of one session-host. Keys are the TOML keys; `TUNNEL_<KEY>` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -21,8 +37,25 @@ pub struct HostConfig {
     /// Replicas of the lease bucket when this host creates it (1 on a single server, 3 on a
     /// cluster).
     pub lease_replicas: usize,
-    /// Seconds a client has to send its hello.
+    /// Seconds a client has from its TCP accept to the hello: the request head, the upgrade and
+    /// the hello itself. A client out of time gets `handshake_timeout` and is closed.
     pub handshake_timeout_secs: u64,
+    /// Seconds a client has for the TLS handshake, its first bytes and each request head; also
+    /// bounded by `handshake_timeout_secs` (slowloris guard).
+    pub header_read_timeout_secs: u64,
+    /// New connections one client address may open per second (a token bucket); more get 429
+    /// and are closed. 0: no limit.
+    pub connections_per_ip_per_sec: u32,
+    /// Burst of new connections one client address may open at once (at least the rate).
+    pub connection_burst_per_ip: u32,
+    /// Connections between their accept and their hello's answer, at most, overall; more get
+    /// 503 and are closed.
+    pub max_pending_handshakes: usize,
+    /// The same per client address; more get 429 and are closed.
+    pub max_pending_handshakes_per_ip: usize,
+    /// Connections open at once, sessions included; beyond it the host stops accepting until one
+    /// closes.
+    pub max_connections: usize,
     /// Seconds between WebSocket pings; a client silent for three intervals is dropped.
     pub ping_interval_secs: u64,
     /// Seconds a session keeps serving after the host starts shutting down or another session
@@ -75,6 +108,12 @@ impl Default for HostConfig {
             lease_ttl_secs: 30,
             lease_replicas: 1,
             handshake_timeout_secs: 10,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            connections_per_ip_per_sec: DEFAULT_CONNECTIONS_PER_IP_PER_SEC,
+            connection_burst_per_ip: DEFAULT_CONNECTION_BURST_PER_IP,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_handshakes_per_ip: DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval_secs: 15,
             drain_grace_secs: 10,
             max_inflight_per_session: 4096,
@@ -101,6 +140,10 @@ impl Validate for HostConfig {
         config::check_socket_addr("listen", &self.listen)?;
         config::check_range("lease_ttl_secs", self.lease_ttl_secs, 3..=3600)?;
         config::check_range("handshake_timeout_secs", self.handshake_timeout_secs, 1..=300)?;
+        config::check_range("header_read_timeout_secs", self.header_read_timeout_secs, 1..=300)?;
+        config::check_range("max_pending_handshakes", self.max_pending_handshakes, 1..=1_000_000)?;
+        config::check_range("max_pending_handshakes_per_ip", self.max_pending_handshakes_per_ip, 1..=1_000_000)?;
+        config::check_range("max_connections", self.max_connections, 1..=10_000_000)?;
         config::check_range("ping_interval_secs", self.ping_interval_secs, 1..=3600)?;
         config::check_range("drain_grace_secs", self.drain_grace_secs, 1..=3600)?;
         config::check_range("lease_replicas", self.lease_replicas, 1..=5)?;
@@ -152,6 +195,11 @@ impl HostConfig {
     /// Time a client has to send its hello.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// Time a client has for each request head, never more than its whole handshake.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs.min(self.handshake_timeout_secs))
     }
 
     /// Time a session keeps serving while it drains.

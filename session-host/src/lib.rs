@@ -11,6 +11,7 @@
 
 mod access;
 mod access_log;
+mod admission;
 pub mod auth;
 pub mod config;
 mod dispatch;
@@ -86,6 +87,13 @@ pub async fn run(
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let access_log = access_log::AccessLog::start(&nats);
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
+    let serve_options = tunnel_kit::serve::ServeOptions {
+        tls,
+        header_read_timeout: config.header_read_timeout(),
+        max_connections: config.max_connections,
+        gate: Some(admission::Admission::new(&config)),
+        ..Default::default()
+    };
     let hub = Arc::new(hub::Hub {
         nats: nats.clone(),
         leases,
@@ -104,9 +112,9 @@ pub async fn run(
         .route(CONNECT_PATH, get(connect))
         .with_state((hub, sessions.clone()))
         .merge(Router::new().route(access::TRAIL_PATH, get(access::trail)).with_state(access))
-        .merge(tunnel_kit::ops::router(metrics, nats));
-    tunnel_kit::serve::serve(listener, app, shutdown, tunnel_kit::serve::ServeOptions { tls, ..Default::default() })
-        .await;
+        .merge(tunnel_kit::ops::router(metrics, nats))
+        .layer(axum::middleware::map_request(admission::release_unless_connect));
+    tunnel_kit::serve::serve(listener, app, shutdown, serve_options).await;
     sessions.close();
     if tokio::time::timeout(session_grace, sessions.wait()).await.is_err() {
         tracing::warn!("sessions still open after the grace period");
@@ -116,16 +124,24 @@ pub async fn run(
     Ok(())
 }
 
-async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, request: Request) -> Response {
+async fn connect(State((hub, sessions)): State<(Arc<hub::Hub>, TaskTracker)>, mut request: Request) -> Response {
     let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
     let remote_addr = peer.map(|ip| ip.to_string()).unwrap_or_default();
+    let handshake = request.extensions_mut().remove::<tunnel_kit::serve::Ticket>();
+    let (deadline, slot) = match handshake.as_ref().and_then(tunnel_kit::serve::Ticket::get::<admission::Handshake>) {
+        Some(handshake) => (handshake.deadline, handshake.take_slot()),
+        None => (admission::Handshake::uncounted(hub.config.handshake_timeout()).deadline, None),
+    };
     let upgrade = match socket::accept(request) {
         Ok(upgrade) => upgrade,
         Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
     };
     sessions.spawn(async move {
         match upgrade.socket.await {
-            Ok(upgraded) => session::run(hub, hyper_util::rt::TokioIo::new(upgraded), remote_addr).await,
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                session::run(hub, io, remote_addr, admission::Pending { deadline, slot }).await;
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });

@@ -23,6 +23,7 @@ use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, 
 use tunnel_kit::service::ServiceConfig;
 
 use crate::access_log::Who;
+use crate::admission::Pending;
 use crate::auth::Credential;
 use crate::exchanges::Exchanges;
 use crate::hub::Hub;
@@ -49,11 +50,11 @@ type WsStream = Reader<ReadHalf<Socket>>;
 ///
 /// The socket is split before the future is built, so that the future, which every idle session
 /// keeps, holds no room for the socket itself.
-pub fn run(hub: Arc<Hub>, socket: Socket, remote_addr: String) -> impl Future<Output = ()> {
+pub fn run(hub: Arc<Hub>, socket: Socket, remote_addr: String, pending: Pending) -> impl Future<Output = ()> {
     let (read, write) = tokio::io::split(socket);
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
     let writer = tokio::spawn(crate::socket::write_frames(write, out_rx));
-    serve_socket(hub, Reader::new(read, MAX_FRAME_BYTES), out, writer, remote_addr)
+    serve_socket(hub, Reader::new(read, MAX_FRAME_BYTES), out, writer, remote_addr, pending)
 }
 
 async fn serve_socket(
@@ -62,11 +63,16 @@ async fn serve_socket(
     out: mpsc::Sender<Outgoing>,
     writer: JoinHandle<()>,
     remote_addr: String,
+    pending: Pending,
 ) {
-    let ending = match tokio::time::timeout(hub.config.handshake_timeout(), read_hello(&mut stream, &out)).await {
+    // The deadline counts from the TCP accept; the pending place is given back once answered.
+    let ending = match tokio::time::timeout_at(pending.deadline.into(), read_hello(&mut stream, &out)).await {
         Err(_) => Ending::Refused(Failure::new(ErrorCode::HandshakeTimeout, "no hello in time")),
         Ok(Err(failure)) => Ending::Refused(failure),
-        Ok(Ok(hello)) => match Box::pin(Session::open(&hub, hello.clone(), out.clone(), remote_addr.clone())).await {
+        Ok(Ok(hello)) => match Box::pin(Session::open(&hub, hello.clone(), out.clone(), remote_addr.clone()))
+            .await
+            .inspect(|_| drop(pending.slot))
+        {
             Err(failure) => {
                 if let Some(name) = hello.name.as_deref().and_then(|name| TunnelName::parse(name).ok()) {
                     let token = hello.token.as_deref().and_then(Token::parse).map(|token| token.id);

@@ -615,3 +615,6 @@ mod tests {
         assert_eq!(bytes, plain);
     }
 }
+
+#[cfg(test)]
+mod props;

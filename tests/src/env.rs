@@ -50,6 +50,13 @@ pub struct EnvOptions {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Session-host: `anonymous`, or `tokens` (the token bucket is created first, empty).
     pub auth: &'static str,
+    /// Ingress and session-host: seconds a client has for each request head (and its first
+    /// bytes).
+    pub header_read_timeout_secs: u64,
+    /// Session-host: new connections per second and burst per client address (0: no limit).
+    pub connections_per_ip: (u32, u32),
+    /// Session-host: pending handshakes per client address.
+    pub max_pending_handshakes_per_ip: usize,
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
     /// connecting as its own user (passwords: [`password_of`]).
     pub permissions: bool,
@@ -92,6 +99,12 @@ impl Default for EnvOptions {
             trusted_proxies: String::new(),
             tls: None,
             auth: "anonymous",
+            header_read_timeout_secs: HostConfig::default().header_read_timeout_secs,
+            connections_per_ip: (
+                HostConfig::default().connections_per_ip_per_sec,
+                HostConfig::default().connection_burst_per_ip,
+            ),
+            max_pending_handshakes_per_ip: HostConfig::default().max_pending_handshakes_per_ip,
         }
     }
 }
@@ -153,6 +166,7 @@ impl TestEnv {
             redirect_listen: if options.tls.is_some() { redirect.to_string() } else { String::new() },
             redirect_https_port: ingress.port(),
             trusted_proxies: options.trusted_proxies.clone(),
+            header_read_timeout_secs: options.header_read_timeout_secs,
             ..IngressConfig::default()
         };
         let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
@@ -228,6 +242,10 @@ impl TestEnv {
             record_tunnels: self.options.record_tunnels.clone(),
             record_body_bytes: self.options.record_body_bytes,
             record_max_bytes_per_tunnel: self.options.record_max_bytes_per_tunnel,
+            header_read_timeout_secs: self.options.header_read_timeout_secs,
+            connections_per_ip_per_sec: self.options.connections_per_ip.0,
+            connection_burst_per_ip: self.options.connections_per_ip.1,
+            max_pending_handshakes_per_ip: self.options.max_pending_handshakes_per_ip,
             ..HostConfig::default()
         };
         let nats = connect(&self.nats_url_as("session-host"), "host").await;

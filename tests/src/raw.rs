@@ -45,6 +45,46 @@ pub async fn http(addr: SocketAddr, request: &[u8]) -> RawResponse {
     .await
 }
 
+/// Sends `request` to `addr` from `source` (another loopback address, for per-address limits;
+/// `None` for the default) while reading whatever comes back until the server closes; the
+/// response when one came, `None` when the server closed (or reset) without a status.
+/// Write errors are ignored: a server may answer and close before a hostile request is sent.
+///
+/// # Panics
+/// When the server neither answers nor closes within the deadline.
+pub async fn exchange(addr: SocketAddr, source: Option<std::net::IpAddr>, request: Vec<u8>) -> Option<RawResponse> {
+    within(DEADLINE, "the server to answer or close", async {
+        let stream = connect_from(addr, source).await;
+        let (mut read, mut write) = stream.into_split();
+        let writing = tokio::spawn(async move {
+            let _ = write.write_all(&request).await;
+            write // kept open until the reading ends: a half-close could end a request early
+        });
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0; 64 << 10];
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+        drop(writing.await);
+        bytes.windows(4).any(|w| w == b"\r\n\r\n").then(|| parse(&bytes))
+    })
+    .await
+}
+
+/// A TCP connection to `addr`, from the loopback address `source` when given.
+///
+/// # Panics
+/// When it cannot connect.
+pub async fn connect_from(addr: SocketAddr, source: Option<std::net::IpAddr>) -> TcpStream {
+    let Some(source) = source else { return TcpStream::connect(addr).await.expect("connect") };
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+    socket.connect(addr).await.expect("connect")
+}
+
 fn parse(bytes: &[u8]) -> RawResponse {
     let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("complete response head");
     let head = &bytes[..split];

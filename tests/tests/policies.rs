@@ -55,8 +55,11 @@ async fn owner_policies_refuse_at_the_ingress_and_nothing_refused_reaches_nats()
     let challenge = headers.get("www-authenticate").expect("a challenge").to_str().expect("ascii");
     assert!(challenge.starts_with("Basic realm=\"guarded\""), "{challenge}");
     let watcher = async_nats::connect(env.nats.url()).await.expect("nats");
-    let mut published = watcher.subscribe("tun.guarded.req").await.expect("subscribe");
-    watcher.flush().await.expect("flush");
+    let mut published = watcher.subscribe("tun.guarded.>").await.expect("subscribe");
+    // A probe on the same connection comes back once the server has the subscription.
+    watcher.publish("tun.guarded.probe", "probe".into()).await.expect("probe");
+    let probe = within(DEADLINE, "the probe", published.next()).await.expect("the probe");
+    assert_eq!(probe.subject.as_str(), "tun.guarded.probe");
     let good = basic(&format!("ann:{PASSWORD}"));
     assert_eq!(status(&env, "guarded", &[("x-team", "blue")]).await.0, 401);
     let wrong = basic("ann:correct horse battery!");
