@@ -16,6 +16,7 @@ pub mod config;
 mod dispatch;
 mod exchanges;
 mod hub;
+pub mod jwt;
 pub mod leases;
 pub mod recording;
 mod registry;
@@ -76,7 +77,7 @@ pub async fn run(
     let dispatch = dispatch::Dispatch::start(&nats, &config.inbox_prefix(), &registry).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
-    let auth = auth::Auth::open(&js, &config.auth).await?;
+    let auth = auth::Auth::open(&js, &config).await?;
     let revocations = tokio::spawn(auth.clone().watch_revocations(registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let access_log = access_log::AccessLog::start(&nats);

@@ -226,7 +226,7 @@ impl Session {
         let lease = acquire(hub, &hello, credential.as_ref(), &id).await?;
         let name = &lease.name;
         let nats = &hub.nats;
-        let token = credential.as_ref().map(|c| c.token.as_str());
+        let token = credential.as_ref().and_then(|c| c.token_id());
         let registration = hub.registry.register(name.as_str(), &id, token);
         let requests = nats
             .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
@@ -255,7 +255,7 @@ impl Session {
             who: Who {
                 remote_addr,
                 account: credential.as_ref().map(|c| c.account.clone()),
-                token: credential.as_ref().map(|c| c.token.clone()),
+                token: credential.as_ref().and_then(|c| c.token_id().map(str::to_owned)),
             },
             credential,
             exchanges,
@@ -382,7 +382,7 @@ impl Session {
         if let Some(credential) = &self.credential {
             match self.hub.auth.still_valid(credential).await {
                 Ok(true) => {}
-                Ok(false) => return Err(Failure::new(ErrorCode::Unauthorized, "token revoked")),
+                Ok(false) => return Err(credential.lapsed()),
                 Err(failure) => tracing::warn!(detail = %failure.detail, "token check failed; retrying"),
             }
         }
