@@ -38,7 +38,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Prefix of every token.
-const TOKEN_PREFIX: &str = "tt_";
+pub const TOKEN_PREFIX: &str = "tt_";
 /// Hex digits of a token id.
 const ID_DIGITS: usize = 16;
 /// Hex digits of a token secret.
@@ -68,18 +68,28 @@ pub struct TokenRecord {
 impl TokenRecord {
     /// Whether the token may bind `name`.
     pub fn allows(&self, name: &str) -> bool {
-        self.names.is_empty() || self.names.iter().any(|pattern| Glob(pattern.clone()).matches(name))
+        names_allow(&self.names, name)
     }
 
     /// Whether the token may take a random name: it names no tunnels, or allows any (`*`).
     pub fn allows_random(&self) -> bool {
-        self.names.is_empty() || self.names.iter().any(|pattern| pattern == "*")
+        names_allow_random(&self.names)
     }
 
     /// Whether `secret` is this token's, compared in constant time.
     pub fn verifies(&self, secret: &str) -> bool {
         constant_time_eq(hash_secret(secret).as_bytes(), self.secret_hash.as_bytes())
     }
+}
+
+/// Whether the name rules `names` (patterns; empty for any name) allow binding `name`.
+pub fn names_allow(names: &[String], name: &str) -> bool {
+    names.is_empty() || names.iter().any(|pattern| Glob(pattern.clone()).matches(name))
+}
+
+/// Whether the name rules `names` allow a random name: they are empty, or allow any (`*`).
+pub fn names_allow_random(names: &[String]) -> bool {
+    names.is_empty() || names.iter().any(|pattern| pattern == "*")
 }
 
 /// A parsed token: its id and secret.

@@ -1,21 +1,26 @@
-//! Who may open a session: a client presenting a valid account token, or anyone in anonymous
-//! mode (local development only, chosen explicitly).
+//! Who may open a session: a client presenting a valid account token, a valid JWT
+//! ([`crate::jwt`]), either, or anyone in anonymous mode (local development only, chosen
+//! explicitly).
 //!
 //! Tokens live in the KV bucket [`TOKENS_BUCKET`], made by `tunnel admin`; only their secrets'
 //! hashes are stored. A host checks the token at every hello, again at every lease renewal, and
 //! watches the bucket: a revoked (deleted) token closes its sessions on every host at once.
 //!
 //! Names reserved by an account ([`RESERVATIONS_BUCKET`]) are bound by that account's tokens
-//! only, even while free, and checked at every bind, resume and renewal.
+//! only, even while free, and checked at every bind, resume and renewal. A JWT's account claim
+//! counts as its account; a JWT session ends at the first renewal after its `exp`.
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::events::Failure;
 use tunnel_schemas::tokens::{
-    RESERVATIONS_BUCKET, ReservationRecord, TOKENS_BUCKET, Token, TokenRecord, reservation_key, token_key,
+    RESERVATIONS_BUCKET, ReservationRecord, TOKEN_PREFIX, TOKENS_BUCKET, Token, TokenRecord, names_allow,
+    names_allow_random, reservation_key, token_key,
 };
 
+use crate::config::{HostConfig, JwtConfig};
+use crate::jwt::Verifier;
 use crate::registry::Registry;
 
 /// Largest stored token record read.
@@ -24,23 +29,70 @@ const MAX_RECORD_BYTES: usize = 64 << 10;
 /// How sessions are admitted.
 #[derive(Clone)]
 pub struct Auth {
-    /// The token bucket; `None` in anonymous mode (anyone may open any free name).
+    /// The token bucket, when tokens are accepted. Neither this nor `jwt`: anonymous mode
+    /// (anyone may open any free name).
     tokens: Option<Box<kv::Store>>,
+    /// The JWT checks, when JWTs are accepted.
+    jwt: Option<std::sync::Arc<Verifier>>,
     /// The reservations, once `tunnel admin` has made the bucket (looked for at each bind until
     /// then).
     reservations: std::sync::Arc<tokio::sync::OnceCell<kv::Store>>,
     js: jetstream::Context,
 }
 
-/// What a valid token grants a session.
+/// What a valid token or JWT grants a session.
 #[derive(Debug, Clone)]
 pub struct Credential {
-    /// The token's id (public).
-    pub token: String,
     /// The account it acts for.
     pub account: String,
-    /// Its record.
-    pub record: TokenRecord,
+    /// Name patterns it may bind; empty for any name (tokens only: a JWT always lists some).
+    pub names: Vec<String>,
+    /// What was presented.
+    pub source: Source,
+}
+
+/// The kind of credential a session was admitted with, and what its later checks need.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// An account token from `tunnel admin`.
+    Token {
+        /// The token's id (public).
+        id: String,
+        /// The stored hash of its secret, to tell a replaced token at renewal.
+        secret_hash: String,
+    },
+    /// A JWT.
+    Jwt {
+        /// Its `exp`, in Unix seconds: the session ends at the first renewal after it.
+        expires_at: u64,
+    },
+}
+
+impl Credential {
+    /// The id of the token, for revocation and access events; `None` for a JWT.
+    pub fn token_id(&self) -> Option<&str> {
+        match &self.source {
+            Source::Token { id, .. } => Some(id),
+            Source::Jwt { .. } => None,
+        }
+    }
+
+    /// The failure that ends a session whose credential [`Auth::still_valid`] no longer
+    /// accepts.
+    pub fn lapsed(&self) -> Failure {
+        let detail = match self.source {
+            Source::Token { .. } => "token revoked",
+            Source::Jwt { .. } => "the JWT has expired",
+        };
+        Failure::new(ErrorCode::Unauthorized, detail)
+    }
+
+    fn noun(&self) -> &'static str {
+        match self.source {
+            Source::Token { .. } => "token",
+            Source::Jwt { .. } => "JWT",
+        }
+    }
 }
 
 /// Why the host cannot admit sessions as configured.
@@ -52,31 +104,36 @@ pub enum AuthError {
          `tunnel admin`, or set auth = \"anonymous\" (TUNNEL_AUTH=anonymous) for local development ({0})"
     )]
     NoTokenStore(String),
-    /// Neither `tokens` nor `anonymous`.
-    #[error("auth must be \"tokens\" or \"anonymous\", not {0:?}")]
-    UnknownMode(String),
+    /// `auth` or a `jwt_*` setting is invalid (e.g. jwt without a key set URL).
+    #[error(transparent)]
+    Config(#[from] tunnel_kit::config::ConfigError),
+    /// The key set server cannot be checked (no root certificates).
+    #[error("auth includes jwt but {0}")]
+    Jwt(String),
 }
 
 impl Auth {
-    /// The admission of `mode` (`tokens` or `anonymous`).
+    /// The admission that `config.auth` names (`tokens`, `jwt`, both, or `anonymous`).
     ///
     /// # Errors
-    /// [`AuthError`] when tokens are required and the bucket is missing, or the mode is unknown.
-    pub async fn open(js: &jetstream::Context, mode: &str) -> Result<Self, AuthError> {
-        let tokens = match mode {
-            "anonymous" => {
-                tracing::warn!(
-                    "ANONYMOUS MODE: any client may open any free tunnel name; for local development only \
-                     (set auth = \"tokens\" and create tokens with `tunnel admin`)"
-                );
-                None
-            }
-            "tokens" => Some(Box::new(
-                js.get_key_value(TOKENS_BUCKET).await.map_err(|e| AuthError::NoTokenStore(e.to_string()))?,
-            )),
-            other => return Err(AuthError::UnknownMode(other.to_owned())),
+    /// [`AuthError`] when tokens are required and the bucket is missing, when JWTs are but the
+    /// `jwt_*` settings are incomplete, or the mode is unknown.
+    pub async fn open(js: &jetstream::Context, config: &HostConfig) -> Result<Self, AuthError> {
+        let modes = config.auth_modes()?;
+        if !modes.tokens && !modes.jwt {
+            tracing::warn!(
+                "ANONYMOUS MODE: any client may open any free tunnel name; for local development only \
+                 (set auth = \"tokens\" and create tokens with `tunnel admin`)"
+            );
+        }
+        let tokens = if modes.tokens {
+            let kv = js.get_key_value(TOKENS_BUCKET).await.map_err(|e| AuthError::NoTokenStore(e.to_string()))?;
+            Some(Box::new(kv))
+        } else {
+            None
         };
-        Ok(Self { tokens, reservations: std::sync::Arc::default(), js: js.clone() })
+        let jwt = if modes.jwt { Some(std::sync::Arc::new(verifier(&config.jwt)?)) } else { None };
+        Ok(Self { tokens, jwt, reservations: std::sync::Arc::default(), js: js.clone() })
     }
 
     /// The account that reserved `name`, if any.
@@ -109,31 +166,44 @@ impl Auth {
         }
     }
 
-    /// Checks the token a client presented; `None` in anonymous mode.
+    /// Checks the token or JWT a client presented; `None` in anonymous mode. With both
+    /// accepted, a `tt_` token takes the token path and anything else the JWT path.
     ///
     /// # Errors
-    /// A typed failure: `unauthorized` for a missing, malformed, unknown or wrong token,
-    /// `unavailable` when the store does not answer.
+    /// A typed failure: `unauthorized` for a missing, malformed, unknown or wrong token, or a
+    /// JWT that does not verify ([`Verifier::verify`]); `name_not_allowed` for a JWT granting no
+    /// names; `unavailable` when the token store or the JWT key set cannot be read.
     pub async fn admit(&self, presented: Option<&str>) -> Result<Option<Credential>, Failure> {
-        let Some(kv) = &self.tokens else { return Ok(None) };
-        let unauthorized = |detail: &str| Failure::new(ErrorCode::Unauthorized, detail);
-        let token = presented.and_then(Token::parse).ok_or_else(|| unauthorized("no valid token presented"))?;
-        let record = lookup(kv, &token.id).await?.ok_or_else(|| unauthorized("unknown or revoked token"))?;
-        if !record.verifies(&token.secret) {
-            return Err(unauthorized("wrong token secret"));
+        if self.tokens.is_none() && self.jwt.is_none() {
+            return Ok(None);
         }
-        Ok(Some(Credential { token: token.id, account: record.account.clone(), record }))
+        let presented = presented.ok_or_else(|| unauthorized("no valid token presented"))?;
+        match (&self.tokens, &self.jwt) {
+            (Some(kv), jwt) if jwt.is_none() || presented.starts_with(TOKEN_PREFIX) => {
+                admit_token(kv, presented).await.map(Some)
+            }
+            (_, Some(jwt)) => {
+                let grant = jwt.verify(presented).await?;
+                let source = Source::Jwt { expires_at: grant.expires_at };
+                Ok(Some(Credential { account: grant.account, names: grant.names, source }))
+            }
+            (_, None) => Err(unauthorized("no valid token presented")),
+        }
     }
 
-    /// Whether `credential`'s token still exists (checked at every lease renewal).
+    /// Whether `credential` still holds (checked at every lease renewal): its token still exists
+    /// unchanged, or its JWT has not expired (with the configured leeway).
     ///
     /// # Errors
     /// `unavailable` when the store does not answer.
     pub async fn still_valid(&self, credential: &Credential) -> Result<bool, Failure> {
-        let Some(kv) = &self.tokens else { return Ok(true) };
-        Ok(lookup(kv, &credential.token)
-            .await?
-            .is_some_and(|record| record.secret_hash == credential.record.secret_hash))
+        match (&credential.source, &self.tokens, &self.jwt) {
+            (Source::Token { id, secret_hash }, Some(kv), _) => {
+                Ok(lookup(kv, id).await?.is_some_and(|record| record.secret_hash == *secret_hash))
+            }
+            (Source::Jwt { expires_at }, _, Some(jwt)) => Ok(jwt.unexpired(*expires_at)),
+            _ => Ok(true),
+        }
     }
 
     /// Closes the sessions of revoked tokens as their records are deleted, until the watch ends.
@@ -164,20 +234,43 @@ impl Auth {
 /// Checks that `credential` may bind `name` (`None`: a random name).
 ///
 /// # Errors
-/// `name_not_allowed`, naming what the token may bind.
+/// `name_not_allowed`, naming what the token or JWT may bind.
 pub fn may_bind(credential: &Credential, name: Option<&str>) -> Result<(), Failure> {
     let allowed = match name {
-        Some(name) => credential.record.allows(name),
-        None => credential.record.allows_random(),
+        Some(name) => names_allow(&credential.names, name),
+        None => names_allow_random(&credential.names),
     };
     if allowed {
         return Ok(());
     }
+    let (noun, names) = (credential.noun(), credential.names.join(", "));
     let detail = match name {
-        Some(name) => format!("this token may not bind {name:?}; it may bind {}", credential.record.names.join(", ")),
-        None => format!("this token binds only {}: pass --name", credential.record.names.join(", ")),
+        Some(name) => format!("this {noun} may not bind {name:?}; it may bind {names}"),
+        None => format!("this {noun} binds only {names}: pass --name"),
     };
     Err(Failure::new(ErrorCode::NameNotAllowed, detail))
+}
+
+fn unauthorized(detail: &str) -> Failure {
+    Failure::new(ErrorCode::Unauthorized, detail)
+}
+
+fn verifier(config: &JwtConfig) -> Result<Verifier, AuthError> {
+    let settings = config.settings()?;
+    let algorithms: Vec<String> = settings.algorithms.iter().map(|a| format!("{a:?}")).collect();
+    tracing::info!(jwks = %settings.jwks_url, issuer = %settings.issuer, audience = %settings.audience, algorithms = %algorithms.join(","), "accepting JWTs");
+    Verifier::new(settings).map_err(AuthError::Jwt)
+}
+
+/// Checks an account token against its record.
+async fn admit_token(kv: &kv::Store, presented: &str) -> Result<Credential, Failure> {
+    let token = Token::parse(presented).ok_or_else(|| unauthorized("no valid token presented"))?;
+    let record = lookup(kv, &token.id).await?.ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    if !record.verifies(&token.secret) {
+        return Err(unauthorized("wrong token secret"));
+    }
+    let source = Source::Token { id: token.id, secret_hash: record.secret_hash };
+    Ok(Credential { account: record.account, names: record.names, source })
 }
 
 async fn lookup(kv: &kv::Store, id: &str) -> Result<Option<TokenRecord>, Failure> {

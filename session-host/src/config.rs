@@ -68,9 +68,14 @@ pub struct HostConfig {
     pub tls_cert_file: String,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: String,
-    /// How clients are admitted: `tokens` (an account token from `tunnel admin` is required) or
-    /// `anonymous` (anyone may open any free name; local development only, logged loudly).
+    /// How clients are admitted: `tokens` (an account token from `tunnel admin` is required),
+    /// `jwt` (a JWT checked against [`JwtConfig::jwt_jwks_url`]), `tokens,jwt` (either: a `tt_`
+    /// token takes the token path, anything else the JWT path) or `anonymous` (anyone may open
+    /// any free name; local development only, logged loudly).
     pub auth: String,
+    /// How JWTs are checked when `auth` includes `jwt`.
+    #[serde(flatten)]
+    pub jwt: JwtConfig,
     /// Tunnels recorded whatever their clients ask, as comma-separated name patterns (`*` for
     /// every tunnel, `shop-*`); empty records only the tunnels whose clients ask (`--record`).
     pub record_tunnels: String,
@@ -120,6 +125,7 @@ impl Default for HostConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             auth: "tokens".into(),
+            jwt: JwtConfig::default(),
             record_tunnels: String::new(),
             record_body_bytes: 1 << 20,
             record_mask_headers: String::new(),
@@ -149,8 +155,8 @@ impl Validate for HostConfig {
         config::check_range("lease_replicas", self.lease_replicas, 1..=5)?;
         config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
         config::check_log_format(&self.log_format)?;
-        if !matches!(self.auth.as_str(), "tokens" | "anonymous") {
-            return Err(ConfigError::invalid("auth", "must be \"tokens\" or \"anonymous\""));
+        if self.auth_modes()?.jwt {
+            self.jwt.settings()?;
         }
         config::check_range("record_body_bytes", self.record_body_bytes, 0..=(64 << 20))?;
         config::check_range("record_max_age_hours", self.record_max_age_hours, 1..=24 * 3650)?;
@@ -177,6 +183,27 @@ impl Validate for HostConfig {
 }
 
 impl HostConfig {
+    /// The ways clients are admitted that `auth` names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an unknown mode, none, or `anonymous` with another.
+    pub fn auth_modes(&self) -> Result<AuthModes, ConfigError> {
+        let mut modes = AuthModes::default();
+        let mut anonymous = false;
+        for mode in list(&self.auth) {
+            match mode {
+                "tokens" => modes.tokens = true,
+                "jwt" => modes.jwt = true,
+                "anonymous" => anonymous = true,
+                other => return Err(ConfigError::invalid("auth", format!("has {other:?}; {AUTH_MODES}"))),
+            }
+        }
+        if anonymous == (modes.tokens || modes.jwt) {
+            return Err(ConfigError::invalid("auth", AUTH_MODES));
+        }
+        Ok(modes)
+    }
+
     /// The public URL of tunnel `name`.
     pub fn url_of(&self, name: &str) -> String {
         self.public_url.replace("{name}", name)
@@ -232,6 +259,101 @@ impl HostConfig {
     }
 }
 
+/// What `auth` may be, for error messages.
+const AUTH_MODES: &str = "must be \"tokens\", \"jwt\", \"tokens,jwt\" or \"anonymous\"";
+
+/// The ways clients are admitted, from `auth`; none means anonymous.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthModes {
+    /// Account tokens from `tunnel admin` are accepted.
+    pub tokens: bool,
+    /// JWTs signed by a key of the configured JWKS are accepted.
+    pub jwt: bool,
+}
+
+/// How JWTs are checked (`auth` including `jwt`); see docs/security.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtConfig {
+    /// URL of the issuer's JSON Web Key Set: `https://`, or `http://` to a loopback address.
+    pub jwt_jwks_url: String,
+    /// The one accepted `iss` claim.
+    pub jwt_issuer: String,
+    /// The accepted `aud` claim (a JWT's `aud` must contain it).
+    pub jwt_audience: String,
+    /// Accepted signature algorithms, comma-separated: `RS256`, `RS384`, `RS512`, `PS256`,
+    /// `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`. Symmetric (`HS*`) and `none` never are.
+    pub jwt_algorithms: String,
+    /// Seconds fetched keys are used before the key set is fetched again.
+    pub jwt_jwks_ttl_secs: u64,
+    /// Least seconds between two fetches of the key set: a JWT naming an unknown key waits
+    /// for the next allowed fetch, so junk key ids cannot make the host hammer the JWKS URL.
+    pub jwt_jwks_refetch_secs: u64,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_secs: u64,
+    /// The claim naming the account a JWT acts for (its reservations count for it).
+    pub jwt_account_claim: String,
+    /// The claim listing the tunnel names a JWT may bind (exact names or `*` patterns).
+    pub jwt_names_claim: String,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            jwt_jwks_url: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_algorithms: "RS256,ES256".into(),
+            jwt_jwks_ttl_secs: 300,
+            jwt_jwks_refetch_secs: 5,
+            jwt_leeway_secs: 30,
+            jwt_account_claim: "sub".into(),
+            jwt_names_claim: "tunnel_names".into(),
+        }
+    }
+}
+
+impl JwtConfig {
+    /// The validated settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first missing or bad `jwt_*` key.
+    pub fn settings(&self) -> Result<crate::jwt::JwtSettings, ConfigError> {
+        let required = |key: &'static str, value: &str| {
+            if value.trim().is_empty() {
+                Err(ConfigError::invalid(key, "must be set when auth includes jwt"))
+            } else {
+                Ok(value.trim().to_owned())
+            }
+        };
+        let jwks_url = crate::jwt::jwks_uri(&required("jwt_jwks_url", &self.jwt_jwks_url)?)
+            .map_err(|problem| ConfigError::invalid("jwt_jwks_url", problem))?;
+        let issuer = required("jwt_issuer", &self.jwt_issuer)?;
+        let audience = required("jwt_audience", &self.jwt_audience)?;
+        let algorithms = list(&self.jwt_algorithms)
+            .map(crate::jwt::algorithm)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|problem| ConfigError::invalid("jwt_algorithms", problem))?;
+        if algorithms.is_empty() {
+            return Err(ConfigError::invalid("jwt_algorithms", "must name at least one algorithm"));
+        }
+        config::check_range("jwt_jwks_ttl_secs", self.jwt_jwks_ttl_secs, 10..=86_400)?;
+        config::check_range("jwt_jwks_refetch_secs", self.jwt_jwks_refetch_secs, 1..=300)?;
+        config::check_range("jwt_leeway_secs", self.jwt_leeway_secs, 0..=600)?;
+        Ok(crate::jwt::JwtSettings {
+            jwks_url,
+            issuer,
+            audience,
+            algorithms,
+            jwks_ttl: Duration::from_secs(self.jwt_jwks_ttl_secs),
+            refetch_interval: Duration::from_secs(self.jwt_jwks_refetch_secs),
+            leeway_secs: self.jwt_leeway_secs,
+            account_claim: required("jwt_account_claim", &self.jwt_account_claim)?,
+            names_claim: required("jwt_names_claim", &self.jwt_names_claim)?,
+        })
+    }
+}
+
 /// The non-empty, trimmed items of a comma-separated setting.
 fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|item| !item.is_empty())
@@ -269,6 +391,52 @@ mod tests {
         assert!(!policy.masked.iter().any(|h| h == "cookie"));
         let bad = HostConfig { record_tunnels: "Shop/*".into(), ..HostConfig::default() };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn auth_modes_combine_tokens_and_jwt_but_not_anonymous() {
+        let modes = |auth: &str| HostConfig { auth: auth.into(), ..HostConfig::default() }.auth_modes();
+        assert_eq!(modes("tokens").expect("valid"), AuthModes { tokens: true, jwt: false });
+        assert_eq!(modes("tokens, jwt").expect("valid"), AuthModes { tokens: true, jwt: true });
+        assert_eq!(modes("anonymous").expect("valid"), AuthModes::default());
+        for bad in ["", "anonymous,jwt", "oauth", "tokens,ldap"] {
+            assert!(modes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn jwt_needs_its_jwks_url_issuer_and_audience_and_refuses_weak_settings() {
+        let good = JwtConfig {
+            jwt_jwks_url: "https://id.example.com/.well-known/jwks.json".into(),
+            jwt_issuer: "https://id.example.com/".into(),
+            jwt_audience: "tunnel".into(),
+            ..JwtConfig::default()
+        };
+        let config = |jwt: JwtConfig| HostConfig { auth: "tokens,jwt".into(), jwt, ..HostConfig::default() };
+        config(good.clone()).validate().expect("valid");
+        let error = |jwt: JwtConfig| config(jwt).validate().expect_err("invalid").to_string();
+        assert!(error(JwtConfig::default()).contains("`jwt_jwks_url` must be set"));
+        assert!(error(JwtConfig { jwt_issuer: String::new(), ..good.clone() }).contains("`jwt_issuer`"));
+        assert!(error(JwtConfig { jwt_audience: " ".into(), ..good.clone() }).contains("`jwt_audience`"));
+        let plain = JwtConfig { jwt_jwks_url: "http://id.example.com/jwks".into(), ..good.clone() };
+        assert!(error(plain).contains("https"), "keys are never fetched in clear from another machine");
+        let local = JwtConfig { jwt_jwks_url: "http://127.0.0.1:9000/jwks".into(), ..good.clone() };
+        config(local).validate().expect("loopback may be plain http");
+        for bad in ["HS256", "none", "RS256,XX1", ""] {
+            let algorithms = JwtConfig { jwt_algorithms: bad.into(), ..good.clone() };
+            assert!(error(algorithms).contains("`jwt_algorithms`"), "{bad:?}");
+        }
+        let settings = good.settings().expect("valid");
+        assert_eq!(settings.algorithms, [jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::ES256]);
+        assert_eq!((settings.account_claim.as_str(), settings.names_claim.as_str()), ("sub", "tunnel_names"));
+        // The JWT keys sit at the top level of the file and the environment, like every other.
+        let toml = "jwt_jwks_url = \"https://x/jwks\"\njwt_jwks_ttl_secs = 60";
+        let loaded: HostConfig =
+            figment::Figment::from(figment::providers::Serialized::defaults(HostConfig::default()))
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(toml))
+                .extract()
+                .expect("loads");
+        assert_eq!((loaded.jwt.jwt_jwks_url.as_str(), loaded.jwt.jwt_jwks_ttl_secs), ("https://x/jwks", 60));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod config;
 mod dispatch;
 mod exchanges;
 mod hub;
+pub mod jwt;
 pub mod leases;
 mod policies;
 pub mod recording;
@@ -82,7 +83,7 @@ pub async fn run(
     let js = async_nats::jetstream::new(nats.clone());
     let leases = leases::Leases::open(&js, config.lease_ttl(), config.lease_replicas).await?;
     let policies = policies::Policies::open(&js, config.lease_replicas).await.map_err(HostError::Policies)?;
-    let auth = auth::Auth::open(&js, &config.auth).await?;
+    let auth = auth::Auth::open(&js, &config).await?;
     let revocations = tokio::spawn(auth.clone().watch_revocations(registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let access_log = access_log::AccessLog::start(&nats);

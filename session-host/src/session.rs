@@ -236,7 +236,7 @@ impl Session {
         let name = &lease.name;
         let policy_revision = hub.policies.publish(name.as_str(), &hello.policy).await?;
         let nats = &hub.nats;
-        let token = credential.as_ref().map(|c| c.token.as_str());
+        let token = credential.as_ref().and_then(|c| c.token_id());
         let registration = hub.registry.register(name.as_str(), &id, token);
         let requests = nats
             .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
@@ -265,7 +265,7 @@ impl Session {
             who: Who {
                 remote_addr,
                 account: credential.as_ref().map(|c| c.account.clone()),
-                token: credential.as_ref().map(|c| c.token.clone()),
+                token: credential.as_ref().and_then(|c| c.token_id().map(str::to_owned)),
             },
             credential,
             policy_revision,
@@ -393,7 +393,7 @@ impl Session {
         if let Some(credential) = &self.credential {
             match self.hub.auth.still_valid(credential).await {
                 Ok(true) => {}
-                Ok(false) => return Err(Failure::new(ErrorCode::Unauthorized, "token revoked")),
+                Ok(false) => return Err(credential.lapsed()),
                 Err(failure) => tracing::warn!(detail = %failure.detail, "token check failed; retrying"),
             }
         }

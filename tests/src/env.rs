@@ -48,7 +48,8 @@ pub struct EnvOptions {
     /// Ingress and session-host: serve HTTPS and `wss://` with this certificate and key (PEM
     /// files), the ingress also redirecting plain HTTP from [`TestEnv::redirect_addr`].
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Session-host: `anonymous`, or `tokens` (the token bucket is created first, empty).
+    /// Session-host: `anonymous`, `tokens` (the token bucket is created first, empty), `jwt`
+    /// or `tokens,jwt`.
     pub auth: &'static str,
     /// Ingress and session-host: seconds a client has for each request head (and its first
     /// bytes).
@@ -57,6 +58,8 @@ pub struct EnvOptions {
     pub connections_per_ip: (u32, u32),
     /// Session-host: pending handshakes per client address.
     pub max_pending_handshakes_per_ip: usize,
+    /// Session-host: how JWTs are checked when `auth` includes `jwt`.
+    pub jwt: tunnel_session_host::config::JwtConfig,
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
     /// connecting as its own user (passwords: [`password_of`]).
     pub permissions: bool,
@@ -105,6 +108,7 @@ impl Default for EnvOptions {
                 HostConfig::default().connection_burst_per_ip,
             ),
             max_pending_handshakes_per_ip: HostConfig::default().max_pending_handshakes_per_ip,
+            jwt: tunnel_session_host::config::JwtConfig::default(),
         }
     }
 }
@@ -205,7 +209,7 @@ impl TestEnv {
             .expect("auditor runs");
         }));
 
-        if options.auth == "tokens" {
+        if options.auth.contains("tokens") {
             let admin = connect(&nats_url_as(nats.url(), options.permissions.then_some("admin")), "admin").await;
             let js = async_nats::jetstream::new(admin);
             let bucket = async_nats::jetstream::kv::Config {
@@ -237,6 +241,7 @@ impl TestEnv {
             lease_ttl_secs: self.options.lease_ttl_secs,
             node_id: format!("host{}", self.hosts.len() + 1),
             auth: self.options.auth.into(),
+            jwt: self.options.jwt.clone(),
             tls_cert_file: tls_setting(&self.options, |(cert, _)| cert),
             tls_key_file: tls_setting(&self.options, |(_, key)| key),
             record_tunnels: self.options.record_tunnels.clone(),
@@ -363,6 +368,13 @@ impl TestEnv {
         self.client_token = Some(token.to_owned());
     }
 
+    /// Starts a client of the local `port` presenting `token` (a token or a JWT), asking for
+    /// `name` (a random one when `None`), without waiting for it to be ready.
+    pub fn client_with_token(&self, port: u16, name: Option<&str>, token: Option<&str>) -> Tunnel {
+        let options = self.client_options(port, name.unwrap_or_default());
+        Tunnel::spawn_with(Options { name: name.map(str::to_owned), token: token.map(str::to_owned), ..options })
+    }
+
     /// Starts a tunnel client without waiting for it to be ready.
     pub fn spawn_client(&self, server: &str, port: u16, name: Option<&str>) -> Tunnel {
         Tunnel::spawn(server, port, name)
@@ -459,6 +471,17 @@ impl Tunnel {
     /// When it does not end within [`DEADLINE`].
     pub async fn finish(self) -> Result<(), ClientError> {
         within(DEADLINE, "the client to end", self.task).await.expect("client task not panicked")
+    }
+
+    /// Waits for the client to end with a final refusal and returns it.
+    ///
+    /// # Panics
+    /// When it ends otherwise, or not within [`DEADLINE`].
+    pub async fn refusal(self) -> tunnel_schemas::events::Failure {
+        match self.finish().await {
+            Err(ClientError::Refused(failure)) => failure,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     /// Stops the client cleanly (it says goodbye, releasing its name).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
-use tunnel_client::{ClientError, Options, Target};
+use tunnel_client::{Options, Target};
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::policy::PublicPolicy;
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, Upstream, binary, run_tunnel, within};
@@ -21,23 +21,11 @@ async fn admin(env: &TestEnv, args: &[&str]) -> serde_json::Value {
 }
 
 fn client(env: &TestEnv, port: u16, name: Option<&str>, token: Option<&str>) -> Tunnel {
-    Tunnel::spawn_with(Options {
-        server: env.server_url(),
-        target: Target::port(port),
-        name: name.map(str::to_owned),
-        record: false,
-        state_dir: None,
-        token: token.map(str::to_owned),
-        policy: PublicPolicy::default(),
-        shared: false,
-    })
+    env.client_with_token(port, name, token)
 }
 
 async fn refused(tunnel: Tunnel) -> ErrorCode {
-    match tunnel.finish().await {
-        Err(ClientError::Refused(failure)) => failure.code,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    tunnel.refusal().await.code
 }
 
 #[tokio::test]
