@@ -243,11 +243,11 @@ impl Session {
             .await
             .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
         let inbox_prefix = hub.config.inbox_prefix();
-        let recording = hub
-            .recorder
-            .policy()
-            .records(name.as_str(), hello.record)
-            .then(|| hub.recorder.session(name.as_str(), &lease.secret));
+        let recording = hub.recorder.policy().records(name.as_str(), hello.record).then(|| {
+            let secret_headers: Vec<String> =
+                hello.policy.require_headers.iter().map(|header| header.name.clone()).collect();
+            hub.recorder.session(name.as_str(), &lease.secret, &secret_headers)
+        });
         let recorded = recording.is_some();
         let exchanges = Exchanges::new(
             nats.clone(),

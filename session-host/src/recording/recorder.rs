@@ -81,9 +81,13 @@ impl Recorder {
         &self.inner.policy
     }
 
-    /// The recording of one session of `tunnel`, whose records belong to the holder of `secret`.
-    pub fn session(&self, tunnel: &str, secret: &str) -> SessionRecording {
-        SessionRecording { recorder: self.clone(), tunnel: tunnel.to_owned(), owner: owner_key(secret) }
+    /// The recording of one session of `tunnel`, whose records belong to the holder of `secret`;
+    /// the `secret_headers` of its public-side policy (required header values) are masked on
+    /// top of the recording policy's.
+    pub fn session(&self, tunnel: &str, secret: &str, secret_headers: &[String]) -> SessionRecording {
+        let mut masked = self.policy().masked.clone();
+        masked.extend(secret_headers.iter().filter(|name| !masked.contains(name)).cloned().collect::<Vec<_>>());
+        SessionRecording { recorder: self.clone(), tunnel: tunnel.to_owned(), owner: owner_key(secret), masked }
     }
 
     fn publish(&self, tunnel: &str, record: ExchangeRecord, permit: Option<OwnedSemaphorePermit>) {
@@ -154,6 +158,8 @@ pub struct SessionRecording {
     recorder: Recorder,
     tunnel: String,
     owner: String,
+    /// Header names masked in its records.
+    masked: Vec<String>,
 }
 
 impl SessionRecording {
@@ -173,7 +179,7 @@ impl SessionRecording {
 
     /// Seals `capture` and hands it to the stream.
     pub fn finish(&self, capture: Capture) {
-        let (record, permit) = capture.seal(&self.tunnel, &self.owner, &self.recorder.policy().masked);
+        let (record, permit) = capture.seal(&self.tunnel, &self.owner, &self.masked);
         self.recorder.publish(&self.tunnel, record, permit);
     }
 }
