@@ -73,11 +73,15 @@ pub async fn run(
             options,
         )))
     };
-    let ops = tunnel_kit::ops::router(metrics, nats.clone()).fallback(no_tunnel_name);
+    let policies = policies::PolicyBook::start(&nats);
+    let loaded = policies.clone();
+    let ready = move || loaded.applied().map(|_| ()).ok_or("tunnel policies not loaded yet");
+    let ops = tunnel_kit::ops::router_with(metrics, nats.clone(), ready).fallback(no_tunnel_name);
     let streams = streams::StreamHub::start(&nats, &config.inbox_prefix()).await?;
     let header_read_timeout = std::time::Duration::from_secs(config.header_read_timeout_secs);
     let max_connections = config.max_connections;
-    let app = Router::new().fallback(proxy::handle).with_state(proxy::Proxy::new(nats, config, ops, streams));
+    let proxy = proxy::Proxy::new(nats, config, ops, streams, policies);
+    let app = Router::new().fallback(proxy::handle).with_state(proxy);
     let options = tunnel_kit::serve::ServeOptions { tls, header_read_timeout, max_connections, ..Default::default() };
     tunnel_kit::serve::serve(listener, app, shutdown, options).await;
     if let Some(redirect) = redirect {

@@ -133,9 +133,15 @@ impl Outcome {
 }
 
 impl Proxy {
-    /// A proxy sending tunnel requests over `nats`, receiving stream frames through `streams`;
-    /// requests naming no tunnel go to `ops`.
-    pub fn new(nats: async_nats::Client, config: IngressConfig, ops: Router, streams: Arc<StreamHub>) -> Self {
+    /// A proxy sending tunnel requests over `nats`, receiving stream frames through `streams`,
+    /// admitting them by `policies`; requests naming no tunnel go to `ops`.
+    pub fn new(
+        nats: async_nats::Client,
+        config: IngressConfig,
+        ops: Router,
+        streams: Arc<StreamHub>,
+        policies: Arc<PolicyBook>,
+    ) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
         let audit = AuditSink::start(nats.clone());
         let limits = Limits::new(
@@ -143,7 +149,6 @@ impl Proxy {
             (config.rate_limit_per_ip, config.rate_burst_per_ip),
         );
         let metrics = RequestMetrics::new();
-        let policies = PolicyBook::start(&nats);
         // Validated with the configuration.
         let trusted = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
         let inner = Inner { nats, config, timeout, ops, streams, audit, limits, policies, trusted, metrics };
