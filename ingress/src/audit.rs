@@ -114,6 +114,10 @@ mod tests {
             duration_us: u64::MAX,
             remote_addr: "2001:db8::1".into(),
             at_ms: u64::MAX,
+            account: None,
+            replay: false,
+            head_in: 0,
+            head_out: 0,
         }
     }
 

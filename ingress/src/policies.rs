@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use ipnet::IpNet;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::pattern::Glob;
-use tunnel_schemas::policy::{HashedHeader, HashedUser, OperatorPolicy, POLICIES_BUCKET, PublicPolicy};
+use tunnel_schemas::policy::{HashedHeader, HashedUser, OperatorPolicy, POLICIES_BUCKET, PublicPolicy, TunnelRecord};
 
 /// Time between attempts at opening or watching the bucket after a failure.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,10 +47,17 @@ pub struct PolicyBook {
 /// The policies in force, compiled for checking.
 #[derive(Default)]
 struct Compiled {
-    /// Owner policies by tunnel name.
-    owners: HashMap<String, Arc<Rules>>,
+    /// Bound tunnels by name: their owners' policies and accounts.
+    owners: HashMap<String, Owner>,
     /// Operator policies by id, with the names they cover.
     operators: HashMap<String, (Glob, Arc<Rules>)>,
+}
+
+/// What the bucket says of a bound tunnel.
+struct Owner {
+    rules: Rules,
+    /// The account its session was admitted for.
+    account: Option<Arc<str>>,
 }
 
 /// One policy, ready to check.
@@ -113,12 +120,19 @@ impl PolicyBook {
             return Ok(admitted);
         }
         let client = client.to_canonical();
-        let operators = compiled.operators.values().filter(|(pattern, _)| pattern.matches(tunnel)).map(|(_, r)| r);
-        for rules in compiled.owners.get(tunnel).into_iter().chain(operators) {
+        let operators = compiled.operators.values().filter(|(pattern, _)| pattern.matches(tunnel)).map(|(_, r)| &**r);
+        let owner = compiled.owners.get(tunnel).map(|owner| &owner.rules);
+        for rules in owner.into_iter().chain(operators) {
             rules.check(client, headers)?;
             admitted.consumed_authorization |= !rules.users.is_empty();
         }
         Ok(admitted)
+    }
+
+    /// The account of `tunnel`'s session, as its session-host stored it.
+    pub fn account(&self, tunnel: &str) -> Option<Arc<str>> {
+        let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        compiled.owners.get(tunnel).and_then(|owner| owner.account.clone())
     }
 
     fn replace(&self, compiled: Compiled, revision: u64) {
@@ -143,9 +157,14 @@ impl Compiled {
         let put = entry.operation == kv::Operation::Put;
         if let Some(name) = entry.key.strip_prefix("o.") {
             if put {
-                let rules = tunnel_schemas::decode::<PublicPolicy>(&entry.value, MAX_POLICY_BYTES)
-                    .map_or_else(|_| Rules::unusable(&entry.key), |policy| Rules::usable(&policy, &entry.key));
-                self.owners.insert(name.to_owned(), Arc::new(rules));
+                let owner = tunnel_schemas::decode::<TunnelRecord>(&entry.value, MAX_POLICY_BYTES).map_or_else(
+                    |_| Owner { rules: Rules::unusable(&entry.key), account: None },
+                    |record| Owner {
+                        rules: Rules::usable(&record.policy, &entry.key),
+                        account: record.account.map(Arc::from),
+                    },
+                );
+                self.owners.insert(name.to_owned(), owner);
             } else {
                 self.owners.remove(name);
             }
@@ -362,7 +381,7 @@ mod tests {
         let owner = rules(PolicySpec { allow_cidrs: vec!["10.0.0.0/8".into()], ..PolicySpec::default() });
         let operator = rules(PolicySpec { deny_cidrs: vec!["10.0.0.66".into()], ..PolicySpec::default() });
         let mut compiled = Compiled::default();
-        compiled.owners.insert("shop".into(), Arc::new(owner));
+        compiled.owners.insert("shop".into(), Owner { rules: owner, account: Some("acme".into()) });
         compiled.operators.insert("ops".into(), (Glob("sho*".into()), Arc::new(operator)));
         book.replace(compiled, 7);
         let none = HeaderMap::new();
@@ -373,5 +392,6 @@ mod tests {
         assert!(book.check("show", ip("10.0.0.66"), &none).is_err(), "the operator's pattern covers other names");
         assert!(book.check("other", ip("10.0.0.66"), &none).is_ok());
         assert_eq!(book.applied(), Some(7));
+        assert_eq!(book.account("shop").as_deref(), Some("acme"));
     }
 }

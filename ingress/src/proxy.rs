@@ -217,6 +217,10 @@ pub async fn handle(
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             remote_addr: client_ip,
             at_ms: arrived_ms,
+            account: proxy.inner.policies.account(route.name.as_str()).map(|account| account.to_string()),
+            replay: parts.headers.contains_key(tunnel_schemas::record::REPLAY_OF_HEADER),
+            head_in: request_head_bytes(&parts),
+            head_out: response_head_bytes(&outcome.response),
         };
         let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
         match outcome.streaming.take() {
@@ -462,6 +466,17 @@ async fn relay_upgraded(mut exchange: Exchange, on_upgrade: OnUpgrade) -> Summar
     let summary = exchange.run().await;
     let _ = writer.await;
     summary
+}
+
+/// Bytes of a request head as received: request line and header fields.
+fn request_head_bytes(parts: &Parts) -> u64 {
+    let line = parts.method.as_str().len() + parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + 12;
+    (line + header_bytes(&parts.headers) + 2) as u64
+}
+
+/// Bytes of a response head as sent over HTTP/1.1: status line and header fields.
+fn response_head_bytes(response: &Response) -> u64 {
+    (17 + response.status().canonical_reason().map_or(0, str::len) + header_bytes(response.headers()) + 2) as u64
 }
 
 /// Drops the tunnel's own basic-auth credentials: the local service never sees them.

@@ -42,6 +42,22 @@ pub struct RequestAudit {
     pub remote_addr: String,
     /// Unix time of arrival in milliseconds.
     pub at_ms: u64,
+    /// The account the tunnel's session was admitted for (none in anonymous mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// A replay of a recorded exchange (`X-Replay-Of`), counted apart from public traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+    /// Bytes of the request head (request line and header fields) received.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub head_in: u64,
+    /// Bytes of the response head (status line and header fields) sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub head_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Audit records of one tunnel, stored as one message.

@@ -73,13 +73,15 @@ pub enum ErrorCode {
     /// ingress waits for it and retries once, so a public client sees this only when it did
     /// not arrive in time.
     PolicyPending,
+    /// The tunnel, or its account, used up a quota for the period (`Retry-After`: its end).
+    QuotaExceeded,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -111,6 +113,7 @@ impl ErrorCode {
         Self::PolicyDenied,
         Self::InvalidPolicy,
         Self::PolicyPending,
+        Self::QuotaExceeded,
         Self::Internal,
     ];
 
@@ -148,6 +151,7 @@ impl ErrorCode {
             Self::PolicyDenied => "policy_denied",
             Self::InvalidPolicy => "invalid_policy",
             Self::PolicyPending => "policy_pending",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::Internal => "internal",
         }
     }
@@ -174,7 +178,7 @@ impl ErrorCode {
             Self::GoingAway | Self::Unavailable | Self::PolicyPending => 503,
             Self::Forbidden | Self::NameNotAllowed | Self::NameOwned | Self::PolicyDenied => 403,
             Self::Unauthorized | Self::AuthRequired => 401,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::QuotaExceeded => 429,
             Self::Internal => 500,
         }
     }
@@ -217,6 +221,7 @@ impl ErrorCode {
             Self::PolicyDenied => "This tunnel does not admit this request.",
             Self::InvalidPolicy => "The tunnel's access policy cannot be used.",
             Self::PolicyPending => "The tunnel's access policy is being applied; retry in a moment.",
+            Self::QuotaExceeded => "This tunnel has used up its quota for now; retry after the time in Retry-After.",
             Self::Internal => "An internal error occurred.",
         }
     }

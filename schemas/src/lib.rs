@@ -14,6 +14,7 @@
 //! - [`record`]: the recorded exchanges published to the `RECORDINGS` stream;
 //! - [`tokens`]: accounts and tokens as stored in JetStream KV;
 //! - [`policy`]: public-side access policies of tunnels (networks, headers, basic auth);
+//! - [`usage`]: usage counters, quota limits and quota states kept from the audit stream;
 //! - [`error`]: the typed error codes every component reports.
 //!
 //! Every message is encoded with [`encode`] as a MessagePack *map* (field names on the wire), so a
@@ -34,6 +35,7 @@ mod shared;
 pub mod stream;
 pub mod subjects;
 pub mod tokens;
+pub mod usage;
 
 pub use error::ErrorCode;
 

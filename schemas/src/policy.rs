@@ -2,8 +2,8 @@
 //!
 //! A policy lists client networks allowed or denied, headers a request must carry, and basic-auth
 //! users. The owner chooses one from the client (`tunnel http --basic-auth … --allow-cidr …`) and
-//! the session-host stores it in the KV bucket [`POLICIES_BUCKET`] under [`owner_key`] when the
-//! tunnel is bound; the operator may add policies for name patterns under [`operator_key`]
+//! the session-host stores it in the KV bucket [`POLICIES_BUCKET`] under [`owner_key`], with the
+//! session's account ([`TunnelRecord`]), when the tunnel is bound; the operator may add policies for name patterns under [`operator_key`]
 //! (`tunnel admin policy`). Every ingress watches the bucket and checks each request against the
 //! tunnel's policies before publishing anything to NATS; a request must pass all of them.
 //!
@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// KV bucket of policies: [`owner_key`] → [`PublicPolicy`], [`operator_key`] →
+/// KV bucket of policies: [`owner_key`] → [`TunnelRecord`], [`operator_key`] →
 /// [`OperatorPolicy`].
 pub const POLICIES_BUCKET: &str = "tunnel_policies";
 
@@ -49,6 +49,18 @@ pub fn owner_key(name: &str) -> String {
 /// KV key of operator policy `id`.
 pub fn operator_key(id: &str) -> String {
     format!("p.{id}")
+}
+
+/// What the session-host stores for a bound tunnel under [`owner_key`]: the account its session
+/// was admitted for, and its owner's policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRecord {
+    /// The account (none in anonymous mode); ingresses stamp it on the tunnel's audit records.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Who on the public side may reach the tunnel.
+    #[serde(default)]
+    pub policy: PublicPolicy,
 }
 
 /// What a request must satisfy to reach a tunnel. An empty policy admits everyone.

@@ -151,6 +151,10 @@ fn audit_events() {
         duration_us: 900,
         remote_addr: "127.0.0.1".into(),
         at_ms: 1_800_000_000_000,
+        account: None,
+        replay: false,
+        head_in: 0,
+        head_out: 0,
     };
     pin(
         &audit,

@@ -10,7 +10,7 @@
 use async_nats::jetstream::{self, kv};
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::events::Failure;
-use tunnel_schemas::policy::{POLICIES_BUCKET, POLICY_REVISION_HEADER, PublicPolicy, owner_key};
+use tunnel_schemas::policy::{POLICIES_BUCKET, POLICY_REVISION_HEADER, TunnelRecord, owner_key};
 
 /// Largest stored policy read back.
 const MAX_POLICY_BYTES: usize = 512 << 10;
@@ -44,29 +44,29 @@ impl Policies {
         Ok(Self { kv })
     }
 
-    /// Stores `policy` as the owner's policy of `name`, unless it is stored already, and returns
-    /// the revision ingresses must have applied before a request reaches the session (0 when
-    /// there is nothing to wait for: no policy, and none stored).
+    /// Stores `record` (the account and the owner's policy) for `name`, unless it is stored
+    /// already, and returns the revision ingresses must have applied before a request reaches the
+    /// session (0 when there is nothing to wait for: no account, no policy, and none stored).
     ///
     /// # Errors
     /// `unavailable` when the store fails.
-    pub async fn publish(&self, name: &str, policy: &PublicPolicy) -> Result<u64, Failure> {
+    pub async fn publish(&self, name: &str, record: &TunnelRecord) -> Result<u64, Failure> {
         let key = owner_key(name);
         let unavailable = |e: &dyn std::fmt::Display| Failure::new(ErrorCode::Unavailable, e.to_string());
         let stored = self.kv.entry(&key).await.map_err(|e| unavailable(&e))?;
         let current = stored.filter(|entry| entry.operation == kv::Operation::Put);
         if let Some(entry) = &current
-            && tunnel_schemas::decode::<PublicPolicy>(&entry.value, MAX_POLICY_BYTES).is_ok_and(|p| &p == policy)
+            && tunnel_schemas::decode::<TunnelRecord>(&entry.value, MAX_POLICY_BYTES).is_ok_and(|r| &r == record)
         {
             return Ok(entry.revision);
         }
-        if current.is_none() && policy.is_empty() {
+        if current.is_none() && record == &TunnelRecord::default() {
             return Ok(0);
         }
-        self.kv.put(&key, tunnel_schemas::encode(policy).into()).await.map_err(|e| unavailable(&e))
+        self.kv.put(&key, tunnel_schemas::encode(record).into()).await.map_err(|e| unavailable(&e))
     }
 
-    /// Removes the owner's policy of a released name.
+    /// Removes the record of a released name.
     pub async fn clear(&self, name: &str) {
         if let Err(e) = self.kv.delete(owner_key(name)).await {
             tracing::warn!(error = %e, "tunnel policy not removed");

@@ -234,7 +234,11 @@ impl Session {
         let id = uuid::Uuid::now_v7().to_string();
         let lease = acquire(hub, &hello, credential.as_ref(), &id).await?;
         let name = &lease.name;
-        let policy_revision = hub.policies.publish(name.as_str(), &hello.policy).await?;
+        let record = tunnel_schemas::policy::TunnelRecord {
+            account: credential.as_ref().map(|c| c.account.clone()),
+            policy: hello.policy.clone(),
+        };
+        let policy_revision = hub.policies.publish(name.as_str(), &record).await?;
         let nats = &hub.nats;
         let token = credential.as_ref().and_then(|c| c.token_id());
         let registration = hub.registry.register(name.as_str(), &id, token);
