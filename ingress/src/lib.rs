@@ -18,6 +18,7 @@ mod headers;
 mod limits;
 mod policies;
 mod proxy;
+mod quotas;
 mod redirect;
 mod request_id;
 mod routing;

@@ -13,35 +13,24 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use axum::http::{HeaderMap, header};
 use base64::Engine;
-use futures_util::StreamExt;
 use ipnet::IpNet;
+use tunnel_kit::mirror::Mirror;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::pattern::Glob;
 use tunnel_schemas::policy::{HashedHeader, HashedUser, OperatorPolicy, POLICIES_BUCKET, PublicPolicy, TunnelRecord};
-
-/// Time between attempts at opening or watching the bucket after a failure.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Largest stored policy read.
 const MAX_POLICY_BYTES: usize = 512 << 10;
 
 /// The policies of every tunnel, as last read from the bucket.
-#[derive(Default)]
 pub struct PolicyBook {
-    compiled: RwLock<Compiled>,
-    /// Bucket revision up to which every change is applied.
-    applied: AtomicU64,
-    /// The whole bucket has been read once.
-    loaded: AtomicBool,
-    /// Woken at every change applied.
-    changed: tokio::sync::Notify,
+    mirror: Arc<Mirror<Compiled>>,
 }
 
 /// The policies in force, compiled for checking.
@@ -80,33 +69,19 @@ pub struct Admitted {
 }
 
 impl PolicyBook {
-    /// A book filled and kept current from the bucket over `nats`, by a task that runs as long
-    /// as the book is referenced.
+    /// A book filled and kept current from the bucket over `nats`.
     pub fn start(nats: &async_nats::Client) -> Arc<Self> {
-        let book = Arc::new(Self::default());
-        tokio::spawn(follow(jetstream::new(nats.clone()), Arc::downgrade(&book)));
-        book
+        Arc::new(Self { mirror: Mirror::start(nats, POLICIES_BUCKET, Compiled::apply) })
     }
 
     /// The last bucket revision applied, or `None` until the bucket has been read whole.
     pub fn applied(&self) -> Option<u64> {
-        self.loaded.load(Ordering::Acquire).then(|| self.applied.load(Ordering::Acquire))
+        self.mirror.applied()
     }
 
     /// Waits up to `timeout` until `revision` is applied; whether it was.
     pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
-        let applied = async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if self.applied().is_some_and(|applied| applied >= revision) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(timeout, applied).await.is_ok()
+        self.mirror.wait_applied(revision, timeout).await
     }
 
     /// Checks a request to `tunnel` from `client` against every policy covering the tunnel.
@@ -114,7 +89,7 @@ impl PolicyBook {
     /// # Errors
     /// [`Refused`] with `policy_denied` or `auth_required`.
     pub fn check(&self, tunnel: &str, client: IpAddr, headers: &HeaderMap) -> Result<Admitted, Refused> {
-        let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let compiled = self.mirror.read();
         let mut admitted = Admitted { consumed_authorization: false };
         if compiled.owners.is_empty() && compiled.operators.is_empty() {
             return Ok(admitted);
@@ -131,23 +106,7 @@ impl PolicyBook {
 
     /// The account of `tunnel`'s session, as its session-host stored it.
     pub fn account(&self, tunnel: &str) -> Option<Arc<str>> {
-        let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        compiled.owners.get(tunnel).and_then(|owner| owner.account.clone())
-    }
-
-    fn replace(&self, compiled: Compiled, revision: u64) {
-        *self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
-        self.applied.store(revision, Ordering::Release);
-        self.loaded.store(true, Ordering::Release);
-        self.changed.notify_waiters();
-    }
-
-    fn apply(&self, entry: &kv::Entry) {
-        let mut compiled = self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        compiled.apply(entry);
-        self.applied.store(entry.revision, Ordering::Release);
-        drop(compiled);
-        self.changed.notify_waiters();
+        self.mirror.read().owners.get(tunnel).and_then(|owner| owner.account.clone())
     }
 }
 
@@ -252,63 +211,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
 }
 
-/// Keeps `book` current until it is dropped: opens the bucket (absent means no policy exists
-/// yet; the book is then loaded and empty), reads it whole, then follows its changes; after a
-/// failure it reads it whole again, keeping the old policies in force meanwhile.
-async fn follow(js: jetstream::Context, book: std::sync::Weak<PolicyBook>) {
-    let mut told = false;
-    loop {
-        let outcome = match js.get_key_value(POLICIES_BUCKET).await {
-            Ok(store) => watch(&store, &book).await,
-            Err(e) => {
-                if !std::mem::replace(&mut told, true) {
-                    tracing::info!(error = %e, "no policy bucket yet (or no access to it); looking again every second");
-                }
-                let Some(book) = book.upgrade() else { return };
-                if book.applied().is_none() {
-                    book.replace(Compiled::default(), 0);
-                }
-                Ok(())
-            }
-        };
-        if let Err(e) = outcome {
-            tracing::warn!(error = %e, "policy watch failed; reading the bucket again");
-        }
-        if book.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(RETRY_INTERVAL).await;
-    }
-}
-
-/// Reads the bucket whole into a fresh set of policies, swaps it in, then applies changes
-/// until the watch ends (an error) or the book is dropped (`Ok`).
-async fn watch(store: &kv::Store, book: &std::sync::Weak<PolicyBook>) -> Result<(), String> {
-    let last = store.status().await.map_err(|e| e.to_string())?.info.state.last_sequence;
-    let mut watch = store.watch_with_history(">").await.map_err(|e| e.to_string())?;
-    let mut fresh = Some(Compiled::default());
-    let mut read = 0;
-    if last == 0 {
-        let Some(book) = book.upgrade() else { return Ok(()) };
-        book.replace(fresh.take().unwrap_or_default(), 0);
-    }
-    while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let Some(book) = book.upgrade() else { return Ok(()) };
-        match fresh.as_mut() {
-            Some(compiled) => {
-                compiled.apply(&entry);
-                read = read.max(entry.revision);
-                if read >= last {
-                    book.replace(fresh.take().unwrap_or_default(), read);
-                }
-            }
-            None => book.apply(&entry),
-        }
-    }
-    Err("the watch ended".into())
-}
-
 #[cfg(test)]
 mod tests {
     use tunnel_schemas::policy::PolicySpec;
@@ -377,13 +279,12 @@ mod tests {
 
     #[test]
     fn every_covering_policy_must_pass() {
-        let book = PolicyBook::default();
         let owner = rules(PolicySpec { allow_cidrs: vec!["10.0.0.0/8".into()], ..PolicySpec::default() });
         let operator = rules(PolicySpec { deny_cidrs: vec!["10.0.0.66".into()], ..PolicySpec::default() });
         let mut compiled = Compiled::default();
         compiled.owners.insert("shop".into(), Owner { rules: owner, account: Some("acme".into()) });
         compiled.operators.insert("ops".into(), (Glob("sho*".into()), Arc::new(operator)));
-        book.replace(compiled, 7);
+        let book = PolicyBook { mirror: Arc::new(Mirror::loaded_with(compiled, 7)) };
         let none = HeaderMap::new();
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         assert!(book.check("shop", ip("10.0.0.1"), &none).is_ok());

@@ -33,8 +33,9 @@ use crate::config::IngressConfig;
 use crate::error_page::{error_response, wants_json};
 use crate::exchange::Exchange;
 use crate::headers::{Forwarded, header_bytes, request_headers, response_headers};
-use crate::limits::{Limited, Limits};
+use crate::limits::Limits;
 use crate::policies::{Admitted, PolicyBook};
+use crate::quotas::QuotaBook;
 use crate::request_id::request_id;
 use crate::routing::{Route, route};
 use crate::streams::StreamHub;
@@ -58,6 +59,8 @@ struct Inner {
     limits: Arc<Limits>,
     /// The tunnels' public-side policies.
     policies: Arc<PolicyBook>,
+    /// Tunnels and accounts over a quota.
+    quotas: QuotaBook,
     /// Proxies whose `X-Forwarded-For` names the client.
     trusted: TrustedProxies,
     metrics: RequestMetrics,
@@ -106,10 +109,10 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// A request refused by a rate limit: 429 with `Retry-After`.
-    fn rate_limited(limited: Limited, request_id: &str, json: bool) -> Self {
-        let mut outcome = Self::failed(ErrorCode::RateLimited, request_id, json, 0);
-        outcome.response.headers_mut().insert(header::RETRY_AFTER, limited.retry_after_secs.into());
+    /// A request refused by a rate limit or a quota: 429 with `Retry-After`.
+    fn too_many(code: ErrorCode, retry_after_secs: u64, request_id: &str, json: bool) -> Self {
+        let mut outcome = Self::failed(code, request_id, json, 0);
+        outcome.response.headers_mut().insert(header::RETRY_AFTER, retry_after_secs.into());
         outcome
     }
 
@@ -151,7 +154,8 @@ impl Proxy {
         let metrics = RequestMetrics::new();
         // Validated with the configuration.
         let trusted = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
-        let inner = Inner { nats, config, timeout, ops, streams, audit, limits, policies, trusted, metrics };
+        let quotas = QuotaBook::start(&nats);
+        let inner = Inner { nats, config, timeout, ops, streams, audit, limits, policies, quotas, trusted, metrics };
         Self { inner: Arc::new(inner) }
     }
 }
@@ -182,18 +186,9 @@ pub async fn handle(
     let client_ip = client.to_string();
     let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
     let json = wants_json(&parts.headers);
-    let admitted = match proxy.inner.limits.check(route.name.as_str(), client) {
-        Err(limited) => Err(Outcome::rate_limited(limited, &request_id, json)),
-        Ok(()) => match proxy.inner.policies.applied() {
-            None => Err(Outcome::failed(ErrorCode::Unavailable, &request_id, json, 0)),
-            Some(revision) => proxy
-                .inner
-                .policies
-                .check(route.name.as_str(), client, &parts.headers)
-                .map(|admitted| (admitted, revision))
-                .map_err(|refused| Outcome::refused(refused.0, route.name.as_str(), &request_id, json)),
-        },
-    };
+    let account = proxy.inner.policies.account(route.name.as_str());
+    let checked = Checked { client, account: account.as_deref(), at_ms: arrived_ms };
+    let admitted = proxy.admit(route.name.as_str(), &checked, &parts.headers, (&request_id, json));
     let mut outcome = match admitted {
         Ok(admitted) => {
             let peer_ip = peer.ip().to_canonical().to_string();
@@ -217,7 +212,7 @@ pub async fn handle(
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             remote_addr: client_ip,
             at_ms: arrived_ms,
-            account: proxy.inner.policies.account(route.name.as_str()).map(|account| account.to_string()),
+            account: account.map(|account| account.to_string()),
             replay: parts.headers.contains_key(tunnel_schemas::record::REPLAY_OF_HEADER),
             head_in: request_head_bytes(&parts),
             head_out: response_head_bytes(&outcome.response),
@@ -244,6 +239,16 @@ pub async fn handle(
     outcome.response
 }
 
+/// Who sent a request, for the checks before forwarding.
+struct Checked<'a> {
+    /// The client's address (behind trusted proxies).
+    client: std::net::IpAddr,
+    /// The account of the tunnel's session.
+    account: Option<&'a str>,
+    /// Arrival time, Unix milliseconds.
+    at_ms: u64,
+}
+
 /// What the checks before forwarding found out about a request.
 struct Admission<'a> {
     /// The client's address (behind trusted proxies).
@@ -256,6 +261,33 @@ struct Admission<'a> {
 }
 
 impl Proxy {
+    /// The checks before anything is published to NATS, in order: rate limits, quotas, the
+    /// policies (once the ingress has read them); the policy decision and the revision it was
+    /// read at, or the refusal to send back (`reply`: the request id and whether JSON is wanted).
+    fn admit(
+        &self,
+        tunnel: &str,
+        checked: &Checked<'_>,
+        headers: &axum::http::HeaderMap,
+        (request_id, json): (&str, bool),
+    ) -> Result<(Admitted, u64), Outcome> {
+        let inner = &self.inner;
+        inner
+            .limits
+            .check(tunnel, checked.client)
+            .map_err(|limited| Outcome::too_many(ErrorCode::RateLimited, limited.retry_after_secs, request_id, json))?;
+        inner.quotas.check(tunnel, checked.account, checked.at_ms).map_err(|exceeded| {
+            Outcome::too_many(ErrorCode::QuotaExceeded, exceeded.retry_after_secs, request_id, json)
+        })?;
+        let revision =
+            inner.policies.applied().ok_or_else(|| Outcome::failed(ErrorCode::Unavailable, request_id, json, 0))?;
+        let admitted = inner
+            .policies
+            .check(tunnel, checked.client, headers)
+            .map_err(|refused| Outcome::refused(refused.0, tunnel, request_id, json))?;
+        Ok((admitted, revision))
+    }
+
     async fn forward(
         &self,
         parts: &Parts,

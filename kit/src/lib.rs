@@ -9,6 +9,7 @@
 //! - [`telemetry`]: tracing and the Prometheus recorder;
 //! - [`gaps`]: events dropped before they reached the log, kept until reported;
 //! - [`journal`]: the bounded, asynchronous JetStream publisher of audit and recording events;
+//! - [`mirror`]: an in-memory mirror of a KV bucket, kept current by a watch;
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes;
 //! - [`pump`]: the stream engine both ends of an exchange run (credits, resets, liveness);
 //! - [`shutdown`]: SIGINT/SIGTERM handling;
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod config;
 pub mod gaps;
 pub mod journal;
+pub mod mirror;
 pub mod nats;
 pub mod ops;
 pub mod pump;

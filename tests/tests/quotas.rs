@@ -1,0 +1,108 @@
+//! Quota enforcement at the ingress: a tunnel, or an account, whose quota state says exceeded is
+//! refused 429 `quota_exceeded` with `Retry-After` until its period ends, at once and with no
+//! NATS round trip per request; other tunnels are untouched.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use tunnel_schemas::usage::{QUOTA_STATE_BUCKET, Quota, QuotaLevel, QuotaState, Scope};
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
+
+/// The quota-state bucket, as the auditor makes it.
+async fn states(env: &TestEnv) -> kv::Store {
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    let config = kv::Config { bucket: QUOTA_STATE_BUCKET.into(), history: 1, ..Default::default() };
+    js.create_key_value(config).await.expect("bucket")
+}
+
+async fn put(bucket: &kv::Store, scope: Scope, level: QuotaLevel, lasting: Duration) {
+    let until_ms = tunnel_schemas::now_ms() + u64::try_from(lasting.as_millis()).expect("ms");
+    let state =
+        QuotaState { scope: scope.clone(), quota: Quota::RequestsPerMinute, level, used: 11, limit: 10, until_ms };
+    bucket.put(scope.key(), tunnel_schemas::encode(&state).into()).await.expect("put");
+}
+
+/// The status, error code and `Retry-After` of a request to `name`.
+async fn answer(env: &TestEnv, name: &str) -> (u16, String, Option<u64>) {
+    let response = env.get(name, "/echo").await;
+    let header = |key: &str| response.headers().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry = header("retry-after").and_then(|v| v.parse().ok());
+    (response.status().as_u16(), header(tunnel_ingress::ERROR_HEADER).unwrap_or_default(), retry)
+}
+
+/// Waits until requests to `name` get `status`; how long that took.
+async fn until_status(env: &TestEnv, name: &str, status: u16, within_time: Duration) -> Duration {
+    let started = Instant::now();
+    within(within_time, &format!("{name} answering {status}"), async {
+        while answer(env, name).await.0 != status {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn an_exceeded_tunnel_is_refused_until_its_period_ends_and_others_are_untouched() {
+    let env = TestEnv::start().await;
+    let upstream = Upstream::start().await;
+    let _busy = env.tunnel(upstream.port(), Some("busy")).await;
+    let _calm = env.tunnel(upstream.port(), Some("calm")).await;
+    let bucket = states(&env).await;
+    assert_eq!(answer(&env, "busy").await.0, 200);
+    // The ingress looks for a bucket it did not find every second; once it mirrors it, a state
+    // reaches it as fast as the watch delivers.
+    put(&bucket, Scope::Tunnel("warm-up".into()), QuotaLevel::Exceeded, Duration::from_secs(30)).await;
+    until_status(&env, "warm-up", 429, Duration::from_secs(3)).await;
+
+    put(&bucket, Scope::Tunnel("busy".into()), QuotaLevel::Warning, Duration::from_secs(30)).await;
+    put(&bucket, Scope::Tunnel("busy".into()), QuotaLevel::Exceeded, Duration::from_secs(30)).await;
+    let took = until_status(&env, "busy", 429, Duration::from_secs(2)).await;
+    let (status, code, retry) = answer(&env, "busy").await;
+    assert_eq!((status, code.as_str()), (429, "quota_exceeded"));
+    assert!(retry.is_some_and(|secs| (28..=30).contains(&secs)), "Retry-After is the period's end: {retry:?}");
+    assert_eq!(answer(&env, "calm").await.0, 200, "other tunnels are untouched");
+    eprintln!("enforced {took:?} after the state was stored");
+
+    put(&bucket, Scope::Tunnel("busy".into()), QuotaLevel::Warning, Duration::from_secs(30)).await;
+    until_status(&env, "busy", 200, Duration::from_secs(2)).await;
+
+    put(&bucket, Scope::Tunnel("busy".into()), QuotaLevel::Exceeded, Duration::from_millis(1500)).await;
+    until_status(&env, "busy", 429, Duration::from_secs(2)).await;
+    until_status(&env, "busy", 200, DEADLINE).await;
+    assert!(
+        bucket.entry(Scope::Tunnel("busy".into()).key()).await.expect("entry").is_some(),
+        "the block lifted at the period's end by itself, the state still stored"
+    );
+}
+
+#[tokio::test]
+async fn an_exceeded_account_blocks_all_its_tunnels() {
+    let env = TestEnv::start_with(EnvOptions { auth: "tokens", ..EnvOptions::default() }).await;
+    let state = tempfile::tempdir().expect("state");
+    let nats = env.nats.url().to_owned();
+    for args in [&["account", "create", "acme"][..], &["account", "create", "globex"][..]] {
+        let args = [&["admin", "--nats", nats.as_str()][..], args].concat();
+        assert_eq!(run_tunnel(state.path(), &args).await.0, Some(0));
+    }
+    let mut tokens = Vec::new();
+    for account in ["acme", "acme", "globex"] {
+        let (_, out, _) = run_tunnel(state.path(), &["admin", "--nats", &nats, "token", "create", account]).await;
+        let created: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        tokens.push(created["token"].as_str().expect("token").to_owned());
+    }
+    let upstream = Upstream::start().await;
+    let mut open = Vec::new();
+    for (name, token) in ["acme-one", "acme-two", "globex-one"].into_iter().zip(&tokens) {
+        let options =
+            tunnel_client::Options { token: Some(token.clone()), ..env.client_options(upstream.port(), name) };
+        open.push(tunnel_tests::Tunnel::ready_with(tunnel_tests::Tunnel::spawn_with(options)).await);
+    }
+    let bucket = states(&env).await;
+    put(&bucket, Scope::Account("acme".into()), QuotaLevel::Exceeded, Duration::from_secs(30)).await;
+    until_status(&env, "acme-one", 429, Duration::from_secs(2)).await;
+    assert_eq!(answer(&env, "acme-two").await.1, "quota_exceeded", "every tunnel of the account");
+    assert_eq!(answer(&env, "globex-one").await.0, 200, "another account's tunnel is untouched");
+    bucket.delete(Scope::Account("acme".into()).key()).await.expect("delete");
+    until_status(&env, "acme-two", 200, Duration::from_secs(2)).await;
+}
