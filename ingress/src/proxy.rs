@@ -116,7 +116,8 @@ impl Outcome {
         outcome
     }
 
-    /// A request refused by a policy: 403, or 401 with a basic-auth challenge for `tunnel`.
+    /// A request refused before it was forwarded: `code`'s status, with a basic-auth challenge
+    /// for `tunnel` when the code is `auth_required`.
     fn refused(code: ErrorCode, tunnel: &str, request_id: &str, json: bool) -> Self {
         let mut outcome = Self::failed(code, request_id, json, 0);
         if code == ErrorCode::AuthRequired
@@ -188,14 +189,15 @@ pub async fn handle(
     let json = wants_json(&parts.headers);
     let account = proxy.inner.policies.account(route.name.as_str());
     let checked = Checked { client, account: account.as_deref(), at_ms: arrived_ms };
-    let admitted = proxy.admit(route.name.as_str(), &checked, &parts.headers, (&request_id, json));
+    let admitted = proxy.admit(route.name.as_str(), &checked, &parts.headers);
     let mut outcome = match admitted {
         Ok(admitted) => {
             let peer_ip = peer.ip().to_canonical().to_string();
             let request = Admission { client, peer_ip: &peer_ip, request_id: &request_id, admitted };
             proxy.forward(&parts, body, on_upgrade, route.clone(), request).instrument(span).await
         }
-        Err(refused) => refused,
+        Err(Refusal::RetryAfter(code, secs)) => Outcome::too_many(code, secs, &request_id, json),
+        Err(Refusal::Code(code)) => Outcome::refused(code, route.name.as_str(), &request_id, json),
     };
     proxy.inner.metrics.record(outcome.error, started.elapsed());
     if proxy.inner.config.audit {
@@ -239,6 +241,14 @@ pub async fn handle(
     outcome.response
 }
 
+/// Why a request is refused before it is forwarded.
+enum Refusal {
+    /// With this code (a basic-auth challenge for `auth_required`).
+    Code(ErrorCode),
+    /// With this code and `Retry-After` seconds.
+    RetryAfter(ErrorCode, u64),
+}
+
 /// Who sent a request, for the checks before forwarding.
 struct Checked<'a> {
     /// The client's address (behind trusted proxies).
@@ -263,28 +273,25 @@ struct Admission<'a> {
 impl Proxy {
     /// The checks before anything is published to NATS, in order: rate limits, quotas, the
     /// policies (once the ingress has read them); the policy decision and the revision it was
-    /// read at, or the refusal to send back (`reply`: the request id and whether JSON is wanted).
+    /// read at, or why the request is refused.
     fn admit(
         &self,
         tunnel: &str,
         checked: &Checked<'_>,
         headers: &axum::http::HeaderMap,
-        (request_id, json): (&str, bool),
-    ) -> Result<(Admitted, u64), Outcome> {
+    ) -> Result<(Admitted, u64), Refusal> {
         let inner = &self.inner;
         inner
             .limits
             .check(tunnel, checked.client)
-            .map_err(|limited| Outcome::too_many(ErrorCode::RateLimited, limited.retry_after_secs, request_id, json))?;
-        inner.quotas.check(tunnel, checked.account, checked.at_ms).map_err(|exceeded| {
-            Outcome::too_many(ErrorCode::QuotaExceeded, exceeded.retry_after_secs, request_id, json)
-        })?;
-        let revision =
-            inner.policies.applied().ok_or_else(|| Outcome::failed(ErrorCode::Unavailable, request_id, json, 0))?;
-        let admitted = inner
-            .policies
-            .check(tunnel, checked.client, headers)
-            .map_err(|refused| Outcome::refused(refused.0, tunnel, request_id, json))?;
+            .map_err(|limited| Refusal::RetryAfter(ErrorCode::RateLimited, limited.retry_after_secs))?;
+        inner
+            .quotas
+            .check(tunnel, checked.account, checked.at_ms)
+            .map_err(|exceeded| Refusal::RetryAfter(ErrorCode::QuotaExceeded, exceeded.retry_after_secs))?;
+        let revision = inner.policies.applied().ok_or(Refusal::Code(ErrorCode::Unavailable))?;
+        let admitted =
+            inner.policies.check(tunnel, checked.client, headers).map_err(|refused| Refusal::Code(refused.0))?;
         Ok((admitted, revision))
     }
 
