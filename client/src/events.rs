@@ -54,9 +54,46 @@ pub enum Event {
         /// The tunnel name.
         name: String,
     },
+    /// The tunnel, or its account, nears a quota (`warning`, at 80 %) or is over it (`exceeded`:
+    /// public requests are refused until `until_ms`).
+    Quota {
+        /// `warning` or `exceeded`.
+        level: String,
+        /// `tunnel` or `account`.
+        scope: String,
+        /// The limit concerned (`requests_per_minute`, `bytes_per_day`, …).
+        quota: String,
+        /// Used in the period so far.
+        used: u64,
+        /// The limit.
+        limit: u64,
+        /// End of the period, Unix milliseconds.
+        until_ms: u64,
+    },
 }
 
 impl Event {
+    /// The event telling about `state`.
+    pub fn quota(state: &tunnel_schemas::usage::QuotaState) -> Self {
+        use tunnel_schemas::usage::{QuotaLevel, Scope};
+        Self::Quota {
+            level: match state.level {
+                QuotaLevel::Warning => "warning",
+                QuotaLevel::Exceeded => "exceeded",
+            }
+            .to_owned(),
+            scope: match state.scope {
+                Scope::Tunnel(_) => "tunnel",
+                Scope::Account(_) => "account",
+            }
+            .to_owned(),
+            quota: state.quota.as_str().to_owned(),
+            used: state.used,
+            limit: state.limit,
+            until_ms: state.until_ms,
+        }
+    }
+
     /// The event as one line of human-readable text.
     pub fn human(&self) -> String {
         match self {
@@ -74,6 +111,11 @@ impl Event {
                 format!("reconnecting in {delay_ms} ms (attempt {attempt})")
             }
             Self::Resumed { url, .. } => format!("reconnected  {url}"),
+            Self::Quota { level, scope, quota, used, limit, until_ms } => {
+                let until = tunnel_trail::filter::format_ms(*until_ms);
+                let what = if level == "exceeded" { "quota exceeded" } else { "quota warning" };
+                format!("{what}: {scope} {quota} {used}/{limit} until {until}")
+            }
         }
     }
 

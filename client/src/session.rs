@@ -102,9 +102,12 @@ pub async fn open(server: &str, options: &Options, resume: Option<&Resume>) -> R
                     return match tunnel_schemas::decode::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
                         Ok(HostFrame::Welcome(welcome)) => Ok((welcome, socket)),
                         Ok(HostFrame::Refused(failure)) => Err(classify(failure)),
-                        Ok(HostFrame::Request { .. } | HostFrame::Stream { .. } | HostFrame::GoAway) => {
-                            Err(OpenError::Transient("unexpected frame before welcome".into()))
-                        }
+                        Ok(
+                            HostFrame::Request { .. }
+                            | HostFrame::Stream { .. }
+                            | HostFrame::GoAway
+                            | HostFrame::Quota(_),
+                        ) => Err(OpenError::Transient("unexpected frame before welcome".into())),
                         Err(e) => Err(OpenError::Transient(format!("undecodable frame from the server: {e}"))),
                     };
                 }
@@ -274,6 +277,10 @@ impl Connection {
                 OpenError::Fatal(failure) => SessionEnd::Fatal(failure),
                 OpenError::Transient(reason) => SessionEnd::Lost(reason),
             }),
+            Ok(HostFrame::Quota(state)) => {
+                let _ = self.events.try_send(Event::quota(&state));
+                None
+            }
             Ok(HostFrame::Welcome(_)) => Some(SessionEnd::Lost("unexpected welcome".into())),
             Err(e) => Some(SessionEnd::Lost(format!("undecodable frame from the server: {e}"))),
         }

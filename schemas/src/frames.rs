@@ -123,4 +123,7 @@ pub enum HostFrame {
         /// The frame.
         frame: StreamFrame,
     },
+    /// The tunnel, or its account, nears a quota (a warning at 80 %) or is over it (new public
+    /// requests are refused until the period ends).
+    Quota(crate::usage::QuotaState),
 }

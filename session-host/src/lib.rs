@@ -20,6 +20,7 @@ mod hub;
 pub mod jwt;
 pub mod leases;
 mod policies;
+mod quota_notices;
 pub mod recording;
 mod registry;
 mod session;
@@ -85,6 +86,7 @@ pub async fn run(
     let policies = policies::Policies::open(&js, config.lease_replicas).await.map_err(HostError::Policies)?;
     let auth = auth::Auth::open(&js, &config).await?;
     let revocations = tokio::spawn(auth.clone().watch_revocations(registry.clone()));
+    let notices = tokio::spawn(quota_notices::relay(js.clone(), registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let access_log = access_log::AccessLog::start(&nats);
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
@@ -122,6 +124,7 @@ pub async fn run(
     }
     dispatch.stop().await;
     revocations.abort();
+    notices.abort();
     Ok(())
 }
 

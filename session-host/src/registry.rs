@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, watch};
+use tunnel_schemas::usage::{QuotaState, Scope};
 
 /// Stream frames from ingress queued for one session; beyond it frames are dropped and counted,
 /// as NATS itself drops messages for a slow subscriber.
@@ -34,6 +35,9 @@ struct Delivery {
     /// The id of the token the session was opened with, if any.
     token: Option<String>,
     revoked: watch::Sender<bool>,
+    /// The account the session was admitted for, if any.
+    account: Option<String>,
+    quota: watch::Sender<Option<QuotaState>>,
 }
 
 /// What the host-wide subscriptions deliver to one session; dropping it unregisters the session.
@@ -47,6 +51,8 @@ pub struct Registration {
     pub takeover: watch::Receiver<Option<String>>,
     /// Set when the token the session was opened with is revoked.
     pub revoked: watch::Receiver<bool>,
+    /// The last quota warning or block of the session's tunnel or account.
+    pub quota: watch::Receiver<Option<QuotaState>>,
 }
 
 /// Why a message could not be delivered to a session.
@@ -59,16 +65,25 @@ pub enum Undelivered {
 }
 
 impl Registry {
-    /// Registers `session`, holding `tunnel`, opened with the token `token` (its id).
-    pub fn register(&self, tunnel: &str, session: &str, token: Option<&str>) -> Registration {
+    /// Registers `session`, holding `tunnel`, opened with the token `token` (its id) for
+    /// `account`.
+    pub fn register(
+        &self,
+        tunnel: &str,
+        session: &str,
+        (token, account): (Option<&str>, Option<&str>),
+    ) -> Registration {
         let (streams_tx, streams) = mpsc::channel(STREAM_QUEUE);
         let (takeover_tx, takeover) = watch::channel(None);
         let (revoked_tx, revoked) = watch::channel(false);
+        let (quota_tx, quota) = watch::channel(None);
         let delivery = Delivery {
             streams: streams_tx,
             takeover: takeover_tx,
             token: token.map(str::to_owned),
             revoked: revoked_tx,
+            account: account.map(str::to_owned),
+            quota: quota_tx,
         };
         let mut sessions = self.lock();
         sessions.by_tunnel.entry(tunnel.to_owned()).or_default().push(session.to_owned());
@@ -80,7 +95,29 @@ impl Registry {
             streams,
             takeover,
             revoked,
+            quota,
         }
+    }
+
+    /// Tells the sessions of the tunnel or account of `state` about it; returns how many.
+    pub fn notify_quota(&self, state: &QuotaState) -> usize {
+        let sessions = self.lock();
+        let told: Vec<&Delivery> = match &state.scope {
+            Scope::Tunnel(name) => sessions
+                .by_tunnel
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| sessions.by_session.get(id))
+                .collect(),
+            Scope::Account(account) => {
+                sessions.by_session.values().filter(|d| d.account.as_deref() == Some(account.as_str())).collect()
+            }
+        };
+        for delivery in &told {
+            delivery.quota.send_replace(Some(state.clone()));
+        }
+        told.len()
     }
 
     /// Tells every session opened with token `id` that it was revoked; returns how many.
@@ -165,9 +202,9 @@ mod tests {
     #[test]
     fn a_takeover_reaches_every_other_session_of_the_tunnel_only() {
         let registry = Registry::default();
-        let old = registry.register("demo", "s1", None);
-        let new = registry.register("demo", "s2", None);
-        let other = registry.register("other", "s3", None);
+        let old = registry.register("demo", "s1", (None, None));
+        let new = registry.register("demo", "s2", (None, None));
+        let other = registry.register("other", "s3", (None, None));
         assert_eq!(registry.take_over("demo", "s2"), 1);
         assert_eq!(old.takeover.borrow().as_deref(), Some("s2"));
         assert_eq!(*new.takeover.borrow(), None);
@@ -178,7 +215,7 @@ mod tests {
     #[test]
     fn stream_frames_reach_their_session_in_order_until_it_ends() {
         let registry = Registry::default();
-        let mut session = registry.register("demo", "s1", None);
+        let mut session = registry.register("demo", "s1", (None, None));
         registry.deliver_stream("s1", message("a")).expect("delivered");
         registry.deliver_stream("s1", message("b")).expect("delivered");
         assert_eq!(registry.deliver_stream("s2", message("c")), Err(Undelivered::NoSession));
@@ -192,11 +229,32 @@ mod tests {
     #[test]
     fn a_revocation_reaches_the_sessions_of_that_token_only() {
         let registry = Registry::default();
-        let a = registry.register("demo", "s1", Some("t1"));
-        let b = registry.register("other", "s2", Some("t2"));
-        let anonymous = registry.register("open", "s3", None);
+        let a = registry.register("demo", "s1", (Some("t1"), Some("acme")));
+        let b = registry.register("other", "s2", (Some("t2"), Some("acme")));
+        let anonymous = registry.register("open", "s3", (None, None));
         assert_eq!(registry.revoke("t1"), 1);
         assert!(*a.revoked.borrow());
         assert!(!*b.revoked.borrow() && !*anonymous.revoked.borrow());
+    }
+
+    #[test]
+    fn quota_notices_reach_the_sessions_of_their_tunnel_or_account() {
+        use tunnel_schemas::usage::{Quota, QuotaLevel};
+        let registry = Registry::default();
+        let a = registry.register("demo", "s1", (Some("t1"), Some("acme")));
+        let b = registry.register("other", "s2", (Some("t2"), Some("acme")));
+        let c = registry.register("third", "s3", (Some("t3"), Some("globex")));
+        let state = |scope| QuotaState {
+            scope,
+            quota: Quota::RequestsPerDay,
+            level: QuotaLevel::Warning,
+            used: 80,
+            limit: 100,
+            until_ms: 1,
+        };
+        assert_eq!(registry.notify_quota(&state(Scope::Tunnel("demo".into()))), 1);
+        assert!(a.quota.borrow().is_some() && b.quota.borrow().is_none());
+        assert_eq!(registry.notify_quota(&state(Scope::Account("acme".into()))), 2);
+        assert!(b.quota.borrow().is_some() && c.quota.borrow().is_none());
     }
 }

@@ -241,7 +241,8 @@ impl Session {
         let policy_revision = hub.policies.publish(name.as_str(), &record).await?;
         let nats = &hub.nats;
         let token = credential.as_ref().and_then(|c| c.token_id());
-        let registration = hub.registry.register(name.as_str(), &id, token);
+        let account = credential.as_ref().map(|c| c.account.as_str());
+        let registration = hub.registry.register(name.as_str(), &id, (token, account));
         let requests = nats
             .queue_subscribe(subjects::tunnel_requests(name), subjects::tunnel_queue_group(name))
             .await
@@ -354,6 +355,13 @@ impl Session {
                 },
                 Ok(()) = self.registration.takeover.changed() => self.on_takeover().await,
                 Ok(()) = self.registration.revoked.changed() => Err(Failure::new(ErrorCode::Unauthorized, "token revoked")),
+                Ok(()) = self.registration.quota.changed() => {
+                    let notice = self.registration.quota.borrow_and_update().clone();
+                    match notice {
+                        Some(state) => self.send(HostFrame::Quota(state)).await,
+                        None => Ok(()),
+                    }
+                }
                 Some(message) = self.registration.streams.recv() => match self.exchanges.relay_from_ingress(&message) {
                     Some(frame) => self.send(frame).await,
                     None => Ok(()),

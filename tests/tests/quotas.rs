@@ -1,6 +1,6 @@
 //! Quota enforcement at the ingress: a tunnel, or an account, whose quota state says exceeded is
 //! refused 429 `quota_exceeded` with `Retry-After` until its period ends, at once and with no
-//! NATS round trip per request; other tunnels are untouched.
+//! NATS round trip per request; other tunnels are untouched. The tunnel's client is told.
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ async fn until_status(env: &TestEnv, name: &str, status: u16, within_time: Durat
 async fn an_exceeded_tunnel_is_refused_until_its_period_ends_and_others_are_untouched() {
     let env = TestEnv::start().await;
     let upstream = Upstream::start().await;
-    let _busy = env.tunnel(upstream.port(), Some("busy")).await;
+    let mut busy = env.tunnel(upstream.port(), Some("busy")).await;
     let _calm = env.tunnel(upstream.port(), Some("calm")).await;
     let bucket = states(&env).await;
     assert_eq!(answer(&env, "busy").await.0, 200);
@@ -56,6 +56,17 @@ async fn an_exceeded_tunnel_is_refused_until_its_period_ends_and_others_are_unto
     until_status(&env, "warm-up", 429, Duration::from_secs(3)).await;
 
     put(&bucket, Scope::Tunnel("busy".into()), QuotaLevel::Warning, Duration::from_secs(30)).await;
+    let told = within(DEADLINE, "the client told of the warning", async {
+        loop {
+            match busy.next_event().await {
+                Some(tunnel_client::Event::Quota { level, .. }) => return level,
+                Some(_) => {}
+                None => panic!("the client ended"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(told, "warning", "the session-host relays the warning to the tunnel's client");
     put(&bucket, Scope::Tunnel("busy".into()), QuotaLevel::Exceeded, Duration::from_secs(30)).await;
     let took = until_status(&env, "busy", 429, Duration::from_secs(2)).await;
     let (status, code, retry) = answer(&env, "busy").await;
