@@ -63,6 +63,11 @@ pub struct EnvOptions {
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
     /// connecting as its own user (passwords: [`password_of`]).
     pub permissions: bool,
+    /// Run the auditor in the test process; `false` when the scenario runs `tunnel-auditor`
+    /// processes itself ([`crate::AuditorProcess`]). The `AUDIT` stream is created either way.
+    pub in_process_auditor: bool,
+    /// Auditor: length of its "minute", in seconds.
+    pub usage_minute_secs: u64,
 }
 
 /// The password of `user` in an environment with [`EnvOptions::permissions`].
@@ -109,6 +114,8 @@ impl Default for EnvOptions {
             ),
             max_pending_handshakes_per_ip: HostConfig::default().max_pending_handshakes_per_ip,
             jwt: tunnel_session_host::config::JwtConfig::default(),
+            in_process_auditor: true,
+            usage_minute_secs: 60,
         }
     }
 }
@@ -189,25 +196,31 @@ impl TestEnv {
             .expect("ingress runs");
         }));
 
-        let auditor_config = tunnel_auditor::AuditorConfig { nats_url: nats.url().to_owned(), ..Default::default() };
+        let auditor_config = tunnel_auditor::AuditorConfig {
+            nats_url: nats.url().to_owned(),
+            usage_minute_secs: options.usage_minute_secs,
+            ..Default::default()
+        };
         let auditor_nats = connect(&as_user("auditor"), "aud").await;
         // The stream exists before the first request, so no audit event finds it missing.
         tunnel_auditor::stream::ensure_stream(&async_nats::jetstream::new(auditor_nats.clone()), &auditor_config)
             .await
             .expect("audit stream");
-        let auditor_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind auditor");
-        let (metrics_for_auditor, shutdown_for_auditor) = (metrics.clone(), shutdown.clone());
-        services.push(tokio::spawn(async move {
-            tunnel_auditor::run(
-                auditor_listener,
-                auditor_nats,
-                auditor_config,
-                metrics_for_auditor,
-                shutdown_for_auditor,
-            )
-            .await
-            .expect("auditor runs");
-        }));
+        if options.in_process_auditor {
+            let auditor_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind auditor");
+            let (metrics_for_auditor, shutdown_for_auditor) = (metrics.clone(), shutdown.clone());
+            services.push(tokio::spawn(async move {
+                tunnel_auditor::run(
+                    auditor_listener,
+                    auditor_nats,
+                    auditor_config,
+                    metrics_for_auditor,
+                    shutdown_for_auditor,
+                )
+                .await
+                .expect("auditor runs");
+            }));
+        }
 
         if options.auth.contains("tokens") {
             let admin = connect(&nats_url_as(nats.url(), options.permissions.then_some("admin")), "admin").await;
