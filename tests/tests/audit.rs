@@ -109,6 +109,10 @@ fn old_record(tunnel: &str, i: u64) -> RequestAudit {
         duration_us: 1,
         remote_addr: "127.0.0.1".into(),
         at_ms: 0,
+        account: None,
+        replay: false,
+        head_in: 0,
+        head_out: 0,
     }
 }
 
