@@ -146,9 +146,12 @@ impl Batch<'_> {
                 continue;
             };
             arrival(sequencer.see(info.0, info.1), info.0);
-            if let Err(e) = tally.add_message(info.0, &message.subject, &message.payload, self.counting.minute_ms) {
-                metrics::counter!("auditor_undecodable_total").increment(1);
-                tracing::warn!(subject = %message.subject, seq = info.0, error = %e, "audit message skipped");
+            match tally.add_message(info.0, &message.subject, &message.payload, self.counting.minute_ms) {
+                Ok(records) => metrics::counter!("auditor_events_total").increment(records as u64),
+                Err(e) => {
+                    metrics::counter!("auditor_undecodable_total").increment(1);
+                    tracing::warn!(subject = %message.subject, seq = info.0, error = %e, "audit message skipped");
+                }
             }
             received.push(message);
         }

@@ -165,15 +165,23 @@ impl Tally {
     /// single [`RequestAudit`] from an ingress older than batching). Access events and gaps
     /// count nothing. `minute_ms` is the length of the "minute".
     ///
+    /// Returns the number of records read.
+    ///
     /// # Errors
     /// [`TallyError::Undecodable`]; the message counts nothing.
-    pub fn add_message(&mut self, seq: u64, subject: &str, payload: &[u8], minute_ms: u64) -> Result<(), TallyError> {
+    pub fn add_message(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        payload: &[u8],
+        minute_ms: u64,
+    ) -> Result<usize, TallyError> {
         if !self.seqs.insert(seq) {
-            return Ok(());
+            return Ok(0);
         }
         if subject.rsplit('.').next() != Some(KIND_REQUEST) {
             self.ignored += 1;
-            return Ok(());
+            return Ok(0);
         }
         let batch = tunnel_schemas::decode::<AuditBatch>(payload, MAX_MESSAGE_BYTES).or_else(|e| {
             tunnel_schemas::decode::<RequestAudit>(payload, MAX_MESSAGE_BYTES)
@@ -196,7 +204,7 @@ impl Tally {
             );
             self.add_record(seq, record, minute_ms);
         }
-        Ok(())
+        Ok(batch.records.len())
     }
 
     /// Adds one record of the message at `seq` to the counters of its tunnel and account.
