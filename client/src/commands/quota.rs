@@ -189,3 +189,25 @@ pub fn state_text(state: &QuotaState) -> String {
     let until = tunnel_trail::filter::format_ms(state.until_ms);
     format!("{level} {} {}/{} until {until}", state.quota.as_str(), state.used, state.limit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_changes_only_the_limits_named() {
+        let mut limits = QuotaLimits { requests_per_minute: Some(10), bytes_per_day: Some(5), ..Default::default() };
+        merge(&mut limits, &QuotaLimits { bytes_per_day: Some(0), requests_per_day: Some(7), ..Default::default() });
+        assert_eq!(
+            limits,
+            QuotaLimits {
+                requests_per_minute: Some(10),
+                requests_per_day: Some(7),
+                bytes_per_day: Some(0),
+                bytes_per_month: None
+            }
+        );
+        assert_eq!(limits_text(&limits), "requests_per_minute=10 requests_per_day=7 bytes_per_day=0");
+        assert_eq!(limits_json(&limits)["bytes_per_day"], 0);
+    }
+}
