@@ -42,11 +42,11 @@ pub fn reached_tunnel(error: Option<ErrorCode>) -> bool {
 
 /// What one record adds to each of its counters.
 pub fn increment(record: &RequestAudit) -> UsageCounter {
-    let bytes = (record.head_in + record.bytes_in, record.head_out + record.bytes_out);
+    let bytes = (record.head_in.saturating_add(record.bytes_in), record.head_out.saturating_add(record.bytes_out));
     let mut counter = UsageCounter::default();
     if record.replay {
         counter.replay_requests = 1;
-        counter.replay_bytes = bytes.0 + bytes.1;
+        counter.replay_bytes = bytes.0.saturating_add(bytes.1);
         return counter;
     }
     if let Some(code) = record.error {
@@ -59,16 +59,18 @@ pub fn increment(record: &RequestAudit) -> UsageCounter {
     counter
 }
 
-/// Adds `more` to `counter` (not its `last_seq`).
+/// Adds `more` to `counter` (not its `last_seq`), saturating: a record claiming absurd sizes
+/// pins a counter at its maximum rather than panicking or wrapping.
 pub fn add(counter: &mut UsageCounter, more: &UsageCounter) {
-    counter.requests += more.requests;
-    counter.bytes_in += more.bytes_in;
-    counter.bytes_out += more.bytes_out;
+    let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+    sum(&mut counter.requests, more.requests);
+    sum(&mut counter.bytes_in, more.bytes_in);
+    sum(&mut counter.bytes_out, more.bytes_out);
     for (code, n) in &more.refused {
-        *counter.refused.entry(code.clone()).or_default() += n;
+        sum(counter.refused.entry(code.clone()).or_default(), *n);
     }
-    counter.replay_requests += more.replay_requests;
-    counter.replay_bytes += more.replay_bytes;
+    sum(&mut counter.replay_requests, more.replay_requests);
+    sum(&mut counter.replay_bytes, more.replay_bytes);
 }
 
 /// One message's increment of one counter.
@@ -357,6 +359,17 @@ mod tests {
         tally.add_message(3, "audit.x.req", &message(vec![RequestAudit { account: None, ..odd }]), MINUTE).expect("ok");
         assert!(tally.is_empty(), "{:?}", tally.counters.keys());
         assert_eq!(tally.ignored, 2);
+    }
+
+    #[test]
+    fn absurd_sizes_and_times_do_not_panic() {
+        let mut tally = Tally::default();
+        let huge = RequestAudit { at_ms: u64::MAX, ..record("demo", None, (u64::MAX, u64::MAX, u64::MAX, u64::MAX)) };
+        tally.add_message(1, "audit.demo.req", &message(vec![huge.clone(), huge]), MINUTE).expect("decodes");
+        let mut counter = UsageCounter::default();
+        let pending = tally.counters.values().next().expect("a counter");
+        apply(&mut counter, &pending.increments);
+        assert_eq!((counter.requests, counter.bytes_in), (2, u64::MAX));
     }
 
     #[test]
