@@ -11,13 +11,20 @@ use crate::config::AuditorConfig;
 pub const CONSUMER: &str = "auditor";
 /// Largest audit event accepted by the stream.
 const MAX_EVENT_BYTES: i32 = 256 << 10;
+/// Time a delivered message may stay unacknowledged before it is delivered again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages delivered and not yet acknowledged, at most.
+pub const MAX_ACK_PENDING: i64 = 2048;
 /// Window in which a re-published event (same `Nats-Msg-Id`) is dropped as a duplicate.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Why the stream or consumer could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the audit stream: {0}")]
-pub struct SetupError(String);
+pub struct SetupError(
+    /// What failed.
+    pub String,
+);
 
 /// Creates the `AUDIT` stream when absent and returns it.
 ///
@@ -59,18 +66,49 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &AuditorConfig) -> R
 /// [`SetupError`] when JetStream refuses.
 pub async fn ensure_consumer(stream: &stream::Stream) -> Result<consumer::PullConsumer, SetupError> {
     stream
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 10,
-                max_ack_pending: 1000,
-                filter_subject: AUDIT_SUBJECTS.into(),
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(CONSUMER, consumer_config(consumer::DeliverPolicy::All))
         .await
         .map_err(|e| SetupError(e.to_string()))
+}
+
+/// Rewinds the durable consumer to its acknowledgement floor, so that a new leader receives
+/// every message not yet acknowledged again, in stream order, before any later one.
+///
+/// Without it, the messages a crashed leader had received but not acknowledged would come back
+/// only after the ack wait, behind later ones, and a counter already past them would skip them.
+/// The consumer is deleted and created again to start just after the floor; this also ends
+/// any pull a former leader left behind. Messages past the floor that were acknowledged come
+/// again too, and are skipped by the counters' `last_seq`.
+///
+/// # Errors
+/// [`SetupError`] when JetStream refuses.
+pub async fn rewind(stream: &stream::Stream) -> Result<consumer::PullConsumer, SetupError> {
+    let failed = |e: &dyn std::fmt::Display| SetupError(e.to_string());
+    let deliver = match stream.consumer_info(CONSUMER).await {
+        Ok(info) => {
+            stream.delete_consumer(CONSUMER).await.map_err(|e| failed(&e))?;
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: info.ack_floor.stream_sequence + 1 }
+        }
+        Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            consumer::DeliverPolicy::All
+        }
+        Err(e) => return Err(failed(&e)),
+    };
+    tracing::info!(from = ?deliver, "audit consumer rewound to its acknowledgement floor");
+    stream.create_consumer(consumer_config(deliver)).await.map_err(|e| failed(&e))
+}
+
+/// The durable consumer's settings: explicit acks, unlimited deliveries (a message is never
+/// given up on), delivery from `deliver`.
+fn consumer_config(deliver: consumer::DeliverPolicy) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(CONSUMER.into()),
+        deliver_policy: deliver,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: MAX_ACK_PENDING,
+        filter_subject: AUDIT_SUBJECTS.into(),
+        ..Default::default()
+    }
 }

@@ -30,8 +30,11 @@ enum Command {
     Replay(Logged<commands::replay::ReplayArgs>),
     /// Write recorded exchanges to a file, as JSON lines or HAR.
     Export(Logged<commands::export::ExportArgs>),
-    /// Operators: accounts and their tokens (needs NATS credentials).
+    /// Operators: accounts, tokens, names, policies and quotas (needs NATS credentials).
     Admin(Logged<commands::admin::AdminArgs>),
+    /// Operators: usage of a tunnel or an account per minute, hour, day or month, with its
+    /// quota (needs NATS credentials).
+    Usage(Logged<commands::usage::UsageArgs>),
 }
 
 /// A log command's flags, with the output choice every command shares.
@@ -110,6 +113,9 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Admin(Logged { args, json }) => {
             return commands::admin::run(args, json || !stdout_is_terminal()).await;
+        }
+        Command::Usage(Logged { args, json }) => {
+            return commands::usage::run(args, json || !stdout_is_terminal()).await;
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());

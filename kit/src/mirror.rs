@@ -15,8 +15,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 
-/// Time between attempts at opening or watching the bucket after a failure.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Time between attempts at opening or watching the bucket after a failure (or while it does
+/// not exist yet).
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How a change of the bucket changes the mirrored state.
 pub type ApplyFn<S> = fn(&mut S, &kv::Entry);
@@ -113,7 +114,7 @@ async fn follow<S: Default + Send + Sync + 'static>(
             Ok(store) => watch(&store, apply, &mirror).await,
             Err(e) => {
                 if !std::mem::replace(&mut told, true) {
-                    tracing::info!(bucket, error = %e, "no such bucket yet (or no access to it); looking again every second");
+                    tracing::info!(bucket, error = %e, "no such bucket yet (or no access to it); looking again");
                 }
                 let Some(mirror) = mirror.upgrade() else { return };
                 if mirror.applied().is_none() {

@@ -63,6 +63,11 @@ pub struct EnvOptions {
     /// Run NATS with the users and subject permissions of `nats/accounts.conf`, each component
     /// connecting as its own user (passwords: [`password_of`]).
     pub permissions: bool,
+    /// Run the auditor in the test process; `false` when the scenario runs `tunnel-auditor`
+    /// processes itself ([`crate::AuditorProcess`]). The `AUDIT` stream is created either way.
+    pub in_process_auditor: bool,
+    /// Auditor: length of its "minute", in seconds.
+    pub usage_minute_secs: u64,
 }
 
 /// The password of `user` in an environment with [`EnvOptions::permissions`].
@@ -109,6 +114,8 @@ impl Default for EnvOptions {
             ),
             max_pending_handshakes_per_ip: HostConfig::default().max_pending_handshakes_per_ip,
             jwt: tunnel_session_host::config::JwtConfig::default(),
+            in_process_auditor: true,
+            usage_minute_secs: 60,
         }
     }
 }
@@ -156,22 +163,11 @@ impl TestEnv {
         let ingress = ingress_listener.local_addr().expect("ingress address");
         let redirect = free_addr().await;
         let ingress_config = IngressConfig {
-            nats_url: nats.url().to_owned(),
-            domain: DOMAIN.into(),
-            request_timeout_secs: options.request_timeout_secs,
-            max_body_bytes: options.max_body_bytes,
-            stream_idle_timeout_secs: options.stream_idle_timeout_secs,
-            rate_limit_per_tunnel: options.rate_limit_per_tunnel,
-            rate_burst_per_tunnel: options.rate_limit_per_tunnel,
-            rate_limit_per_ip: options.rate_limit_per_ip,
-            rate_burst_per_ip: options.rate_limit_per_ip,
             tls_cert_file: tls_setting(&options, |(cert, _)| cert),
             tls_key_file: tls_setting(&options, |(_, key)| key),
             redirect_listen: if options.tls.is_some() { redirect.to_string() } else { String::new() },
             redirect_https_port: ingress.port(),
-            trusted_proxies: options.trusted_proxies.clone(),
-            header_read_timeout_secs: options.header_read_timeout_secs,
-            ..IngressConfig::default()
+            ..ingress_config(&options, nats.url())
         };
         let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
         let ingress_nats = connect(&as_user("ingress"), "ing").await;
@@ -189,25 +185,31 @@ impl TestEnv {
             .expect("ingress runs");
         }));
 
-        let auditor_config = tunnel_auditor::AuditorConfig { nats_url: nats.url().to_owned(), ..Default::default() };
+        let auditor_config = tunnel_auditor::AuditorConfig {
+            nats_url: nats.url().to_owned(),
+            usage_minute_secs: options.usage_minute_secs,
+            ..Default::default()
+        };
         let auditor_nats = connect(&as_user("auditor"), "aud").await;
         // The stream exists before the first request, so no audit event finds it missing.
         tunnel_auditor::stream::ensure_stream(&async_nats::jetstream::new(auditor_nats.clone()), &auditor_config)
             .await
             .expect("audit stream");
-        let auditor_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind auditor");
-        let (metrics_for_auditor, shutdown_for_auditor) = (metrics.clone(), shutdown.clone());
-        services.push(tokio::spawn(async move {
-            tunnel_auditor::run(
-                auditor_listener,
-                auditor_nats,
-                auditor_config,
-                metrics_for_auditor,
-                shutdown_for_auditor,
-            )
-            .await
-            .expect("auditor runs");
-        }));
+        if options.in_process_auditor {
+            let auditor_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind auditor");
+            let (metrics_for_auditor, shutdown_for_auditor) = (metrics.clone(), shutdown.clone());
+            services.push(tokio::spawn(async move {
+                tunnel_auditor::run(
+                    auditor_listener,
+                    auditor_nats,
+                    auditor_config,
+                    metrics_for_auditor,
+                    shutdown_for_auditor,
+                )
+                .await
+                .expect("auditor runs");
+            }));
+        }
 
         if options.auth.contains("tokens") {
             let admin = connect(&nats_url_as(nats.url(), options.permissions.then_some("admin")), "admin").await;
@@ -261,6 +263,33 @@ impl TestEnv {
         }));
         self.hosts.push((addr, shutdown));
         addr
+    }
+
+    /// Starts one more ingress (plain HTTP) on the same NATS and returns its address.
+    ///
+    /// # Panics
+    /// When it cannot bind.
+    pub async fn add_ingress(&mut self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+        let addr = listener.local_addr().expect("ingress address");
+        let config =
+            IngressConfig { node_id: format!("ing-{}", addr.port()), ..ingress_config(&self.options, self.nats.url()) };
+        let nats = connect(&self.nats_url_as("ingress"), "ing").await;
+        let (metrics, stop) = (self.metrics.clone(), self.shutdown.clone());
+        self.services.push(tokio::spawn(async move {
+            tunnel_ingress::run(listener, nats, config, metrics, stop).await.expect("ingress runs");
+        }));
+        addr
+    }
+
+    /// `GET path` on tunnel `name` through the ingress at `ingress`.
+    ///
+    /// # Panics
+    /// When the request fails at the HTTP level.
+    pub async fn get_via(&self, ingress: SocketAddr, name: &str, path: &str) -> reqwest::Response {
+        let request =
+            self.http.get(format!("http://{ingress}{path}")).header(reqwest::header::HOST, self.public_host(name));
+        within(DEADLINE, "a response", request.send()).await.expect("response")
     }
 
     /// Shuts down the session-host at `addr` (as SIGTERM would).
@@ -505,6 +534,24 @@ fn tls_setting(
 }
 
 /// A free local address (bound, then released) for a listener the service binds itself.
+/// The settings every ingress of an environment shares.
+fn ingress_config(options: &EnvOptions, nats_url: &str) -> IngressConfig {
+    IngressConfig {
+        nats_url: nats_url.to_owned(),
+        domain: DOMAIN.into(),
+        request_timeout_secs: options.request_timeout_secs,
+        max_body_bytes: options.max_body_bytes,
+        stream_idle_timeout_secs: options.stream_idle_timeout_secs,
+        rate_limit_per_tunnel: options.rate_limit_per_tunnel,
+        rate_burst_per_tunnel: options.rate_limit_per_tunnel,
+        rate_limit_per_ip: options.rate_limit_per_ip,
+        rate_burst_per_ip: options.rate_limit_per_ip,
+        trusted_proxies: options.trusted_proxies.clone(),
+        header_read_timeout_secs: options.header_read_timeout_secs,
+        ..IngressConfig::default()
+    }
+}
+
 async fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("address")

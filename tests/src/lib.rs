@@ -14,6 +14,7 @@
 //! their own NATS connections; the client is the `tunnel` library (or its binary); the local
 //! service is a real HTTP server ([`Upstream`]); [`CutProxy`] cuts connections on demand.
 
+mod auditor;
 mod env;
 mod nats;
 mod proxy;
@@ -21,6 +22,7 @@ pub mod raw;
 mod tls;
 mod upstream;
 
+pub use auditor::AuditorProcess;
 pub use env::{EnvOptions, TestEnv, Tunnel, password_of};
 pub use nats::NatsServer;
 pub use proxy::CutProxy;

@@ -1,7 +1,7 @@
 //! The users and subject permissions of `nats/accounts.conf` carry the whole system: every
 //! component connects as its own user, and a token check, a request, a streamed download, its
-//! audit record, its recording, the trail through the session-host, a replay and a tunnel's
-//! public-side policy all work within them.
+//! audit record, its recording, the trail through the session-host, a replay, a tunnel's
+//! public-side policy, its usage counters and a quota decision all work within them.
 
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
 
@@ -55,6 +55,7 @@ async fn every_component_works_within_its_permissions() {
     assert_eq!(env.get("perm-fenced", "/echo").await.status(), 401, "the host stores the policy, the ingress reads it");
     let admitted = env.request(reqwest::Method::GET, "perm-fenced", "/echo").basic_auth("ann", Some("long enough"));
     assert_eq!(within(DEADLINE, "a response", admitted.send()).await.expect("response").status(), 200);
+    usage_is_counted_and_quotas_decided(&env, state.path()).await;
     let id = created["id"].as_str().expect("id");
     let (code, _, _) = run_tunnel(state.path(), &["admin", "--nats", &admin, "token", "revoke", id]).await;
     assert_eq!(code, Some(0));
@@ -64,6 +65,37 @@ async fn every_component_works_within_its_permissions() {
         }
         other => panic!("expected the session closed, got {other:?}"),
     }
+}
+
+/// The auditor, under its user, counted perm-demo's requests (3 so far, the replay apart) and
+/// writes the quota state of a limit the operator sets.
+async fn usage_is_counted_and_quotas_decided(env: &TestEnv, state: &std::path::Path) {
+    use futures_util::StreamExt;
+    use tunnel_schemas::usage::{Period, QUOTA_STATE_BUCKET, Scope, USAGE_BUCKET, UsageCounter, usage_key};
+    let admin = env.nats_url_as("admin");
+    let nats = tunnel_kit::nats::connect(&admin, "test-admin", "_INBOX.test").await.expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    let scope = Scope::Tunnel("perm-demo".into());
+    let day = usage_key(&scope, Period::Day, Period::Day.start(tunnel_schemas::now_ms(), 60_000));
+    let usage = js.get_key_value(USAGE_BUCKET).await.expect("the auditor created the usage bucket");
+    let mut counters = usage.watch_with_history(&day).await.expect("watch");
+    within(DEADLINE, "the counters", async {
+        while let Some(entry) = counters.next().await {
+            let counter: UsageCounter = tunnel_schemas::decode(&entry.expect("ok").value, usize::MAX).expect("counter");
+            if counter.requests == 2 && counter.replay_requests == 1 {
+                return;
+            }
+        }
+    })
+    .await;
+    let args = ["admin", "--nats", &admin, "quota", "set", "perm-demo", "--requests-per-day", "1"];
+    assert_eq!(run_tunnel(state, &args).await.0, Some(0));
+    let states = js.get_key_value(QUOTA_STATE_BUCKET).await.expect("state bucket");
+    let mut watch = states.watch_with_history(scope.key()).await.expect("watch");
+    let written = within(DEADLINE, "the quota state", watch.next()).await.expect("a state").expect("ok");
+    assert_eq!(written.operation, async_nats::jetstream::kv::Operation::Put);
+    let args = ["admin", "--nats", &admin, "quota", "remove", "perm-demo"];
+    assert_eq!(run_tunnel(state, &args).await.0, Some(0));
 }
 
 /// The server's next permission violation for a client connected as `user`, after `act`.

@@ -8,7 +8,12 @@ use async_nats::jetstream::kv;
 use tunnel_schemas::usage::{QUOTA_STATE_BUCKET, Quota, QuotaLevel, QuotaState, Scope};
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
 
-/// The quota-state bucket, as the auditor makes it.
+/// A system without an auditor: the test writes the quota states, as the auditor would.
+fn without_auditor() -> EnvOptions {
+    EnvOptions { in_process_auditor: false, ..EnvOptions::default() }
+}
+
+/// The quota-state bucket, made as the auditor makes it.
 async fn states(env: &TestEnv) -> kv::Store {
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
     let config = kv::Config { bucket: QUOTA_STATE_BUCKET.into(), history: 1, ..Default::default() };
@@ -44,7 +49,7 @@ async fn until_status(env: &TestEnv, name: &str, status: u16, within_time: Durat
 
 #[tokio::test]
 async fn an_exceeded_tunnel_is_refused_until_its_period_ends_and_others_are_untouched() {
-    let env = TestEnv::start().await;
+    let env = TestEnv::start_with(without_auditor()).await;
     let upstream = Upstream::start().await;
     let mut busy = env.tunnel(upstream.port(), Some("busy")).await;
     let _calm = env.tunnel(upstream.port(), Some("calm")).await;
@@ -89,7 +94,7 @@ async fn an_exceeded_tunnel_is_refused_until_its_period_ends_and_others_are_unto
 
 #[tokio::test]
 async fn an_exceeded_account_blocks_all_its_tunnels() {
-    let env = TestEnv::start_with(EnvOptions { auth: "tokens", ..EnvOptions::default() }).await;
+    let env = TestEnv::start_with(EnvOptions { auth: "tokens", ..without_auditor() }).await;
     let state = tempfile::tempdir().expect("state");
     let nats = env.nats.url().to_owned();
     for args in [&["account", "create", "acme"][..], &["account", "create", "globex"][..]] {
@@ -116,4 +121,52 @@ async fn an_exceeded_account_blocks_all_its_tunnels() {
     assert_eq!(answer(&env, "globex-one").await.0, 200, "another account's tunnel is untouched");
     bucket.delete(Scope::Account("acme".into()).key()).await.expect("delete");
     until_status(&env, "acme-two", 200, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_crossed_quota_blocks_the_tunnel_on_every_ingress_within_two_seconds_and_lifts_at_the_next_minute() {
+    let minute_secs = 6;
+    let options = EnvOptions { usage_minute_secs: minute_secs, ..EnvOptions::default() };
+    let mut env = TestEnv::start_with(options).await;
+    let ingresses = [env.ingress_addr(), env.add_ingress().await];
+    let upstream = Upstream::start().await;
+    let _busy = env.tunnel(upstream.port(), Some("busy")).await;
+    let _calm = env.tunnel(upstream.port(), Some("calm")).await;
+    let state = tempfile::tempdir().expect("state");
+    let args = ["admin", "--nats", env.nats.url(), "quota", "set", "busy", "--requests-per-minute", "10"];
+    assert_eq!(run_tunnel(state.path(), &args).await.0, Some(0));
+
+    // The ten requests fit in one (shortened) minute: start at the beginning of one.
+    let minute_ms = minute_secs * 1000;
+    let into_minute = tunnel_schemas::now_ms() % minute_ms;
+    tokio::time::sleep(Duration::from_millis(minute_ms - into_minute + 50)).await;
+    let period_end_ms = tunnel_schemas::now_ms() - tunnel_schemas::now_ms() % minute_ms + minute_ms;
+    for i in 0..10 {
+        let response = env.get_via(ingresses[i % 2], "busy", "/echo").await;
+        assert_eq!(response.status(), 200, "request {} of a limit of 10 is served", i + 1);
+    }
+    let crossed = Instant::now();
+    let mut latencies = Vec::new();
+    for ingress in ingresses {
+        within(Duration::from_secs(2), "the block on every ingress", async {
+            while env.get_via(ingress, "busy", "/echo").await.status() != 429 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        latencies.push(crossed.elapsed());
+        let refused = env.get_via(ingress, "busy", "/echo").await;
+        let code = refused.headers().get(tunnel_ingress::ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(code.as_deref(), Some("quota_exceeded"));
+        assert_eq!(env.get_via(ingress, "calm", "/echo").await.status(), 200, "the other tunnel keeps working");
+    }
+    eprintln!("blocked on both ingresses {latencies:?} after the crossing request");
+
+    within(Duration::from_secs(minute_secs + 3), "the block to lift at the next minute", async {
+        while env.get_via(ingresses[0], "busy", "/echo").await.status() != 200 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(tunnel_schemas::now_ms() >= period_end_ms, "not before the period ended");
 }

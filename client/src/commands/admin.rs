@@ -1,4 +1,4 @@
-//! `tunnel admin`: the operator's accounts, tokens, reserved names and policies, straight in JetStream KV (NATS
+//! `tunnel admin`: the operator's accounts, tokens, reserved names, policies and quotas, straight in JetStream KV (NATS
 //! credentials needed). A token is printed once, when it is created; only its hash is stored.
 
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use tunnel_schemas::tokens::{
     ACCOUNTS_BUCKET, AccountRecord, RESERVATIONS_BUCKET, ReservationRecord, TOKENS_BUCKET, Token, TokenRecord,
     account_key, hash_secret, reservation_key, token_key, valid_account,
 };
+use tunnel_schemas::usage::{QUOTA_STATE_BUCKET, QUOTAS_BUCKET};
 use tunnel_trail::filter::now_ms;
 
 use super::fail;
@@ -43,6 +44,9 @@ enum AdminCommand {
     /// Operator policies: who on the public side may reach the tunnels whose names match.
     #[command(subcommand)]
     Policy(super::policy::PolicyCommand),
+    /// Quotas: limits of requests and bytes per tunnel or account, in force within 2 s.
+    #[command(subcommand)]
+    Quota(super::quota::QuotaCommand),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -222,6 +226,11 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
             let policies = bucket(&js, POLICIES_BUCKET, args.replicas).await?;
             super::policy::admin(&policies, command, json).await?;
         }
+        AdminCommand::Quota(command) => {
+            let quotas = bucket(&js, QUOTAS_BUCKET, args.replicas).await?;
+            let states = bucket(&js, QUOTA_STATE_BUCKET, args.replicas).await?;
+            super::quota::admin(&quotas, &states, command, json).await?;
+        }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
             if tokens.get(token_key(&id)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
                 return Err(("unknown_token", format!("no token {id}")));
@@ -234,7 +243,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
 }
 
 /// The bucket `name`, created when missing.
-async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<kv::Store, Refusal> {
+pub async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<kv::Store, Refusal> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }

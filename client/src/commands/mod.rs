@@ -5,8 +5,10 @@
 pub mod admin;
 pub mod export;
 pub mod policy;
+pub mod quota;
 pub mod replay;
 pub mod trail;
+pub mod usage;
 
 use std::process::ExitCode;
 
