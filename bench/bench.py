@@ -24,11 +24,19 @@ Workloads:
      in alternating runs: req/s recording-on / recording-off; then `tunnel replay` of the
      recorded small exchanges straight to the upstream: replayed requests per second.
      Runs last, so the other workloads never see the RECORDINGS stream or the extra clients.
+  i  admission: (a) and (c) through two more http-tunnel clients in alternating runs: bench-open
+     (no policy) through the bench's ingress (no rate limits), and bench-guarded (basic auth,
+     allowed and denied networks, a required header) through a second ingress with rate limits
+     per tunnel and per address set too high to refuse anything, the load generator sending the
+     credentials and the header: req/s checks-on / checks-off, p50/p99, ingress CPU per request.
+     Checks first that the guarded tunnel answers 401 without credentials, 403 without the
+     header and 200 with both, and fails if any run saw a non-2xx answer. Runs before (h).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -66,6 +74,28 @@ RECORDING_WORKLOADS = ("b", "a")
 # The two tunnels of (h), besides TUNNEL_NAME: the recorded one asks for it with --record.
 RECORDED_TUNNEL = "bench-rec"
 UNRECORDED_TUNNEL = "bench-norec"
+
+# (i): the load workloads measured with the public-side checks on and off, in this order.
+ADMISSION_WORKLOADS = ("a", "c")
+# The two tunnels of (i): the open one has no policy and goes through the bench's ingress (no rate
+# limits), the guarded one asks for every kind of rule and goes through a second ingress whose
+# rate limits are on but too high to refuse anything at these rates.
+OPEN_TUNNEL = "bench-open"
+GUARDED_TUNNEL = "bench-guarded"
+GUARD_USER, GUARD_PASSWORD = "bench", "bench-password"  # passwords are 8 bytes or more
+GUARD_HEADER = ("X-Bench", "yes")
+GUARD_POLICY = [
+    "--basic-auth",
+    f"{GUARD_USER}:{GUARD_PASSWORD}",
+    "--allow-cidr",
+    "127.0.0.0/8",
+    "--deny-cidr",
+    "10.0.0.0/8",
+    "--require-header",
+    f"{GUARD_HEADER[0]}: {GUARD_HEADER[1]}",
+]
+# Requests per second, and bursts, per tunnel and per address at the second ingress of (i).
+ADMISSION_RATE_LIMIT = 10_000_000
 
 
 def log(msg: str) -> None:
@@ -171,8 +201,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def http_status(url: str, host: str | None = None, timeout: float = 1.0) -> int | None:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+def http_status(url: str, host: str | None = None, timeout: float = 1.0, headers: dict | None = None) -> int | None:
+    request = urllib.request.Request(url, headers={**({"Host": host} if host else {}), **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
@@ -286,6 +316,23 @@ class Bench:
         )
         return proc, port
 
+    def start_ingress(self, name: str, port: int, env: dict | None = None) -> subprocess.Popen:
+        proc = self.procs.start(
+            name,
+            [
+                str(self.bin / "tunnel-ingress"),
+                "--nats",
+                self.nats_url,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--domain",
+                "localhost",
+            ],
+            env=env,
+        )
+        wait_until(name, lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, proc)
+        return proc
+
     def start_tunnel_client(
         self, name: str, log_name: str, extra: list[str] | None = None, env: dict | None = None
     ) -> subprocess.Popen:
@@ -321,21 +368,7 @@ class Bench:
             env={"TUNNEL_RECORD_MAX_BYTES": str(3 << 30), "TUNNEL_AUTH": "anonymous"},
         )
         port = self.ingress_port
-        self.ingress = self.procs.start(
-            "tunnel-ingress",
-            [
-                str(self.bin / "tunnel-ingress"),
-                "--nats",
-                self.nats_url,
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--domain",
-                "localhost",
-            ],
-        )
-        wait_until(
-            "tunnel-ingress", lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, self.ingress
-        )
+        self.ingress = self.start_ingress("tunnel-ingress", port)
         self.client = self.start_tunnel_client(TUNNEL_NAME, "tunnel-client")
         ready = wait_until(
             "tunnel client",
@@ -673,6 +706,137 @@ class Bench:
             # The freed port or name must be free again before the next round.
             time.sleep(0.5)
 
+    # ---- (i) admission: rate limits and policies
+
+    def run_admission(self) -> None:
+        """(a) and (c) through a tunnel with a policy behind an ingress with rate limits, and
+        through one without either, in alternating runs."""
+        # The second ingress: same nats-server, its own node id, rate limits on per tunnel and
+        # per address, set so high that nothing is refused (each still checked per request).
+        limit = str(ADMISSION_RATE_LIMIT)
+        limits_env = {
+            "TUNNEL_NODE_ID": "ing2",
+            "TUNNEL_RATE_LIMIT_PER_TUNNEL": limit,
+            "TUNNEL_RATE_BURST_PER_TUNNEL": limit,
+            "TUNNEL_RATE_LIMIT_PER_IP": limit,
+            "TUNNEL_RATE_BURST_PER_IP": limit,
+        }
+        state_env = {"TUNNEL_STATE_DIR": str(self.workdir / "tunnel-state")}
+        guard_auth = "Basic " + base64.b64encode(f"{GUARD_USER}:{GUARD_PASSWORD}".encode()).decode()
+        guard_headers = {"Authorization": guard_auth, GUARD_HEADER[0]: GUARD_HEADER[1]}
+        started: list[subprocess.Popen] = []
+        try:
+            guarded_port = free_port()
+            ingress2 = self.start_ingress("tunnel-ingress-limits", guarded_port, limits_env)
+            started.append(ingress2)
+            # The ingress logs its settings when it starts: the limits must be the ones asked for
+            # (an ingress that ignored the variables would measure the policy alone).
+            for key in ("rate_limit_per_tunnel", "rate_burst_per_tunnel", "rate_limit_per_ip", "rate_burst_per_ip"):
+                if not first_line_matching(self.procs.log_of("tunnel-ingress-limits"), rf"\b{key}: {limit}\b"):
+                    raise RuntimeError(f"(i) the second ingress does not report {key} = {limit} in its start-up log")
+            sides = {
+                "on": (GUARDED_TUNNEL, GUARD_POLICY, guarded_port, ingress2.pid, guard_headers),
+                "off": (OPEN_TUNNEL, [], self.ingress_port, self.ingress.pid, {}),
+            }
+            targets: dict[str, Target] = {}
+            extra_headers: dict[str, list[str]] = {}
+            for side, (name, extra, port, ingress_pid, headers) in sides.items():
+                log_name = f"tunnel-client-{name}"
+                proc = self.start_tunnel_client(name, log_name, extra, state_env)
+                started.append(proc)
+                wait_until(
+                    f"tunnel client {name}",
+                    lambda: first_line_matching(self.procs.log_of(log_name), r'"event":"ready"'),
+                    30,
+                    proc,
+                )
+                host = f"{name}.localhost:{port}"
+                url = f"http://127.0.0.1:{port}/small"
+                wait_until(
+                    f"first request through {name}",
+                    lambda: http_status(url, host, headers=headers) == 200,
+                    30,
+                )
+                roles = dict(self.targets["http-tunnel"].roles, ingress=ingress_pid, client=proc.pid)
+                targets[side] = Target("http-tunnel", f"http://127.0.0.1:{port}", host, roles)
+                extra_headers[side] = [f"{k}: {v}" for k, v in headers.items()]
+            self.extra_pids = [p.pid for p in started]
+            # The guarded tunnel must refuse what its policy refuses, or "on" measures nothing.
+            host, url = targets["on"].host, f"{targets['on'].base}/small"
+            wrong = "Basic " + base64.b64encode(f"{GUARD_USER}:not-the-password".encode()).decode()
+            checks = {
+                "without credentials": (dict(guard_headers, Authorization=None), 401),
+                "with a wrong password": (dict(guard_headers, Authorization=wrong), 401),
+                f"without {GUARD_HEADER[0]}": (dict(guard_headers, **{GUARD_HEADER[0]: None}), 403),
+                "with both": (guard_headers, 200),
+            }
+            statuses = {}
+            for what, (headers, want) in checks.items():
+                got = http_status(url, host, timeout=5, headers={k: v for k, v in headers.items() if v is not None})
+                statuses[what] = got
+                if got != want:
+                    raise RuntimeError(f"(i) {GUARDED_TUNNEL} {what}: HTTP {got}, expected {want}")
+            log(f"(i) {GUARDED_TUNNEL} answers " + ", ".join(f"{v} {k}" for k, v in statuses.items()))
+            for key in ADMISSION_WORKLOADS:
+                _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                for side in ("on", "off"):
+                    self.load(targets[side], path, conns, threads, headers + extra_headers[side], 1)
+            log("(i) warm-up done")
+            runs = {key: {"on": [], "off": []} for key in ADMISSION_WORKLOADS}
+            for r in range(self.args.rounds):
+                # on off, then off on: neither side always runs first.
+                order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                for key in ADMISSION_WORKLOADS:
+                    _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                    for side in order:
+                        result = self.load(targets[side], path, conns, threads, headers + extra_headers[side], self.args.duration)
+                        runs[key][side].append(result)
+                        bad = result.get("errors", 0) + result.get("non_2xx", 0)
+                        log(
+                            f"round {r + 1}/{self.args.rounds} (i{key}) checks {side:3} "
+                            f"{result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
+                            f"  cpu {result.get('cpu_us_per_req', 0):.0f} us/req"
+                            f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f})"
+                            f"  other load {result['foreign_cpu_cores']:.2f} cores"
+                            + (f"  ERRORS {bad}" if bad else "")
+                        )
+        finally:
+            for proc in reversed(started):
+                self.procs.stop(proc)
+            self.extra_pids = []
+        workloads = {}
+        for key in ADMISSION_WORKLOADS:
+            on, off = runs[key]["on"], runs[key]["off"]
+            med = {side: median_of(rs) for side, rs in runs[key].items()}
+            workloads[key] = {
+                "title": LOAD_WORKLOADS[key][0],
+                "path": LOAD_WORKLOADS[key][1],
+                "runs": runs[key],
+                "median": med,
+                # The figure: median req/s with the checks over median req/s without.
+                "rps_ratio": med["on"]["rps"] / med["off"]["rps"] if med["off"]["rps"] else 0.0,
+                # The same within each round (on and off measured a few seconds apart).
+                "rps_ratio_by_round": [a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off)],
+            }
+        self.results["i"] = {
+            "title": "admission: rate limits and policies on / off",
+            "tunnels": {"on": GUARDED_TUNNEL, "off": OPEN_TUNNEL},
+            "policy": [a.replace(GUARD_PASSWORD, "***") for a in GUARD_POLICY],
+            "rate_limits": {"per_tunnel": ADMISSION_RATE_LIMIT, "per_ip": ADMISSION_RATE_LIMIT},
+            "checks": statuses,
+            "workloads": workloads,
+        }
+        bad = {
+            f"({key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
+            for key, w in workloads.items()
+            for side, rs in w["runs"].items()
+            for n, r in enumerate(rs)
+            if r.get("non_2xx", 0) or r.get("errors", 0)
+        }
+        if bad:
+            self.results["i"]["error"] = "runs with non-2xx answers or socket errors: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
+            raise RuntimeError(self.results["i"]["error"])
+
     # ---- (h) recording and replay
 
     def run_recording(self) -> None:
@@ -989,6 +1153,7 @@ def parse_oha(out: str) -> dict:
 def foreign_summary(results: dict) -> dict:
     groups = [results.get(key, {}).get("runs", {}) for key in LOAD_WORKLOADS]
     groups += [w["runs"] for w in results.get("h", {}).get("workloads", {}).values()]  # (h) may have failed
+    groups += [w["runs"] for w in results.get("i", {}).get("workloads", {}).values()]
     values = [r["foreign_cpu_cores"] for runs in groups for rs in runs.values() for r in rs if "foreign_cpu_cores" in r]
     if not values:
         return {}
@@ -1084,6 +1249,8 @@ def table(report: dict) -> str:
         out += "\n" + "\n".join(e)
     if "h" in res:
         out += "\n" + recording_table(res["h"])
+    if "i" in res:
+        out += "\n" + admission_table(res["i"])
     return out.lstrip("\n")
 
 
@@ -1168,6 +1335,43 @@ def recording_table(h: dict) -> str:
     return "\n".join(lines)
 
 
+def admission_table(i: dict) -> str:
+    lines = [f"\n(i) admission: FAILED: {i['error']}"] if "error" in i else []
+    if "workloads" not in i:
+        return "\n".join(lines)
+    on, off = i["tunnels"]["on"], i["tunnels"]["off"]
+    lines += [
+        "",
+        f"| (i) admission | metric | off ({off}, no limits) | on ({on}, limits + policy) | on / off |",
+        "|---|---|---|---|---|",
+    ]
+    for key, w in i["workloads"].items():
+        m_on, m_off = w["median"]["on"], w["median"]["off"]
+        by_round = w["rps_ratio_by_round"]
+        spread = f", rounds {min(by_round):.2f}-{max(by_round):.2f}" if len(by_round) > 1 else ""
+        lines.append(
+            f"| ({key}) {w['title']} | req/s | {fmt(m_off['rps'])} | {fmt(m_on['rps'])} | "
+            f"**{w['rps_ratio']:.3f}x**{spread} |"
+        )
+        lines.append(
+            f"|  | p50 / p99 latency, ms | {m_off['p50_ms']:.3f} / {m_off['p99_ms']:.3f} | "
+            f"{m_on['p50_ms']:.3f} / {m_on['p99_ms']:.3f} | "
+            f"{m_on['p50_ms'] - m_off['p50_ms']:+.3f} / {m_on['p99_ms'] - m_off['p99_ms']:+.3f} |"
+        )
+        for metric, field in (("tunnel CPU per request, us", "cpu_us_per_req"), ("ingress CPU per request, us", "cpu_us_per_req.ingress")):
+            c_on, c_off = m_on.get(field, float("nan")), m_off.get(field, float("nan"))
+            lines.append(f"|  | {metric} | {fmt(c_off, 1)} | {fmt(c_on, 1)} | " + (f"{c_on - c_off:+.1f}" if c_on == c_on and c_off == c_off else "-") + " |")
+    roles = ["ingress", "nats-server", "session-host", "client", "auditor"]
+    lines += ["", "(i) CPU per request by process, us:", "", "| run | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    for key, w in i["workloads"].items():
+        for side in ("off", "on"):
+            med = w["median"][side]
+            lines.append(f"| ({key}) checks {side} | " + " | ".join(fmt(med.get(f"cpu_us_per_req.{r}", float("nan")), 1) for r in roles) + " |")
+    if "checks" in i:
+        lines.append("\n(i) " + on + " before measuring: " + ", ".join(f"{what}: {code}" for what, code in i["checks"].items()))
+    return "\n".join(lines)
+
+
 def hold(bench: Bench) -> None:
     """Keeps the configurations up for manual runs and profiling until SIGINT or SIGTERM."""
     info = {
@@ -1188,7 +1392,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
     p.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    p.add_argument("--workloads", default="abcdefgh", help="which workloads to run, e.g. 'ac'")
+    p.add_argument("--workloads", default="abcdefghi", help="which workloads to run, e.g. 'ac'")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
     p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
@@ -1260,6 +1464,14 @@ def main() -> int:
             bench.run_startup()
         if "e" in args.workloads and "http-tunnel" in configs:
             bench.run_idle()
+        if "i" in args.workloads and "http-tunnel" in configs:
+            try:
+                bench.run_admission()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                # Loudly: a guarded tunnel that admits what it should refuse, or a run with refused
+                # requests, means the figures do not measure what they claim.
+                log(f"(i) FAILED: {e}")
+                bench.results.setdefault("i", {"title": "admission: rate limits and policies on / off"})["error"] = str(e)
         # Last: the recordings it leaves in JetStream and its two clients touch no other workload.
         if "h" in args.workloads and "http-tunnel" in configs:
             try:
@@ -1316,6 +1528,9 @@ def main() -> int:
     print()
     print(table(report))
     print(f"\nfull results: {path}")
+    if "error" in report["results"].get("i", {}):
+        print(f"\n(i) FAILED: {report['results']['i']['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
