@@ -103,4 +103,26 @@ mod tests {
         assert_eq!(book.check("other", Some("globex"), 10_000), Ok(()));
         assert_eq!(book.check("busy", Some("acme"), 10_000), Err(Exceeded { retry_after_secs: 81 }), "the later end");
     }
+
+    /// The cost of the quota check: `cargo test --release -p tunnel-ingress check_costs --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand in release mode"]
+    fn check_costs() {
+        let mut states = States::default();
+        for i in 0..1000 {
+            let name = format!("t{i}");
+            states.tunnels.insert(name.clone(), state(Scope::Tunnel(name), QuotaLevel::Exceeded, u64::MAX));
+        }
+        let some = QuotaBook { mirror: Arc::new(Mirror::loaded_with(states, 1)) };
+        let none = QuotaBook { mirror: Arc::new(Mirror::loaded_with(States::default(), 1)) };
+        for (name, book) in [("1000 states", &some), ("no state", &none)] {
+            let started = std::time::Instant::now();
+            let rounds = 1_000_000;
+            for _ in 0..rounds {
+                assert!(book.check("calm", Some("acme"), 1).is_ok());
+            }
+            println!("{name}: {:.0} ns per check", started.elapsed().as_nanos() as f64 / f64::from(rounds));
+        }
+    }
 }

@@ -130,22 +130,58 @@ impl SaltedHash {
     /// Hashes `secret` with a new random salt.
     pub fn new(secret: &[u8]) -> Self {
         let salt = crate::tokens::random_hex(16);
-        let hash = salted(&salt, secret);
+        let hash = salted(salt.as_bytes(), secret).iter().map(|b| format!("{b:02x}")).collect();
         Self { salt, hash }
     }
 
     /// Whether `secret` is the one hashed, compared in constant time.
     pub fn verifies(&self, secret: &[u8]) -> bool {
-        crate::tokens::constant_time_eq(salted(&self.salt, secret).as_bytes(), self.hash.as_bytes())
+        self.check().is_some_and(|check| check.verifies(secret))
+    }
+
+    /// The hash decoded once, for checking many secrets (the ingress checks every request);
+    /// `None` when the stored hash is not 64 hex digits.
+    pub fn check(&self) -> Option<HashCheck> {
+        let hex = self.hash.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut digest = [0_u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+            let text = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(HashCheck { salt: self.salt.clone().into_bytes().into_boxed_slice(), digest })
     }
 }
 
-fn salted(salt: &str, secret: &[u8]) -> String {
+/// A [`SaltedHash`] ready to check secrets against: the salt and the digest as bytes.
+#[derive(Clone)]
+pub struct HashCheck {
+    salt: Box<[u8]>,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for HashCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashCheck(***)")
+    }
+}
+
+impl HashCheck {
+    /// Whether `secret` is the one hashed, compared in constant time.
+    pub fn verifies(&self, secret: &[u8]) -> bool {
+        crate::tokens::constant_time_eq(&salted(&self.salt, secret), &self.digest)
+    }
+}
+
+/// SHA-256 of the salt, a zero byte and the secret.
+fn salted(salt: &[u8], secret: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    hasher.update(salt.as_bytes());
+    hasher.update(salt);
     hasher.update([0]);
     hasher.update(secret);
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher.finalize().into()
 }
 
 /// An operator's policy for the tunnels whose names match `pattern`.
