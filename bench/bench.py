@@ -24,13 +24,32 @@ Workloads:
      in alternating runs: req/s recording-on / recording-off; then `tunnel replay` of the
      recorded small exchanges straight to the upstream: replayed requests per second.
      Runs last, so the other workloads never see the RECORDINGS stream or the extra clients.
-  i  admission: (a) and (c) through two more http-tunnel clients in alternating runs: bench-open
-     (no policy) through the bench's ingress (no rate limits), and bench-guarded (basic auth,
-     allowed and denied networks, a required header) through a second ingress with rate limits
-     per tunnel and per address set too high to refuse anything, the load generator sending the
-     credentials and the header: req/s checks-on / checks-off, p50/p99, ingress CPU per request.
-     Checks first that the guarded tunnel answers 401 without credentials, 403 without the
-     header and 200 with both, and fails if any run saw a non-2xx answer. Runs before (h).
+  i  admission: (a) and (c) through more http-tunnel clients in alternating runs: bench-open
+     (no policy, no quota) through the bench's ingress (no rate limits), and bench-guarded (basic
+     auth, allowed and denied networks, a required header, and a quota far above what a run
+     sends) through a second ingress with rate limits per tunnel and per address set too high to
+     refuse anything, the load generator sending the credentials and the header: req/s
+     checks-on / checks-off, p50/p99, ingress CPU per request. Quotas follow the side: "on", the
+     far-off limits are set and bench-blocked (no client) has a used-up limit, its exceeded state
+     (from one audit record the harness publishes) in every ingress's mirror, so each request's
+     quota check does its lookups; "off", no limit and no state anywhere (the check returns at
+     once). In the same runs, bench-quota (quota only) through the bench's ingress, on against
+     off in time: the quota figure (issue 11 asks >= 0.97x). Checks first that the guarded tunnel
+     answers 401 without credentials, 403 without the header and 200 with both, that `tunnel
+     admin quota list` shows the limits and bench-blocked's state, and that both ingresses answer
+     bench-blocked 429 while on and not while off; fails if any run saw a non-2xx answer. Runs
+     before (h).
+  j  auditor throughput: --audit-records (200,000) audit records per round published straight
+     into the AUDIT stream as the ingress writes them (MessagePack AuditBatch of --audit-batch
+     (256) RequestAudit records per message on audit.<tunnel>.req, a Nats-Msg-Id each, at most
+     64 unacknowledged; 4 tunnels of one account), counted by the bench's release
+     tunnel-auditor: records/s from the first to the last record counted (polling its
+     auditor_records_total every few ms), peak lag (records stored and not yet counted), peak
+     auditor_consumer_pending, auditor CPU per record. Issue 11 asks >= 50,000 records/s.
+     Runs after (i); alone: bench/run.sh --workloads j --configs http-tunnel.
+
+NATS and MessagePack are spoken by the small client below (class Nats, msgpack()), so the
+harness needs no Python package beyond the standard library.
 """
 
 from __future__ import annotations
@@ -47,9 +66,11 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -96,6 +117,20 @@ GUARD_POLICY = [
 ]
 # Requests per second, and bursts, per tunnel and per address at the second ingress of (i).
 ADMISSION_RATE_LIMIT = 10_000_000
+# (i) quotas. "On": the guarded tunnel and QUOTA_TUNNEL get limits far above what a run sends
+# (no state is ever written for them), and BLOCKED_TUNNEL (no client) a limit that one audit
+# record, published by the harness, uses up: its exceeded state makes every ingress's quota
+# mirror non-empty, so each request's check looks its tunnel up (with no state anywhere it
+# returns at once). "Off": no limit set and no state. QUOTA_TUNNEL alone, on against off, is the
+# quota figure: same tunnel, same ingress, same client, only the quotas differ.
+QUOTA_TUNNEL = "bench-quota"
+BLOCKED_TUNNEL = "bench-blocked"
+HIGH_QUOTA = ["--requests-per-day", "1000000000", "--bytes-per-month", "1000000000000000"]
+BLOCKED_QUOTA = ["--requests-per-day", "1"]
+
+# (j): the tunnels and the account of the audit records published straight into AUDIT.
+AUDIT_TUNNELS = ["bench-audit-0", "bench-audit-1", "bench-audit-2", "bench-audit-3"]
+AUDIT_ACCOUNT = "bench-audit"
 
 
 def log(msg: str) -> None:
@@ -247,6 +282,224 @@ def first_line_matching(path: Path, pattern: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# NATS and MessagePack, enough for (i) and (j): no third-party package needed
+
+
+def msgpack(value) -> bytes:
+    """MessagePack of `value` (None, bool, int >= 0, str, list, dict with str keys), as
+    rmp_serde's struct-map encoding of the schemas expects (`tunnel_schemas::encode`)."""
+    if value is None:
+        return b"\xc0"
+    if value is True or value is False:
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("negative integers are not needed here")
+        if value < 0x80:
+            return bytes([value])
+        for tag, fmt in ((0xCC, ">B"), (0xCD, ">H"), (0xCE, ">I"), (0xCF, ">Q")):
+            try:
+                return bytes([tag]) + struct.pack(fmt, value)
+            except struct.error:
+                continue
+        raise ValueError(f"{value} does not fit a u64")
+    if isinstance(value, str):
+        raw = value.encode()
+        n = len(raw)
+        if n < 32:
+            return bytes([0xA0 | n]) + raw
+        if n < 256:
+            return b"\xd9" + bytes([n]) + raw
+        return (b"\xda" + struct.pack(">H", n) if n < 65536 else b"\xdb" + struct.pack(">I", n)) + raw
+    if isinstance(value, (list, tuple)):
+        n = len(value)
+        head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536 else b"\xdd" + struct.pack(">I", n))
+        return head + b"".join(msgpack(v) for v in value)
+    if isinstance(value, dict):
+        n = len(value)
+        head = bytes([0x80 | n]) if n < 16 else (b"\xde" + struct.pack(">H", n) if n < 65536 else b"\xdf" + struct.pack(">I", n))
+        return head + b"".join(msgpack(k) + msgpack(v) for k, v in value.items())
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def audit_record(tunnel: str, request_id: str, at_ms: int, account: str | None = None) -> dict:
+    """One `RequestAudit` (schemas/src/audit.rs) of a served `GET /small`, fields in order."""
+    record = {
+        "v": 1,
+        "request_id": request_id,
+        "tunnel": tunnel,
+        "method": "GET",
+        "path": "/small",
+        "status": 200,
+        "error": None,
+        "bytes_in": 0,
+        "bytes_out": 100,
+        "duration_us": 250,
+        "remote_addr": "127.0.0.1",
+        "at_ms": at_ms,
+    }
+    if account is not None:
+        record["account"] = account
+    record["head_in"] = 80
+    record["head_out"] = 120
+    return record
+
+
+class Nats:
+    """A minimal NATS client over one socket (the core text protocol, headers included): publish
+    with or without a reply subject, and requests. A reader thread answers PINGs and hands every
+    message on our inbox to the waiter of its reply subject."""
+
+    def __init__(self, url: str, name: str = "bench"):
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock.settimeout(None)
+        self.file = self.sock.makefile("rb", buffering=1 << 16)
+        info = self.file.readline()
+        if not info.startswith(b"INFO "):
+            raise RuntimeError(f"nats: unexpected greeting {info[:80]!r}")
+        self.write_lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.replies: dict[str, bytes] = {}
+        self.acks: dict[str, dict] = {}  # reply token -> JetStream publish ack
+        self.error: str | None = None
+        self.inbox = f"_INBOX.bench.{os.getpid()}{int(time.time() * 1000)}"
+        self.next_id = 0
+        self.closed = False
+        connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True, "name": name, "lang": "python", "version": "0"}
+        self.send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" + f"SUB {self.inbox}.* 1\r\n".encode())
+        self.reader = threading.Thread(target=self.read_loop, daemon=True)
+        self.reader.start()
+        self.request("$JS.API.INFO", b"", timeout=10)  # connected, and JetStream answers
+
+    def send(self, data: bytes) -> None:
+        with self.write_lock:
+            self.sock.sendall(data)
+
+    def read_loop(self) -> None:
+        f = self.file
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    raise OSError("connection closed")
+                if line.startswith(b"MSG ") or line.startswith(b"HMSG "):
+                    parts = line.split()
+                    total = int(parts[-1])
+                    data = f.read(total + 2)[:total]
+                    if parts[0] == b"HMSG":
+                        head = int(parts[-2])
+                        headers, data = data[:head], data[head:]
+                        if b" 503" in headers.split(b"\r\n", 1)[0]:
+                            data = b'{"error":{"code":503,"description":"no responders"}}'
+                    token = parts[1].decode().rsplit(".", 1)[1]
+                    with self.cond:
+                        if token.startswith("a"):
+                            try:
+                                self.acks[token] = json.loads(data)
+                            except ValueError:
+                                self.acks[token] = {"error": {"description": data[:200].decode(errors="replace")}}
+                        else:
+                            self.replies[token] = data
+                        self.cond.notify_all()
+                elif line.startswith(b"PING"):
+                    self.send(b"PONG\r\n")
+                elif line.startswith(b"-ERR"):
+                    with self.cond:
+                        self.error = line.decode(errors="replace").strip()
+                        self.cond.notify_all()
+        except (OSError, ValueError) as e:
+            with self.cond:
+                if not self.closed:
+                    self.error = self.error or f"nats: {e}"
+                self.cond.notify_all()
+
+    def token(self, kind: str) -> str:
+        with self.cond:
+            self.next_id += 1
+            return f"{kind}{self.next_id}"
+
+    def pub(self, subject: str, payload: bytes, reply: str | None = None, headers: dict | None = None) -> None:
+        r = f" {reply}" if reply else ""
+        if headers:
+            head = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+            self.send(f"HPUB {subject}{r} {len(head)} {len(head) + len(payload)}\r\n".encode() + head + payload + b"\r\n")
+        else:
+            self.send(f"PUB {subject}{r} {len(payload)}\r\n".encode() + payload + b"\r\n")
+
+    def request(self, subject: str, payload: bytes, timeout: float = 5.0) -> bytes:
+        token = self.token("r")
+        self.pub(subject, payload, f"{self.inbox}.{token}")
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while token not in self.replies:
+                if self.error:
+                    raise RuntimeError(self.error)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"nats: no answer to {subject} in {timeout:.0f}s")
+                self.cond.wait(left)
+            return self.replies.pop(token)
+
+    def js_publish(self, subject: str, payload: bytes, msg_id: str) -> str:
+        """Publishes into a stream, asking for the ack; returns the token to wait for."""
+        token = self.token("a")
+        self.pub(subject, payload, f"{self.inbox}.{token}", {"Nats-Msg-Id": msg_id})
+        return token
+
+    def wait_acks(self, tokens: list[str], timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not all(t in self.acks for t in tokens):
+                if self.error:
+                    raise RuntimeError(self.error)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"nats: {sum(t not in self.acks for t in tokens)} publish acks missing after {timeout:.0f}s")
+                self.cond.wait(left)
+            return [self.acks.pop(t) for t in tokens]
+
+    def consumer_info(self, stream: str, consumer: str) -> dict:
+        return json.loads(self.request(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b""))
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def audit_batches(batches: list[tuple[str, list[dict]]]) -> list[tuple[str, bytes, int]]:
+    """(tunnel, records) as the ingress publishes them: (tunnel, MessagePack `AuditBatch`, count)."""
+    return [(tunnel, msgpack({"v": 1, "records": records}), len(records)) for tunnel, records in batches]
+
+
+def publish_audit(nats: Nats, batches: list[tuple[str, bytes, int]], prefix: str, in_flight: int = 64, progress=None) -> None:
+    """Publishes encoded `batches` (see `audit_batches`) into AUDIT, as the ingress does: one
+    message per batch on `audit.<tunnel>.req` with a `Nats-Msg-Id`, at most `in_flight`
+    unacknowledged. `progress(records)` is called with the records stored so far after each ack."""
+    pending: list[tuple[str, int]] = []
+    stored = 0
+
+    def settle(keep: int) -> None:
+        nonlocal stored
+        while len(pending) > keep:
+            token, n = pending.pop(0)
+            (ack,) = nats.wait_acks([token])
+            if "error" in ack:
+                raise RuntimeError(f"AUDIT refused a batch: {ack['error']}")
+            stored += n
+            if progress:
+                progress(stored)
+
+    for i, (tunnel, payload, count) in enumerate(batches):
+        pending.append((nats.js_publish(f"audit.{tunnel}.req", payload, f"{prefix}-{i}"), count))
+        settle(in_flight)
+    settle(0)
+
+
+# --------------------------------------------------------------------------------------------
 # the systems under test
 
 
@@ -352,7 +605,7 @@ class Bench:
         )
 
     def start_http_tunnel(self) -> None:
-        self.auditor, _ = self.start_service("tunnel-auditor", "tunnel-auditor", [])
+        self.auditor, self.auditor_port = self.start_service("tunnel-auditor", "tunnel-auditor", [])
         self.ingress_port = free_port()
         self.host, self.host_port = self.start_service(
             "tunnel-session-host",
@@ -709,8 +962,9 @@ class Bench:
     # ---- (i) admission: rate limits and policies
 
     def run_admission(self) -> None:
-        """(a) and (c) through a tunnel with a policy behind an ingress with rate limits, and
-        through one without either, in alternating runs."""
+        """(a) and (c) through a tunnel with a policy and a quota behind an ingress with rate
+        limits, and through one without any, in alternating runs; and through one tunnel with its
+        quota on and off in time (the quota figure)."""
         # The second ingress: same nats-server, its own node id, rate limits on per tunnel and
         # per address, set so high that nothing is refused (each still checked per request).
         limit = str(ADMISSION_RATE_LIMIT)
@@ -734,11 +988,24 @@ class Bench:
             for key in ("rate_limit_per_tunnel", "rate_burst_per_tunnel", "rate_limit_per_ip", "rate_burst_per_ip"):
                 if not first_line_matching(self.procs.log_of("tunnel-ingress-limits"), rf"\b{key}: {limit}\b"):
                     raise RuntimeError(f"(i) the second ingress does not report {key} = {limit} in its start-up log")
+            self.quota_ports = [self.ingress_port, guarded_port]
+            # The used-up quota of a tunnel with no client: one served request counted today.
+            nats = Nats(self.nats_url, "bench-admission")
+            try:
+                now = int(time.time() * 1000)
+                publish_audit(
+                    nats, audit_batches([(BLOCKED_TUNNEL, [audit_record(BLOCKED_TUNNEL, f"bench-blocked-{now}", now)])]), f"bench-blocked-{now}"
+                )
+            finally:
+                nats.close()
+            self.set_quotas(False)  # from a clean slate
             sides = {
                 "on": (GUARDED_TUNNEL, GUARD_POLICY, guarded_port, ingress2.pid, guard_headers),
                 "off": (OPEN_TUNNEL, [], self.ingress_port, self.ingress.pid, {}),
+                # The quota figure: one tunnel, through the bench's ingress, measured on and off.
+                "quota": (QUOTA_TUNNEL, [], self.ingress_port, self.ingress.pid, {}),
             }
-            targets: dict[str, Target] = {}
+            clients: dict[str, Target] = {}
             extra_headers: dict[str, list[str]] = {}
             for side, (name, extra, port, ingress_pid, headers) in sides.items():
                 log_name = f"tunnel-client-{name}"
@@ -758,11 +1025,18 @@ class Bench:
                     30,
                 )
                 roles = dict(self.targets["http-tunnel"].roles, ingress=ingress_pid, client=proc.pid)
-                targets[side] = Target("http-tunnel", f"http://127.0.0.1:{port}", host, roles)
+                clients[side] = Target("http-tunnel", f"http://127.0.0.1:{port}", host, roles)
                 extra_headers[side] = [f"{k}: {v}" for k, v in headers.items()]
             self.extra_pids = [p.pid for p in started]
+            # (run, side) -> the tunnel measured and its headers.
+            runs_of = {
+                ("i", "on"): (clients["on"], extra_headers["on"]),
+                ("i", "off"): (clients["off"], extra_headers["off"]),
+                ("q", "on"): (clients["quota"], []),
+                ("q", "off"): (clients["quota"], []),
+            }
             # The guarded tunnel must refuse what its policy refuses, or "on" measures nothing.
-            host, url = targets["on"].host, f"{targets['on'].base}/small"
+            host, url = clients["on"].host, f"{clients['on'].base}/small"
             wrong = "Basic " + base64.b64encode(f"{GUARD_USER}:not-the-password".encode()).decode()
             checks = {
                 "without credentials": (dict(guard_headers, Authorization=None), 401),
@@ -777,65 +1051,256 @@ class Bench:
                 if got != want:
                     raise RuntimeError(f"(i) {GUARDED_TUNNEL} {what}: HTTP {got}, expected {want}")
             log(f"(i) {GUARDED_TUNNEL} answers " + ", ".join(f"{v} {k}" for k, v in statuses.items()))
+            # The quotas must be what "on" claims: limits listed, the state in every ingress.
+            quota_checks = self.set_quotas(True)
+            listed = {e["scope"]: e for e in self.admin("quota", "list")}
+            quota_checks["quota list"] = {k: {"limits": v.get("limits"), "state": v.get("state")} for k, v in listed.items()}
+            for name in (GUARDED_TUNNEL, QUOTA_TUNNEL, BLOCKED_TUNNEL):
+                if f"t.{name}" not in listed:
+                    raise RuntimeError(f"(i) `tunnel admin quota list` does not list t.{name}: {sorted(listed)}")
+            if (listed[f"t.{BLOCKED_TUNNEL}"].get("state") or {}).get("level") != "exceeded":
+                raise RuntimeError(f"(i) t.{BLOCKED_TUNNEL} has no exceeded state: {listed[f't.{BLOCKED_TUNNEL}']}")
+            for name in (GUARDED_TUNNEL, QUOTA_TUNNEL):
+                if listed[f"t.{name}"].get("state"):
+                    raise RuntimeError(f"(i) t.{name} has a quota state, its limits must be far off: {listed[f't.{name}']}")
+            log(f"(i) quotas on: {', '.join(sorted(listed))} listed, t.{BLOCKED_TUNNEL} exceeded (429 at both ingresses)")
             for key in ADMISSION_WORKLOADS:
                 _, path, conns, threads, headers = LOAD_WORKLOADS[key]
-                for side in ("on", "off"):
-                    self.load(targets[side], path, conns, threads, headers + extra_headers[side], 1)
+                for (_, side), (target, extra) in runs_of.items():
+                    self.set_quotas(side == "on")
+                    self.load(target, path, conns, threads, headers + extra, 1)
             log("(i) warm-up done")
-            runs = {key: {"on": [], "off": []} for key in ADMISSION_WORKLOADS}
+            runs = {run: {key: {"on": [], "off": []} for key in ADMISSION_WORKLOADS} for run in ("i", "q")}
             for r in range(self.args.rounds):
                 # on off, then off on: neither side always runs first.
                 order = ("on", "off") if r % 2 == 0 else ("off", "on")
                 for key in ADMISSION_WORKLOADS:
                     _, path, conns, threads, headers = LOAD_WORKLOADS[key]
                     for side in order:
-                        result = self.load(targets[side], path, conns, threads, headers + extra_headers[side], self.args.duration)
-                        runs[key][side].append(result)
-                        bad = result.get("errors", 0) + result.get("non_2xx", 0)
-                        log(
-                            f"round {r + 1}/{self.args.rounds} (i{key}) checks {side:3} "
-                            f"{result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
-                            f"  cpu {result.get('cpu_us_per_req', 0):.0f} us/req"
-                            f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f})"
-                            f"  other load {result['foreign_cpu_cores']:.2f} cores"
-                            + (f"  ERRORS {bad}" if bad else "")
-                        )
+                        # The quotas follow the side: on, limits set and a state in every ingress;
+                        # off, no limit and no state anywhere (the checks return at once).
+                        self.set_quotas(side == "on")
+                        for run in ("i", "q"):
+                            target, extra = runs_of[(run, side)]
+                            result = self.load(target, path, conns, threads, headers + extra, self.args.duration)
+                            runs[run][key][side].append(result)
+                            bad = result.get("errors", 0) + result.get("non_2xx", 0)
+                            what = f"checks {side:3}" if run == "i" else f"quota  {side:3}"
+                            log(
+                                f"round {r + 1}/{self.args.rounds} (i{key}) {what} "
+                                f"{result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
+                                f"  cpu {result.get('cpu_us_per_req', 0):.0f} us/req"
+                                f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f})"
+                                f"  other load {result['foreign_cpu_cores']:.2f} cores"
+                                + (f"  ERRORS {bad}" if bad else "")
+                            )
+            self.set_quotas(False)
         finally:
             for proc in reversed(started):
                 self.procs.stop(proc)
             self.extra_pids = []
-        workloads = {}
-        for key in ADMISSION_WORKLOADS:
-            on, off = runs[key]["on"], runs[key]["off"]
-            med = {side: median_of(rs) for side, rs in runs[key].items()}
-            workloads[key] = {
-                "title": LOAD_WORKLOADS[key][0],
-                "path": LOAD_WORKLOADS[key][1],
-                "runs": runs[key],
-                "median": med,
-                # The figure: median req/s with the checks over median req/s without.
-                "rps_ratio": med["on"]["rps"] / med["off"]["rps"] if med["off"]["rps"] else 0.0,
-                # The same within each round (on and off measured a few seconds apart).
-                "rps_ratio_by_round": [a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off)],
-            }
+
+        def summary(runs_by_key: dict) -> dict:
+            out = {}
+            for key in ADMISSION_WORKLOADS:
+                on, off = runs_by_key[key]["on"], runs_by_key[key]["off"]
+                med = {side: median_of(rs) for side, rs in runs_by_key[key].items()}
+                out[key] = {
+                    "title": LOAD_WORKLOADS[key][0],
+                    "path": LOAD_WORKLOADS[key][1],
+                    "runs": runs_by_key[key],
+                    "median": med,
+                    # The figure: median req/s on over median req/s off.
+                    "rps_ratio": med["on"]["rps"] / med["off"]["rps"] if med["off"]["rps"] else 0.0,
+                    # The same within each round (on and off measured a few seconds apart).
+                    "rps_ratio_by_round": [a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off)],
+                }
+            return out
+
+        workloads = summary(runs["i"])
         self.results["i"] = {
-            "title": "admission: rate limits and policies on / off",
+            "title": "admission: rate limits, policies and quotas on / off",
             "tunnels": {"on": GUARDED_TUNNEL, "off": OPEN_TUNNEL},
             "policy": [a.replace(GUARD_PASSWORD, "***") for a in GUARD_POLICY],
             "rate_limits": {"per_tunnel": ADMISSION_RATE_LIMIT, "per_ip": ADMISSION_RATE_LIMIT},
+            "quotas_on": {GUARDED_TUNNEL: HIGH_QUOTA, QUOTA_TUNNEL: HIGH_QUOTA, BLOCKED_TUNNEL: BLOCKED_QUOTA},
             "checks": statuses,
+            "quota_checks": quota_checks,
             "workloads": workloads,
+            "quota": {"tunnel": QUOTA_TUNNEL, "workloads": summary(runs["q"])},
         }
         bad = {
-            f"({key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
-            for key, w in workloads.items()
-            for side, rs in w["runs"].items()
+            f"({run}{key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
+            for run in ("i", "q")
+            for key, w in runs[run].items()
+            for side, rs in w.items()
             for n, r in enumerate(rs)
             if r.get("non_2xx", 0) or r.get("errors", 0)
         }
         if bad:
             self.results["i"]["error"] = "runs with non-2xx answers or socket errors: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
             raise RuntimeError(self.results["i"]["error"])
+
+    def admin(self, *argv: str) -> list[dict]:
+        """`tunnel admin --nats <bench's nats> ...`, its JSON lines."""
+        out = subprocess.run(
+            [str(self.bin / "tunnel"), "admin", "--nats", self.nats_url, *argv], capture_output=True, text=True, timeout=30
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"tunnel admin {' '.join(argv)}: exit {out.returncode}: {(out.stderr or out.stdout).strip()[-300:]}")
+        return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+    def set_quotas(self, on: bool) -> dict:
+        """(i) quotas on: the far-off limits of the guarded and the quota tunnel, and the used-up
+        one of BLOCKED_TUNNEL, whose exceeded state every ingress must show (429) before this
+        returns; off: no limit set and no state (BLOCKED_TUNNEL no longer 429 anywhere)."""
+        if getattr(self, "quotas_on", None) == on:
+            return {}
+        t0 = time.monotonic()
+        if on:
+            for name in (GUARDED_TUNNEL, QUOTA_TUNNEL):
+                self.admin("quota", "set", name, *HIGH_QUOTA)
+            self.admin("quota", "set", BLOCKED_TUNNEL, *BLOCKED_QUOTA)
+        else:
+            for entry in self.admin("quota", "list"):
+                self.admin("quota", "remove", entry["scope"].removeprefix("t."))
+        checks = {}
+        for port in self.quota_ports:
+            host = f"{BLOCKED_TUNNEL}.localhost:{port}"
+            status = wait_until(
+                f"{BLOCKED_TUNNEL} {'refused' if on else 'no longer refused'} for its quota at port {port}",
+                lambda: (lambda s: s if (s == 429) == on else None)(http_status(f"http://127.0.0.1:{port}/small", host)),
+                10,
+            )
+            checks[f"{BLOCKED_TUNNEL} at the ingress on port {port}"] = status
+        self.quotas_on = on
+        self.quota_toggles = getattr(self, "quota_toggles", 0) + 1
+        checks["seconds to take effect"] = round(time.monotonic() - t0, 3)
+        return checks
+
+    # ---- (j) auditor throughput
+
+    def auditor_metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.auditor_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("auditor_"):
+                name = re.split(r"[{\s]", line, maxsplit=1)[0]
+                out[name] = out.get(name, 0.0) + float(line.split()[-1])
+        return out
+
+    def run_auditor_throughput(self) -> None:
+        """(j): AUDIT_RECORDS audit records published straight into the AUDIT stream, in batches
+        as the ingress writes them, counted by the bench's tunnel-auditor (release): records/s
+        from the first to the last record counted, and the consumer lag."""
+        total, per_batch = self.args.audit_records, self.args.audit_batch
+        nats = Nats(self.nats_url, "bench-audit")
+        rounds = []
+        try:
+            # Whatever the other workloads left in the stream is counted first.
+            wait_until("the auditor idle before (j)", lambda: self.auditor_idle(nats), 120)
+            for r in range(self.args.rounds):
+                rounds.append(self.auditor_round(nats, r, total, per_batch))
+        finally:
+            nats.close()
+        rates = [x["records_per_s"] for x in rounds]
+        self.results["j"] = {
+            "title": "auditor throughput",
+            "records_per_round": total,
+            "records_per_batch": per_batch,
+            "tunnels": AUDIT_TUNNELS,
+            "rounds": rounds,
+            "records_per_s": statistics.median(rates),
+            "records_per_s_min": min(rates),
+            "end_to_end_records_per_s": statistics.median(x["end_to_end_records_per_s"] for x in rounds),
+            "peak_lag_records": max(x["peak_lag_records"] for x in rounds),
+            "peak_consumer_pending_metric": max(x["peak_consumer_pending_metric"] for x in rounds),
+            "peak_consumer_pending_messages": max(x["peak_consumer_pending_messages"] for x in rounds),
+            "auditor_cpu_us_per_record": statistics.median(x["auditor_cpu_us_per_record"] for x in rounds),
+        }
+
+    def auditor_idle(self, nats: Nats) -> bool:
+        info = nats.consumer_info("AUDIT", "auditor")
+        return info.get("num_pending", 1) == 0 and info.get("num_ack_pending", 1) == 0
+
+    def auditor_round(self, nats: Nats, r: int, total: int, per_batch: int) -> dict:
+        now = int(time.time() * 1000)
+        run_id = f"j{now}-{r}"
+        batches = []
+        for b, start in enumerate(range(0, total, per_batch)):
+            tunnel = AUDIT_TUNNELS[b % len(AUDIT_TUNNELS)]
+            records = [audit_record(tunnel, f"{run_id}-{i}", now, AUDIT_ACCOUNT) for i in range(start, min(start + per_batch, total))]
+            batches.append((tunnel, records))
+        batches = audit_batches(batches)  # encoded before the clock starts: Python is slower than the auditor
+        base = self.auditor_metrics().get("auditor_records_total", 0.0)
+        samples: list[tuple[float, float, float, float]] = []  # time, counted, stored, pending gauge
+        consumer_pending: list[int] = []
+        stored = [0]
+        done = threading.Event()
+        failed: list[str] = []
+
+        def poll() -> None:
+            info_every, next_info = 0.05, 0.0
+            try:
+                while not done.is_set():
+                    t = time.monotonic()
+                    m = self.auditor_metrics()
+                    samples.append((t, m.get("auditor_records_total", 0.0) - base, stored[0], m.get("auditor_consumer_pending", 0.0)))
+                    if t >= next_info:
+                        consumer_pending.append(nats.consumer_info("AUDIT", "auditor").get("num_pending", 0))
+                        next_info = t + info_every
+                    if samples[-1][1] >= total:
+                        return
+                    time.sleep(0.005)
+            except (OSError, RuntimeError, ValueError) as e:
+                failed.append(str(e))
+
+        poller = threading.Thread(target=poll, daemon=True)
+        cpu0 = {"auditor": cpu_seconds([self.auditor_pid]), "nats-server": cpu_seconds([self.nats.pid])}
+        t_pub = time.monotonic()
+        poller.start()
+        try:
+            publish_audit(nats, batches, run_id, progress=lambda n: stored.__setitem__(0, n))
+            t_stored = time.monotonic()
+            poller.join(timeout=120)
+        finally:
+            done.set()
+        if failed or not samples or samples[-1][1] < total:
+            raise RuntimeError(
+                f"(j) round {r + 1}: the auditor counted {samples[-1][1] if samples else 0:.0f} of {total} records"
+                + (f" ({failed[0]})" if failed else "")
+            )
+        cpu = {k: v - cpu0[k] for k, v in {"auditor": cpu_seconds([self.auditor_pid]), "nats-server": cpu_seconds([self.nats.pid])}.items()}
+        first = next(s for s in samples if s[1] > 0)
+        last = next(s for s in samples if s[1] >= total)
+        span = last[0] - first[0]
+        result = {
+            # Counted between the first poll that saw a record counted and the first that saw all.
+            "records_per_s": (last[1] - first[1]) / span if span > 0 else float("inf"),
+            "first_to_last_s": span,
+            # From the first publish to the last record counted, publishing included.
+            "end_to_end_records_per_s": total / (last[0] - t_pub),
+            "publish_s": t_stored - t_pub,
+            "published_records_per_s": total / (t_stored - t_pub),
+            # Records stored in the stream and not yet counted, at the worst poll.
+            "peak_lag_records": max(s[2] - s[1] for s in samples),
+            # The auditor's own gauge (messages, read by it every 2 s) and the consumer's info (messages).
+            "peak_consumer_pending_metric": max(s[3] for s in samples),
+            "peak_consumer_pending_messages": max(consumer_pending, default=0),
+            "polls": len(samples),
+            "auditor_cpu_s": cpu["auditor"],
+            "auditor_cpu_us_per_record": cpu["auditor"] * 1e6 / total,
+            "nats_cpu_s": cpu["nats-server"],
+        }
+        log(
+            f"(j) round {r + 1}/{self.args.rounds}: {total:,} records ({len(batches)} batches) stored in {result['publish_s']:.2f} s, "
+            f"counted at {result['records_per_s']:,.0f} records/s ({result['first_to_last_s']:.2f} s first to last; "
+            f"{result['end_to_end_records_per_s']:,.0f}/s from the first publish), peak lag {result['peak_lag_records']:,.0f} records "
+            f"(auditor_consumer_pending peak {result['peak_consumer_pending_metric']:.0f} messages), "
+            f"auditor {result['auditor_cpu_us_per_record']:.2f} CPU-us per record"
+        )
+        return result
 
     # ---- (h) recording and replay
 
@@ -1154,6 +1619,7 @@ def foreign_summary(results: dict) -> dict:
     groups = [results.get(key, {}).get("runs", {}) for key in LOAD_WORKLOADS]
     groups += [w["runs"] for w in results.get("h", {}).get("workloads", {}).values()]  # (h) may have failed
     groups += [w["runs"] for w in results.get("i", {}).get("workloads", {}).values()]
+    groups += [w["runs"] for w in results.get("i", {}).get("quota", {}).get("workloads", {}).values()]
     values = [r["foreign_cpu_cores"] for runs in groups for rs in runs.values() for r in rs if "foreign_cpu_cores" in r]
     if not values:
         return {}
@@ -1251,6 +1717,8 @@ def table(report: dict) -> str:
         out += "\n" + recording_table(res["h"])
     if "i" in res:
         out += "\n" + admission_table(res["i"])
+    if "j" in res:
+        out += "\n" + auditor_table(res["j"])
     return out.lstrip("\n")
 
 
@@ -1342,7 +1810,7 @@ def admission_table(i: dict) -> str:
     on, off = i["tunnels"]["on"], i["tunnels"]["off"]
     lines += [
         "",
-        f"| (i) admission | metric | off ({off}, no limits) | on ({on}, limits + policy) | on / off |",
+        f"| (i) admission | metric | off ({off}: no limits, no policy, no quota) | on ({on}: limits + policy + quota lookups) | on / off |",
         "|---|---|---|---|---|",
     ]
     for key, w in i["workloads"].items():
@@ -1369,6 +1837,63 @@ def admission_table(i: dict) -> str:
             lines.append(f"| ({key}) checks {side} | " + " | ".join(fmt(med.get(f"cpu_us_per_req.{r}", float("nan")), 1) for r in roles) + " |")
     if "checks" in i:
         lines.append("\n(i) " + on + " before measuring: " + ", ".join(f"{what}: {code}" for what, code in i["checks"].items()))
+    q = i.get("quota")
+    if q:
+        t = q["tunnel"]
+        lines += [
+            "",
+            f"| (i) quotas, {t} through the bench's ingress | metric | off (no limit, no state anywhere) | "
+            f"on (limits set, a state in every ingress) | on / off |",
+            "|---|---|---|---|---|",
+        ]
+        for key, w in q["workloads"].items():
+            m_on, m_off = w["median"]["on"], w["median"]["off"]
+            by_round = w["rps_ratio_by_round"]
+            spread = f", rounds {min(by_round):.2f}-{max(by_round):.2f}" if len(by_round) > 1 else ""
+            lines.append(f"| ({key}) {w['title']} | req/s | {fmt(m_off['rps'])} | {fmt(m_on['rps'])} | **{w['rps_ratio']:.3f}x**{spread} |")
+            lines.append(
+                f"|  | p50 / p99 latency, ms | {m_off['p50_ms']:.3f} / {m_off['p99_ms']:.3f} | "
+                f"{m_on['p50_ms']:.3f} / {m_on['p99_ms']:.3f} | "
+                f"{m_on['p50_ms'] - m_off['p50_ms']:+.3f} / {m_on['p99_ms'] - m_off['p99_ms']:+.3f} |"
+            )
+            for metric, field in (("tunnel CPU per request, us", "cpu_us_per_req"), ("ingress CPU per request, us", "cpu_us_per_req.ingress"), ("auditor CPU per request, us", "cpu_us_per_req.auditor")):
+                c_on, c_off = m_on.get(field, float("nan")), m_off.get(field, float("nan"))
+                lines.append(f"|  | {metric} | {fmt(c_off, 1)} | {fmt(c_on, 1)} | " + (f"{c_on - c_off:+.1f}" if c_on == c_on and c_off == c_off else "-") + " |")
+        lines += ["", "| (i) target | this run | met |", "|---|---|---|"]
+        for key, w in q["workloads"].items():
+            lines.append(f"| ({key}) req/s quotas on / off >= {QUOTA_TARGET}x | {w['rps_ratio']:.3f}x | {'yes' if w['rps_ratio'] >= QUOTA_TARGET else 'no'} |")
+    return "\n".join(lines)
+
+
+# Targets of issue 11: req/s with quotas on / off, and audit records counted per second.
+QUOTA_TARGET = 0.97
+AUDITOR_TARGET_PER_S = 50_000
+
+
+def auditor_table(j: dict) -> str:
+    if "error" in j:
+        return f"\n(j) auditor throughput: FAILED: {j['error']}"
+    lines = [
+        "",
+        f"| (j) auditor, {j['records_per_round']:,} records per round in batches of {j['records_per_batch']} | "
+        "records/s first to last counted | from the first publish | publish (stored), s | peak lag, records | "
+        "peak consumer num_pending, messages | peak auditor_consumer_pending | auditor CPU-us per record |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, x in enumerate(j["rounds"]):
+        lines.append(
+            f"| round {n + 1} | {fmt(x['records_per_s'])} | {fmt(x['end_to_end_records_per_s'])} | {x['publish_s']:.2f} | "
+            f"{fmt(x['peak_lag_records'])} | {fmt(x['peak_consumer_pending_messages'])} | {fmt(x['peak_consumer_pending_metric'])} | "
+            f"{x['auditor_cpu_us_per_record']:.2f} |"
+        )
+    lines.append(
+        f"| **median** | **{fmt(j['records_per_s'])}** | {fmt(j['end_to_end_records_per_s'])} | | "
+        f"max {fmt(j['peak_lag_records'])} | max {fmt(j['peak_consumer_pending_messages'])} | max {fmt(j['peak_consumer_pending_metric'])} | "
+        f"{j['auditor_cpu_us_per_record']:.2f} |"
+    )
+    met = j["records_per_s"] >= AUDITOR_TARGET_PER_S
+    lines += ["", "| (j) target | this run | met |", "|---|---|---|",
+              f"| >= {AUDITOR_TARGET_PER_S:,} records/s | {fmt(j['records_per_s'])}/s (slowest round {fmt(j['records_per_s_min'])}/s) | {'yes' if met else 'no'} |"]
     return "\n".join(lines)
 
 
@@ -1392,7 +1917,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
     p.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    p.add_argument("--workloads", default="abcdefghi", help="which workloads to run, e.g. 'ac'")
+    p.add_argument("--workloads", default="abcdefghij", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
     p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
@@ -1406,6 +1931,8 @@ def main() -> int:
         help="concurrencies of the replay in (h); the first is the reference figure, the best is reported too",
     )
     p.add_argument("--replay-rounds", type=int, default=2, help="replays at each concurrency in (h), medians")
+    p.add_argument("--audit-records", type=int, default=200_000, help="audit records published per round of (j)")
+    p.add_argument("--audit-batch", type=int, default=256, help="records per AuditBatch message in (j)")
     p.add_argument("--upstream-threads", type=int, default=2)
     p.add_argument("--loadgen", choices=["wrk", "oha"], default="wrk")
     p.add_argument("--wrk", default="wrk")
@@ -1471,7 +1998,13 @@ def main() -> int:
                 # Loudly: a guarded tunnel that admits what it should refuse, or a run with refused
                 # requests, means the figures do not measure what they claim.
                 log(f"(i) FAILED: {e}")
-                bench.results.setdefault("i", {"title": "admission: rate limits and policies on / off"})["error"] = str(e)
+                bench.results.setdefault("i", {"title": "admission: rate limits, policies and quotas on / off"})["error"] = str(e)
+        if "j" in args.workloads and "http-tunnel" in configs:
+            try:
+                bench.run_auditor_throughput()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                log(f"(j) FAILED: {e}")
+                bench.results["j"] = {"title": "auditor throughput", "error": str(e)}
         # Last: the recordings it leaves in JetStream and its two clients touch no other workload.
         if "h" in args.workloads and "http-tunnel" in configs:
             try:
@@ -1497,6 +2030,8 @@ def main() -> int:
                 "replay_limit": args.replay_limit,
                 "replay_concurrency": args.replay_concurrency,
                 "replay_rounds": args.replay_rounds,
+                "audit_records": args.audit_records,
+                "audit_batch": args.audit_batch,
             },
             "results": bench.results,
             "load_average_before": load_before,
@@ -1528,10 +2063,10 @@ def main() -> int:
     print()
     print(table(report))
     print(f"\nfull results: {path}")
-    if "error" in report["results"].get("i", {}):
-        print(f"\n(i) FAILED: {report['results']['i']['error']}", file=sys.stderr)
-        return 1
-    return 0
+    failed = [k for k in ("i", "j") if "error" in report["results"].get(k, {})]
+    for k in failed:
+        print(f"\n({k}) FAILED: {report['results'][k]['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
