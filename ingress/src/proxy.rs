@@ -399,6 +399,10 @@ impl Proxy {
                 if !failure.detail.is_empty() {
                     tracing::debug!(detail = %failure.detail, "tunnel reported a failure");
                 }
+                if failure.code == ErrorCode::TunnelBusy {
+                    // Shed at once by the session: worth a retry in a moment.
+                    return Outcome::too_many(failure.code, 1, request_id, json);
+                }
                 return fail(failure.code, bytes_in + exchange.bytes_sent());
             }
         };

@@ -75,13 +75,16 @@ pub enum ErrorCode {
     PolicyPending,
     /// The tunnel, or its account, used up a quota for the period (`Retry-After`: its end).
     QuotaExceeded,
+    /// The tunnel's session has as many requests in flight as it may (`max_inflight_per_session`):
+    /// the excess is shed at once instead of queueing (`Retry-After: 1`).
+    TunnelBusy,
     /// An unexpected internal failure (details are in the server log).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -114,6 +117,7 @@ impl ErrorCode {
         Self::InvalidPolicy,
         Self::PolicyPending,
         Self::QuotaExceeded,
+        Self::TunnelBusy,
         Self::Internal,
     ];
 
@@ -152,6 +156,7 @@ impl ErrorCode {
             Self::InvalidPolicy => "invalid_policy",
             Self::PolicyPending => "policy_pending",
             Self::QuotaExceeded => "quota_exceeded",
+            Self::TunnelBusy => "tunnel_busy",
             Self::Internal => "internal",
         }
     }
@@ -175,7 +180,7 @@ impl ErrorCode {
             Self::HandshakeTimeout => 408,
             Self::SessionReplaced => 409,
             Self::Cancelled => 499,
-            Self::GoingAway | Self::Unavailable | Self::PolicyPending => 503,
+            Self::GoingAway | Self::Unavailable | Self::PolicyPending | Self::TunnelBusy => 503,
             Self::Forbidden | Self::NameNotAllowed | Self::NameOwned | Self::PolicyDenied => 403,
             Self::Unauthorized | Self::AuthRequired => 401,
             Self::RateLimited | Self::QuotaExceeded => 429,
@@ -222,6 +227,7 @@ impl ErrorCode {
             Self::InvalidPolicy => "The tunnel's access policy cannot be used.",
             Self::PolicyPending => "The tunnel's access policy is being applied; retry in a moment.",
             Self::QuotaExceeded => "This tunnel has used up its quota for now; retry after the time in Retry-After.",
+            Self::TunnelBusy => "This tunnel has too many requests in flight; retry after the time in Retry-After.",
             Self::Internal => "An internal error occurred.",
         }
     }

@@ -453,7 +453,7 @@ impl Session {
         };
         if self.exchanges.len() >= self.hub.config.max_inflight_per_session {
             metrics::counter!("host_requests_refused_total").increment(1);
-            self.exchanges.refuse(reply, ErrorCode::Unavailable, "too many requests in flight").await;
+            self.exchanges.refuse(reply, ErrorCode::TunnelBusy, "too many requests in flight").await;
             return Ok(());
         }
         let headers = message.headers.as_ref();

@@ -43,6 +43,8 @@ pub struct EnvOptions {
     pub rate_limit_per_tunnel: u32,
     /// Ingress: requests per second per client address (0: no limit), bursts of the same size.
     pub rate_limit_per_ip: u32,
+    /// Session-host: requests one session may have in flight before it sheds the excess.
+    pub max_inflight_per_session: usize,
     /// Ingress: proxies whose `X-Forwarded-For` is believed (comma-separated networks).
     pub trusted_proxies: String,
     /// Ingress and session-host: serve HTTPS and `wss://` with this certificate and key (PEM
@@ -105,6 +107,7 @@ impl Default for EnvOptions {
             rate_limit_per_tunnel: 0,
             rate_limit_per_ip: 0,
             trusted_proxies: String::new(),
+            max_inflight_per_session: HostConfig::default().max_inflight_per_session,
             tls: None,
             auth: "anonymous",
             header_read_timeout_secs: HostConfig::default().header_read_timeout_secs,
@@ -253,6 +256,7 @@ impl TestEnv {
             connections_per_ip_per_sec: self.options.connections_per_ip.0,
             connection_burst_per_ip: self.options.connections_per_ip.1,
             max_pending_handshakes_per_ip: self.options.max_pending_handshakes_per_ip,
+            max_inflight_per_session: self.options.max_inflight_per_session,
             ..HostConfig::default()
         };
         let nats = connect(&self.nats_url_as("session-host"), "host").await;
