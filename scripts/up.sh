@@ -259,7 +259,9 @@ start tunnel-session-host "$logs/session-host.log" \
 wait_http tunnel-session-host "${pids[-1]}" "$logs/session-host.log" "http://127.0.0.1:$host_port/readyz"
 
 say "starting tunnel-ingress on 127.0.0.1:$ingress_port (domain localhost)"
+# No load balancer in front here: nothing to wait for before it stops accepting.
 start tunnel-ingress "$logs/ingress.log" \
+    env TUNNEL_UNREADY_BEFORE_STOP_SECS=0 \
     "$bin/tunnel-ingress" --nats "$nats_url" --listen "127.0.0.1:$ingress_port" --domain localhost
 # The ops routes answer on hosts that name no tunnel, such as 127.0.0.1.
 wait_http tunnel-ingress "${pids[-1]}" "$logs/ingress.log" "http://127.0.0.1:$ingress_port/readyz"

@@ -54,6 +54,9 @@ pub struct IngressConfig {
     /// is `X-Forwarded-For` believed, for policies, rate limits and audit. Empty: the
     /// connection's own address counts.
     pub trusted_proxies: String,
+    /// Seconds `/readyz` fails after SIGTERM while requests are still served, so that load
+    /// balancers take the node out before it stops accepting (0: stop at once).
+    pub unready_before_stop_secs: u64,
     /// Publish an audit event per request to the `AUDIT` stream.
     pub audit: bool,
     /// Identifier of this node in NATS inboxes and logs.
@@ -85,6 +88,7 @@ impl Default for IngressConfig {
             redirect_listen: String::new(),
             redirect_https_port: 443,
             trusted_proxies: String::new(),
+            unready_before_stop_secs: 5,
             audit: true,
             node_id: "ing1".into(),
             log_format: "text".into(),
@@ -97,6 +101,7 @@ impl Validate for IngressConfig {
         config::check_socket_addr("listen", &self.listen)?;
         config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
         config::check_range("stream_idle_timeout_secs", self.stream_idle_timeout_secs, 0..=86_400)?;
+        config::check_range("unready_before_stop_secs", self.unready_before_stop_secs, 0..=300)?;
         config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;
         config::check_range("header_read_timeout_secs", self.header_read_timeout_secs, 1..=300)?;

@@ -24,6 +24,10 @@ mod request_id;
 mod routing;
 mod streams;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +52,8 @@ pub enum IngressError {
 }
 
 /// Serves public requests on `listener` (HTTPS when the configuration names a certificate)
-/// until `shutdown` is cancelled, then drains open connections.
+/// until `shutdown` is cancelled; then `/readyz` fails for `unready_before_stop_secs` while
+/// requests are still served, and the node stops accepting and drains open connections.
 ///
 /// # Errors
 /// [`IngressError`] when the stream subscription cannot be made, the certificate cannot be used
@@ -76,19 +81,49 @@ pub async fn run(
     };
     let policies = policies::PolicyBook::start(&nats);
     let loaded = policies.clone();
-    let ready = move || loaded.applied().map(|_| ()).ok_or("tunnel policies not loaded yet");
+    // On shutdown, /readyz fails first, so that load balancers stop sending new requests while
+    // this node still serves them; only then does it stop accepting and drain.
+    let stop_accepting = CancellationToken::new();
+    let leaving = Arc::new(AtomicBool::new(false));
+    tokio::spawn(unready_then_stop(
+        shutdown.clone(),
+        leaving.clone(),
+        Duration::from_secs(config.unready_before_stop_secs),
+        stop_accepting.clone(),
+    ));
+    let ready = move || {
+        if leaving.load(Ordering::Relaxed) {
+            return Err("shutting down");
+        }
+        loaded.applied().map(|_| ()).ok_or("tunnel policies not loaded yet")
+    };
     let ops = tunnel_kit::ops::router_with(metrics, nats.clone(), ready).fallback(no_tunnel_name);
     let streams = streams::StreamHub::start(&nats, &config.inbox_prefix()).await?;
-    let header_read_timeout = std::time::Duration::from_secs(config.header_read_timeout_secs);
+    let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
     let max_connections = config.max_connections;
     let proxy = proxy::Proxy::new(nats, config, ops, streams, policies);
     let app = Router::new().fallback(proxy::handle).with_state(proxy);
     let options = tunnel_kit::serve::ServeOptions { tls, header_read_timeout, max_connections, ..Default::default() };
-    tunnel_kit::serve::serve(listener, app, shutdown, options).await;
+    tunnel_kit::serve::serve(listener, app, stop_accepting, options).await;
     if let Some(redirect) = redirect {
         let _ = redirect.await;
     }
     Ok(())
+}
+
+/// On `shutdown`: marks the node `leaving` (its `/readyz` fails), waits `unready`, then stops
+/// accepting.
+async fn unready_then_stop(
+    shutdown: CancellationToken,
+    leaving: Arc<AtomicBool>,
+    unready: Duration,
+    stop_accepting: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    leaving.store(true, Ordering::Relaxed);
+    tracing::info!(?unready, "unready; still serving until load balancers have noticed");
+    tokio::time::sleep(unready).await;
+    stop_accepting.cancel();
 }
 
 async fn no_tunnel_name(headers: axum::http::HeaderMap) -> axum::response::Response {

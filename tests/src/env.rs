@@ -43,6 +43,8 @@ pub struct EnvOptions {
     pub rate_limit_per_tunnel: u32,
     /// Ingress: requests per second per client address (0: no limit), bursts of the same size.
     pub rate_limit_per_ip: u32,
+    /// Ingress: seconds `/readyz` fails after a stop while requests are still served.
+    pub unready_before_stop_secs: u64,
     /// Session-host: requests one session may have in flight before it sheds the excess.
     pub max_inflight_per_session: usize,
     /// Ingress: proxies whose `X-Forwarded-For` is believed (comma-separated networks).
@@ -108,6 +110,7 @@ impl Default for EnvOptions {
             rate_limit_per_ip: 0,
             trusted_proxies: String::new(),
             max_inflight_per_session: HostConfig::default().max_inflight_per_session,
+            unready_before_stop_secs: 0,
             tls: None,
             auth: "anonymous",
             header_read_timeout_secs: HostConfig::default().header_read_timeout_secs,
@@ -131,6 +134,8 @@ pub struct TestEnv {
     ingress: SocketAddr,
     /// Session-hosts by address, each with its own shutdown token.
     hosts: Vec<(SocketAddr, CancellationToken)>,
+    /// Ingresses started by [`TestEnv::add_ingress`], each with its own shutdown token.
+    ingresses: Vec<(SocketAddr, CancellationToken)>,
     metrics: tunnel_kit::telemetry::PrometheusHandle,
     shutdown: CancellationToken,
     services: Vec<JoinHandle<()>>,
@@ -226,8 +231,19 @@ impl TestEnv {
         }
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
         let hosts = Vec::new();
-        let mut env =
-            Self { nats, options, ingress, hosts, metrics, shutdown, services, http, client_token: None, redirect };
+        let mut env = Self {
+            nats,
+            options,
+            ingress,
+            hosts,
+            ingresses: Vec::new(),
+            metrics,
+            shutdown,
+            services,
+            http,
+            client_token: None,
+            redirect,
+        };
         env.add_host().await;
         env
     }
@@ -279,11 +295,22 @@ impl TestEnv {
         let config =
             IngressConfig { node_id: format!("ing-{}", addr.port()), ..ingress_config(&self.options, self.nats.url()) };
         let nats = connect(&self.nats_url_as("ingress"), "ing").await;
-        let (metrics, stop) = (self.metrics.clone(), self.shutdown.clone());
+        let shutdown = self.shutdown.child_token();
+        let (metrics, stop) = (self.metrics.clone(), shutdown.clone());
         self.services.push(tokio::spawn(async move {
             tunnel_ingress::run(listener, nats, config, metrics, stop).await.expect("ingress runs");
         }));
+        self.ingresses.push((addr, shutdown));
         addr
+    }
+
+    /// Shuts down the ingress at `addr`, one of [`TestEnv::add_ingress`]'s (as SIGTERM would).
+    ///
+    /// # Panics
+    /// When there is no such ingress.
+    pub fn stop_ingress(&self, addr: SocketAddr) {
+        let (_, shutdown) = self.ingresses.iter().find(|(a, _)| *a == addr).expect("an added ingress");
+        shutdown.cancel();
     }
 
     /// `GET path` on tunnel `name` through the ingress at `ingress`.
@@ -552,6 +579,7 @@ fn ingress_config(options: &EnvOptions, nats_url: &str) -> IngressConfig {
         rate_burst_per_ip: options.rate_limit_per_ip,
         trusted_proxies: options.trusted_proxies.clone(),
         header_read_timeout_secs: options.header_read_timeout_secs,
+        unready_before_stop_secs: options.unready_before_stop_secs,
         ..IngressConfig::default()
     }
 }
