@@ -448,24 +448,9 @@ async fn write_batch<W: AsyncWrite + Unpin>(io: &mut W, batch: &[Outgoing]) -> i
 mod tests {
     use super::*;
 
-    /// A client frame: masked with a fixed key.
+    /// A client frame with first byte `first` (FIN, reserved bits, opcode): masked with a fixed key.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut frame = vec![first];
-        match payload.len() {
-            len @ 0..=125 => frame.push(0x80 | len as u8),
-            len @ 126..=0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
+        super::props::frame(first & 0x80 != 0, first & 0x7f, payload, [1, 2, 3, 4])
     }
 
     async fn read_all(wire: Vec<u8>, limit: usize) -> Vec<Result<Incoming, String>> {

@@ -85,8 +85,8 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+/// A masked client frame (`opcode` may carry reserved bits).
+pub(super) fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
     match payload.len() {
         len @ 0..=125 => frame.push(0x80 | u8::try_from(len).unwrap_or(0)),
