@@ -1099,25 +1099,7 @@ class Bench:
             for proc in reversed(started):
                 self.procs.stop(proc)
             self.extra_pids = []
-
-        def summary(runs_by_key: dict) -> dict:
-            out = {}
-            for key in ADMISSION_WORKLOADS:
-                on, off = runs_by_key[key]["on"], runs_by_key[key]["off"]
-                med = {side: median_of(rs) for side, rs in runs_by_key[key].items()}
-                out[key] = {
-                    "title": LOAD_WORKLOADS[key][0],
-                    "path": LOAD_WORKLOADS[key][1],
-                    "runs": runs_by_key[key],
-                    "median": med,
-                    # The figure: median req/s on over median req/s off.
-                    "rps_ratio": med["on"]["rps"] / med["off"]["rps"] if med["off"]["rps"] else 0.0,
-                    # The same within each round (on and off measured a few seconds apart).
-                    "rps_ratio_by_round": [a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off)],
-                }
-            return out
-
-        workloads = summary(runs["i"])
+        workloads = on_off_summary(ADMISSION_WORKLOADS, runs["i"])
         self.results["i"] = {
             "title": "admission: rate limits, policies and quotas on / off",
             "tunnels": {"on": GUARDED_TUNNEL, "off": OPEN_TUNNEL},
@@ -1127,7 +1109,7 @@ class Bench:
             "checks": statuses,
             "quota_checks": quota_checks,
             "workloads": workloads,
-            "quota": {"tunnel": QUOTA_TUNNEL, "workloads": summary(runs["q"])},
+            "quota": {"tunnel": QUOTA_TUNNEL, "workloads": on_off_summary(ADMISSION_WORKLOADS, runs["q"])},
         }
         bad = {
             f"({run}{key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
@@ -1378,20 +1360,7 @@ class Bench:
                             f"  other load {result['foreign_cpu_cores']:.2f} cores"
                             + (f"  ERRORS {bad}" if bad else "")
                         )
-            workloads = {}
-            for key in RECORDING_WORKLOADS:
-                on, off = runs[key]["on"], runs[key]["off"]
-                med = {side: median_of(rs) for side, rs in runs[key].items()}
-                workloads[key] = {
-                    "title": LOAD_WORKLOADS[key][0],
-                    "path": LOAD_WORKLOADS[key][1],
-                    "runs": runs[key],
-                    "median": med,
-                    # The figure: median req/s recording on over median req/s recording off.
-                    "rps_ratio": med["on"]["rps"] / med["off"]["rps"] if med["off"]["rps"] else 0.0,
-                    # The same within each round (on and off measured a few seconds apart).
-                    "rps_ratio_by_round": [a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off)],
-                }
+            workloads = on_off_summary(RECORDING_WORKLOADS, runs)
             replay = self.run_replay(replay_since_ms, state_env)
         finally:
             for proc in clients.values():
@@ -1624,6 +1593,25 @@ def foreign_summary(results: dict) -> dict:
     if not values:
         return {}
     return {"median": statistics.median(values), "max": max(values)}
+
+
+def on_off_summary(keys, runs: dict) -> dict:
+    """Per load workload in `keys`, from its runs `{"on": [...], "off": [...]}`: the runs, their
+    medians, the ratio of median req/s on over off (the figure), and the same ratio within each
+    round (on and off measured a few seconds apart)."""
+    out = {}
+    for key in keys:
+        on, off = runs[key]["on"], runs[key]["off"]
+        med = {side: median_of(rs) for side, rs in runs[key].items()}
+        out[key] = {
+            "title": LOAD_WORKLOADS[key][0],
+            "path": LOAD_WORKLOADS[key][1],
+            "runs": runs[key],
+            "median": med,
+            "rps_ratio": med["on"]["rps"] / med["off"]["rps"] if med["off"]["rps"] else 0.0,
+            "rps_ratio_by_round": [a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off)],
+        }
+    return out
 
 
 def median_of(runs: list[dict]) -> dict:
