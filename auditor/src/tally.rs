@@ -31,6 +31,7 @@ pub fn reached_tunnel(error: Option<ErrorCode>) -> bool {
         Some(code) => matches!(
             code,
             ErrorCode::TunnelDisconnected
+                | ErrorCode::HostUnresponsive
                 | ErrorCode::UpstreamUnreachable
                 | ErrorCode::UpstreamBadResponse
                 | ErrorCode::UpstreamTimeout

@@ -29,9 +29,11 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Time the server has to complete the connection and the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Silence from the server after which the connection is presumed dead (the server pings every
-/// 15 s by default).
-const SERVER_SILENCE: Duration = Duration::from_secs(60);
+/// Silence from the server after which the client pings it.
+const PING_AFTER: Duration = Duration::from_secs(2);
+/// Silence from the server after which the connection is presumed dead (frozen, or cut off
+/// without a FIN) and the client moves: the ping sent after [`PING_AFTER`] went unanswered.
+const SERVER_SILENCE: Duration = Duration::from_secs(4);
 /// Frames queued for the WebSocket writer.
 const WRITE_QUEUE: usize = 1024;
 /// Frames an exchange may have queued: a window of data frames plus control frames.
@@ -159,6 +161,7 @@ pub async fn serve(
         events: events.clone(),
         max_reply: usize::try_from(welcome.max_reply_bytes).unwrap_or(usize::MAX),
         last_heard: Instant::now(),
+        pinged: false,
     };
     let end = tokio::select! {
         end = connection.serve() => end,
@@ -198,6 +201,8 @@ struct Connection {
     events: mpsc::Sender<Event>,
     max_reply: usize,
     last_heard: Instant,
+    /// A ping went out after [`PING_AFTER`] of silence and nothing was heard since.
+    pinged: bool,
 }
 
 impl Connection {
@@ -220,10 +225,12 @@ impl Connection {
 
     /// Handles one event of the connection; `Some` when the session ends.
     async fn step(&mut self) -> Option<SessionEnd> {
-        let silence = tokio::time::sleep_until((self.last_heard + SERVER_SILENCE).into());
+        let wait = if self.pinged { SERVER_SILENCE } else { PING_AFTER };
+        let silence = tokio::time::sleep_until((self.last_heard + wait).into());
         tokio::select! {
             message = self.stream.next() => {
                 self.last_heard = Instant::now();
+                self.pinged = false;
                 self.on_message(message)
             }
             Some(finished) = self.exchanges.join_next(), if !self.exchanges.is_empty() => {
@@ -232,7 +239,16 @@ impl Connection {
                 }
                 None
             }
-            () = silence => Some(SessionEnd::Lost("server stopped answering".into())),
+            () = silence => {
+                if self.pinged {
+                    return Some(SessionEnd::Lost("server stopped answering".into()));
+                }
+                self.pinged = true;
+                // A full queue means frames are waiting for the socket: no ping is needed to learn
+                // whether it moves.
+                let _ = self.out.try_send(Message::Ping(Default::default()));
+                None
+            }
         }
     }
 

@@ -22,6 +22,16 @@ pub struct IngressConfig {
     /// (504 before the head, a broken body after it); 0 never cuts a quiet stream (long polls,
     /// silent SSE feeds), which pings keep alive as long as both ends are.
     pub stream_idle_timeout_secs: u64,
+    /// Milliseconds a session-host may stay silent on a request before it is presumed frozen or
+    /// cut off and the request is answered `host_unresponsive` (504): silent before it
+    /// acknowledged the request, or not answering liveness probes while it holds one. A host
+    /// that is gone (its NATS connection closed) fails its requests at the next probe instead,
+    /// within a second. See ADR 0004.
+    pub host_timeout_ms: u64,
+    /// Milliseconds a request waits for a tunnel that has no responder but still has a lease
+    /// (its client is reconnecting, after its session-host died) before it is answered
+    /// `tunnel_offline`; 0 answers at once. A tunnel without a lease is answered at once.
+    pub offline_grace_ms: u64,
     /// Largest request body carried, in bytes (413 above); 0 for no limit.
     pub max_body_bytes: u64,
     /// Largest total size of request header names and values, in bytes (431 above).
@@ -74,6 +84,8 @@ impl Default for IngressConfig {
             public_scheme: "http".into(),
             request_timeout_secs: 900,
             stream_idle_timeout_secs: 0,
+            host_timeout_ms: 3000,
+            offline_grace_ms: 3000,
             max_body_bytes: 0,
             max_header_bytes: 64 << 10,
             max_uri_bytes: 8 << 10,
@@ -101,6 +113,8 @@ impl Validate for IngressConfig {
         config::check_socket_addr("listen", &self.listen)?;
         config::check_range("request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
         config::check_range("stream_idle_timeout_secs", self.stream_idle_timeout_secs, 0..=86_400)?;
+        config::check_range("host_timeout_ms", self.host_timeout_ms, 500..=600_000)?;
+        config::check_range("offline_grace_ms", self.offline_grace_ms, 0..=60_000)?;
         config::check_range("unready_before_stop_secs", self.unready_before_stop_secs, 0..=300)?;
         config::check_range("max_header_bytes", self.max_header_bytes, 1024..=(256 << 10))?;
         config::check_range("max_uri_bytes", self.max_uri_bytes, 256..=(64 << 10))?;

@@ -45,8 +45,11 @@ impl FrameOut for NatsOut {
     type Origin = Option<Subject>;
 
     fn learn(&mut self, origin: Option<Subject>) {
-        if self.host.is_none() {
-            self.host = origin;
+        if self.host.is_none()
+            && let Some(host) = origin
+        {
+            self.registration.watch_host(&host);
+            self.host = Some(host);
         }
     }
 

@@ -15,12 +15,14 @@ pub mod config;
 mod error_page;
 mod exchange;
 mod headers;
+mod host_watch;
 mod limits;
 mod policies;
 mod proxy;
 mod quotas;
 mod redirect;
 mod request_id;
+mod resume;
 mod routing;
 mod streams;
 
@@ -98,7 +100,8 @@ pub async fn run(
         loaded.applied().map(|_| ()).ok_or("tunnel policies not loaded yet")
     };
     let ops = tunnel_kit::ops::router_with(metrics, nats.clone(), ready).fallback(no_tunnel_name);
-    let streams = streams::StreamHub::start(&nats, &config.inbox_prefix()).await?;
+    let host_timeout = Duration::from_millis(config.host_timeout_ms);
+    let streams = streams::StreamHub::start(&nats, &config.inbox_prefix(), host_timeout).await?;
     let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
     let max_connections = config.max_connections;
     let proxy = proxy::Proxy::new(nats, config, ops, streams, policies);

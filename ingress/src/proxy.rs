@@ -37,6 +37,7 @@ use crate::limits::Limits;
 use crate::policies::{Admitted, PolicyBook};
 use crate::quotas::QuotaBook;
 use crate::request_id::request_id;
+use crate::resume::Leases;
 use crate::routing::{Route, route};
 use crate::streams::StreamHub;
 use tunnel_kit::pump::{Ended, Summary};
@@ -63,6 +64,8 @@ struct Inner {
     quotas: QuotaBook,
     /// Proxies whose `X-Forwarded-For` names the client.
     trusted: TrustedProxies,
+    /// The tunnels' leases, read when a tunnel has no responder.
+    leases: Leases,
     metrics: RequestMetrics,
 }
 
@@ -156,7 +159,9 @@ impl Proxy {
         // Validated with the configuration.
         let trusted = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
         let quotas = QuotaBook::start(&nats);
-        let inner = Inner { nats, config, timeout, ops, streams, audit, limits, policies, quotas, trusted, metrics };
+        let leases = Leases::new(nats.clone());
+        let inner =
+            Inner { nats, config, timeout, ops, streams, audit, limits, policies, quotas, trusted, leases, metrics };
         Self { inner: Arc::new(inner) }
     }
 }
@@ -356,23 +361,9 @@ impl Proxy {
             end,
             upgrade: upgrade.is_some(),
         };
-        let stream = exchange.out().subject().to_owned();
-        let reply = {
-            let request = self.send(&route.name, (request_id, policy_revision), &stream, &event);
-            tokio::pin!(request);
-            loop {
-                tokio::select! {
-                    reply = &mut request => break reply,
-                    ended = exchange.step() => if let Some(ended) = ended {
-                        // Before the head only a reset can end the exchange.
-                        let code = match ended {
-                            Ended::Reset(code) => code,
-                            Ended::Complete => ErrorCode::Internal,
-                        };
-                        return fail(code, bytes_in + exchange.bytes_sent());
-                    },
-                }
-            }
+        let reply = match self.deliver(&route.name, (request_id, policy_revision), &event, &mut exchange).await {
+            Ok(reply) => reply,
+            Err(code) => return fail(code, bytes_in + exchange.bytes_sent()),
         };
         // The session's policy was newer than this ingress's: wait for it, check the request
         // against it, and send it again (a whole body only; a streaming one has gone).
@@ -388,7 +379,10 @@ impl Proxy {
                     Ok(admitted) if admitted.consumed_authorization => strip_authorization(&mut event.head.headers),
                     Ok(_) => {}
                 }
-                self.send(&route.name, (request_id, revision), &stream, &event).await
+                match self.deliver(&route.name, (request_id, revision), &event, &mut exchange).await {
+                    Ok(reply) => reply,
+                    Err(code) => return fail(code, bytes_in + exchange.bytes_sent()),
+                }
             }
             _ => reply,
         };
@@ -435,6 +429,67 @@ impl Proxy {
             Some(tokio::spawn(exchange.run()))
         };
         Outcome { response, error: None, bytes_in, bytes_out, streaming }
+    }
+
+    /// Sends `event` to the tunnel and waits for the response head while `exchange` runs (see
+    /// [`Proxy::await_head`]). When the tunnel has no responder but a lease, its client is
+    /// coming back: the request is sent again until it is taken or `offline_grace_ms` ends.
+    async fn deliver(
+        &self,
+        name: &tunnel_schemas::names::TunnelName,
+        (request_id, policy_revision): (&str, u64),
+        event: &TunnelRequest,
+        exchange: &mut Exchange,
+    ) -> Result<Result<(TunnelResponse, Option<Subject>), Failure>, ErrorCode> {
+        let stream = exchange.out().subject().to_owned();
+        let mut comeback = None;
+        loop {
+            let request = self.send(name, (request_id, policy_revision), &stream, event);
+            let reply = self.await_head(request, exchange).await?;
+            let offline = matches!(&reply, Err(failure) if failure.code == ErrorCode::TunnelOffline);
+            let grace = self.inner.config.offline_grace_ms;
+            if offline && comeback.is_none() && grace > 0 && self.inner.leases.held(name).await {
+                metrics::counter!("ingress_requests_awaiting_tunnel_total").increment(1);
+                comeback = Some((Instant::now() + Duration::from_millis(grace), crate::resume::delays()));
+            }
+            let delay = match &mut comeback {
+                Some((until, delays)) if offline => delays.next().filter(|delay| Instant::now() + *delay < *until),
+                _ => None,
+            };
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Ok(reply),
+            }
+        }
+    }
+
+    /// Waits for the reply to `request` while `exchange` runs (its upload, its frames). Ends
+    /// early with a code when the exchange is reset (by the session-host, or by the
+    /// [`HostWatch`](crate::host_watch::HostWatch) when the host is lost) or when no session-host
+    /// took the request (acknowledged or answered it) within `host_timeout_ms`.
+    async fn await_head(
+        &self,
+        request: impl Future<Output = Result<(TunnelResponse, Option<Subject>), Failure>>,
+        exchange: &mut Exchange,
+    ) -> Result<Result<(TunnelResponse, Option<Subject>), Failure>, ErrorCode> {
+        let unacknowledged = tokio::time::sleep(Duration::from_millis(self.inner.config.host_timeout_ms));
+        tokio::pin!(request, unacknowledged);
+        loop {
+            tokio::select! {
+                reply = &mut request => return Ok(reply),
+                ended = exchange.step() => if let Some(ended) = ended {
+                    // Before the head only a reset can end the exchange.
+                    return Err(match ended {
+                        Ended::Reset(code) => code,
+                        Ended::Complete => ErrorCode::Internal,
+                    });
+                },
+                () = &mut unacknowledged, if !tunnel_kit::pump::FrameOut::ready(exchange.out()) => {
+                    metrics::counter!("ingress_requests_unacknowledged_total").increment(1);
+                    return Err(ErrorCode::HostUnresponsive);
+                }
+            }
+        }
     }
 
     fn exchange(&self) -> Exchange {

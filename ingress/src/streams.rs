@@ -1,15 +1,18 @@
 //! The ingress end of stream subjects: one wildcard subscription per process, demultiplexed to
-//! the exchange that owns each stream.
+//! the exchange that owns each stream; and the [`HostWatch`] of the sessions at their other end.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_nats::Subject;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tunnel_schemas::stream::{MAX_FRAMES_IN_FLIGHT, StreamFrame};
 use tunnel_schemas::{MAX_FRAME_BYTES, subjects};
+
+use crate::host_watch::HostWatch;
 
 /// Frames a stream may have queued: a window of data frames plus control frames. A host that
 /// ignores its credit overflows this and the frame is dropped, which the sequence check turns
@@ -26,17 +29,26 @@ pub struct StreamHub {
     prefix: String,
     next_id: AtomicU64,
     routes: Mutex<HashMap<u64, mpsc::Sender<Incoming>>>,
+    /// The sessions holding this process's exchanges, probed for liveness.
+    watch: Arc<HostWatch>,
 }
 
 impl StreamHub {
-    /// Subscribes to this process's stream subjects and starts routing.
+    /// Subscribes to this process's stream subjects and starts routing, and probing the
+    /// sessions that hold its exchanges (presumed lost after `host_timeout` of silence).
     ///
     /// # Errors
     /// When the subscription cannot be made.
-    pub async fn start(nats: &async_nats::Client, inbox_prefix: &str) -> Result<Arc<Self>, async_nats::SubscribeError> {
+    pub async fn start(
+        nats: &async_nats::Client,
+        inbox_prefix: &str,
+        host_timeout: Duration,
+    ) -> Result<Arc<Self>, async_nats::SubscribeError> {
         let prefix = format!("{inbox_prefix}.{}", uuid::Uuid::new_v4().simple());
         let mut subscription = nats.subscribe(subjects::stream_subjects(&prefix)).await?;
-        let hub = Arc::new(Self { prefix, next_id: AtomicU64::new(1), routes: Mutex::default() });
+        let watch = Arc::default();
+        let hub = Arc::new(Self { prefix, next_id: AtomicU64::new(1), routes: Mutex::default(), watch });
+        tokio::spawn(crate::host_watch::run(nats.clone(), Arc::downgrade(&hub), host_timeout));
         let router = Arc::downgrade(&hub);
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
@@ -77,7 +89,12 @@ impl StreamHub {
         let (sender, receiver) = mpsc::channel(STREAM_QUEUE);
         self.routes.lock().unwrap_or_else(PoisonError::into_inner).insert(id, sender);
         let subject = subjects::stream_subject(&self.prefix, id);
-        (Registration { hub: self.clone(), id, subject }, receiver)
+        (Registration { hub: self.clone(), id, subject, watched: None }, receiver)
+    }
+
+    /// The liveness watch of the sessions holding this process's exchanges.
+    pub fn watch(&self) -> Arc<HostWatch> {
+        self.watch.clone()
     }
 }
 
@@ -87,10 +104,25 @@ pub struct Registration {
     id: u64,
     /// The subject its frames arrive on.
     pub subject: String,
+    /// The session watched on this stream's behalf.
+    watched: Option<String>,
+}
+
+impl Registration {
+    /// Has the session whose stream subject is `host_subject` probed while this stream is open.
+    pub fn watch_host(&mut self, host_subject: &str) {
+        let frames = self.hub.routes.lock().unwrap_or_else(PoisonError::into_inner).get(&self.id).cloned();
+        if let Some(frames) = frames {
+            self.watched = self.hub.watch.watch(host_subject, self.id, frames);
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.routes.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        if let Some(prefix) = &self.watched {
+            self.hub.watch.forget(prefix, self.id);
+        }
     }
 }

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The request headers exceed the configured limit.
     HeadersTooLarge,
+    /// The session-host holding the tunnel neither acknowledged the request nor answered a
+    /// liveness probe in time: it is frozen or cut off.
+    HostUnresponsive,
     /// The request URI exceeds the configured limit.
     UriTooLong,
     /// The request cannot be carried (a malformed header, an unsupported upgrade).
@@ -84,7 +87,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         Self::NoTunnelName,
         Self::TunnelOffline,
         Self::TunnelDisconnected,
@@ -94,6 +97,7 @@ impl ErrorCode {
         Self::ResponseTooLarge,
         Self::BodyTooLarge,
         Self::HeadersTooLarge,
+        Self::HostUnresponsive,
         Self::UriTooLong,
         Self::BadRequest,
         Self::NameInUse,
@@ -133,6 +137,7 @@ impl ErrorCode {
             Self::ResponseTooLarge => "response_too_large",
             Self::BodyTooLarge => "body_too_large",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::HostUnresponsive => "host_unresponsive",
             Self::UriTooLong => "uri_too_long",
             Self::BadRequest => "bad_request",
             Self::NameInUse => "name_in_use",
@@ -170,7 +175,7 @@ impl ErrorCode {
             | Self::UpstreamUnreachable
             | Self::UpstreamBadResponse
             | Self::ResponseTooLarge => 502,
-            Self::UpstreamTimeout => 504,
+            Self::UpstreamTimeout | Self::HostUnresponsive => 504,
             Self::BodyTooLarge => 413,
             Self::HeadersTooLarge => 431,
             Self::UriTooLong => 414,
@@ -200,6 +205,7 @@ impl ErrorCode {
             Self::ResponseTooLarge => "The local service's response is too large to carry.",
             Self::BodyTooLarge => "The request body is too large.",
             Self::HeadersTooLarge => "The request headers are too large.",
+            Self::HostUnresponsive => "The tunnel's server stopped answering; retry in a few seconds.",
             Self::UriTooLong => "The request URI is too long.",
             Self::BadRequest => "The request cannot be carried through the tunnel.",
             Self::NameInUse => "The tunnel name is in use by another client.",

@@ -85,6 +85,16 @@ pub fn stream_subject(prefix: &str, id: impl std::fmt::Display) -> String {
     format!("{prefix}.st.{id}")
 }
 
+/// Last token of a session's probe subject: `<session prefix>.st.probe` (no stream id is a word).
+pub const PROBE_TOKEN: &str = "probe";
+
+/// Subject on which the session with stream-subject `prefix` answers liveness probes: a NATS
+/// request there gets an empty reply while the session is open, a `Reset` once it is not, no
+/// responders once its host is gone, and nothing while its host is frozen.
+pub fn probe_subject(prefix: &str) -> String {
+    stream_subject(prefix, PROBE_TOKEN)
+}
+
 /// Wildcard covering every [`stream_subject`] of `prefix`.
 pub fn stream_subjects(prefix: &str) -> String {
     format!("{prefix}.st.*")

@@ -58,6 +58,14 @@ pub struct HostConfig {
     pub max_connections: usize,
     /// Seconds between WebSocket pings; a client silent for three intervals is dropped.
     pub ping_interval_secs: u64,
+    /// Milliseconds a request may wait for its response head before the host acknowledges it to
+    /// ingress (a `Ping` on the exchange's stream); 0 acknowledges every request at once.
+    /// Ingress answers a request nobody acknowledged within its `host_timeout_ms` with
+    /// `host_unresponsive`, so this must stay well below that.
+    pub ack_after_ms: u64,
+    /// Seconds a client with requests in flight may stay silent after a ping before its session
+    /// is ended and those requests fail with `tunnel_disconnected` (a frozen or cut-off client).
+    pub client_timeout_secs: u64,
     /// Seconds a session keeps serving after the host starts shutting down or another session
     /// takes its tunnel over, so requests in flight finish and the client can move.
     pub drain_grace_secs: u64,
@@ -120,6 +128,8 @@ impl Default for HostConfig {
             max_pending_handshakes_per_ip: DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval_secs: 15,
+            ack_after_ms: 0,
+            client_timeout_secs: 5,
             drain_grace_secs: 10,
             max_inflight_per_session: 4096,
             tls_cert_file: String::new(),
@@ -151,6 +161,8 @@ impl Validate for HostConfig {
         config::check_range("max_pending_handshakes_per_ip", self.max_pending_handshakes_per_ip, 1..=1_000_000)?;
         config::check_range("max_connections", self.max_connections, 1..=10_000_000)?;
         config::check_range("ping_interval_secs", self.ping_interval_secs, 1..=3600)?;
+        config::check_range("ack_after_ms", self.ack_after_ms, 0..=2000)?;
+        config::check_range("client_timeout_secs", self.client_timeout_secs, 1..=600)?;
         config::check_range("drain_grace_secs", self.drain_grace_secs, 1..=3600)?;
         config::check_range("lease_replicas", self.lease_replicas, 1..=5)?;
         config::check_range("max_inflight_per_session", self.max_inflight_per_session, 1..=1_000_000)?;
@@ -256,6 +268,16 @@ impl HostConfig {
     /// Interval between WebSocket pings.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs)
+    }
+
+    /// Time a request waits for its response head before the host acknowledges it.
+    pub fn ack_after(&self) -> Duration {
+        Duration::from_millis(self.ack_after_ms)
+    }
+
+    /// Silence after a ping that ends a session with requests in flight.
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_secs)
     }
 }
 

@@ -1,18 +1,21 @@
 //! The host-wide subscriptions: one on every tunnel's control subject and one on the stream
 //! subjects of every session of this host, each message handed to its session through the
-//! [`Registry`].
+//! [`Registry`]. Ingress liveness probes of a session arrive on the stream subscription too and
+//! are answered here.
 //!
 //! One subscription each, not one per session, keeps an idle session cheap: a NATS subscription
 //! costs a queue in the client and an entry in the server. Only the request subscription stays
 //! per session, since its queue group is how NATS routes a tunnel's requests to the hosts that
 //! hold it. Takeover notices for tunnels held elsewhere are ignored.
 
-use async_nats::Subscriber;
+use async_nats::{Subject, Subscriber};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunnel_schemas::events::Control;
-use tunnel_schemas::{MAX_FRAME_BYTES, subjects};
+use tunnel_schemas::stream::StreamFrame;
+use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, subjects};
 
 use crate::registry::{Registry, Undelivered};
 
@@ -38,7 +41,7 @@ impl Dispatch {
         let stop = CancellationToken::new();
         let tasks = [
             tokio::spawn(route_control(control, registry.clone(), stop.clone())),
-            tokio::spawn(route_streams(streams, inbox_prefix.to_owned(), registry.clone(), stop.clone())),
+            tokio::spawn(route_streams(nats.clone(), streams, inbox_prefix.to_owned(), registry.clone(), stop.clone())),
         ];
         Ok(Self { stop, tasks })
     }
@@ -66,10 +69,20 @@ async fn route_control(mut control: Subscriber, registry: Registry, stop: Cancel
     let _ = control.unsubscribe().await;
 }
 
-async fn route_streams(mut streams: Subscriber, inbox_prefix: String, registry: Registry, stop: CancellationToken) {
+async fn route_streams(
+    nats: async_nats::Client,
+    mut streams: Subscriber,
+    inbox_prefix: String,
+    registry: Registry,
+    stop: CancellationToken,
+) {
     while let Some(Some(message)) = stop.run_until_cancelled(streams.next()).await {
         let subject = message.subject.clone();
         let Some(session) = session_of(&inbox_prefix, &subject) else { continue };
+        if subject.ends_with(subjects::PROBE_TOKEN) {
+            answer_probe(&nats, &registry, session, message.reply).await;
+            continue;
+        }
         match registry.deliver_stream(session, message) {
             Ok(()) => {}
             Err(Undelivered::NoSession) => tracing::debug!(session, "stream frame for a session not open here"),
@@ -80,6 +93,21 @@ async fn route_streams(mut streams: Subscriber, inbox_prefix: String, registry: 
         }
     }
     let _ = streams.unsubscribe().await;
+}
+
+/// Answers an ingress's liveness probe of `session`: empty while it is open here, a reset once
+/// it is not. Answered by the host-wide task, so a session busy relaying still answers at once;
+/// a frozen host answers nothing, which is how ingress tells it from a slow local service.
+async fn answer_probe(nats: &async_nats::Client, registry: &Registry, session: &str, reply: Option<Subject>) {
+    let Some(reply) = reply else { return };
+    let answer = if registry.is_open(session) {
+        Bytes::new()
+    } else {
+        tunnel_schemas::encode(&StreamFrame::Reset { code: ErrorCode::TunnelDisconnected }).into()
+    };
+    if let Err(e) = nats.publish(reply, answer).await {
+        tracing::debug!(error = %e, "probe answer not published");
+    }
 }
 
 /// The tunnel name in a control subject.

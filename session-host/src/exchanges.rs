@@ -4,11 +4,12 @@
 //! The host relays; it holds no body bytes. Flow control is end to end between ingress and
 //! client, so what is in flight per stream is bounded by the window whatever this host does.
 //! The host watches the ingress side of each stream: it pings an idle ingress and resets a stream
-//! whose ingress went silent. On a recorded tunnel each exchange also feeds a [`Capture`], handed
+//! whose ingress went silent. The first ping of a request still awaiting its head is its
+//! acknowledgement ([ADR 0004](../../docs/adr/0004-bounded-waits-on-silent-faults.md)). On a recorded tunnel each exchange also feeds a [`Capture`], handed
 //! to the recorder when the exchange ends.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::Subject;
 use bytes::Bytes;
@@ -28,7 +29,10 @@ struct Exchange {
     /// This host's subject for the stream, the reply subject of everything sent to ingress.
     host: Subject,
     last_heard: Instant,
+    /// Last frame or reply sent to ingress; the arrival time until then.
     last_sent: Instant,
+    /// Something was sent to ingress, which tells it this host took the request.
+    acked: bool,
     /// The exchange as recorded so far, on a recorded tunnel.
     capture: Option<Box<Capture>>,
 }
@@ -74,7 +78,8 @@ impl Exchanges {
             .as_ref()
             .and_then(|recording| recording.capture(payload, tunnel_schemas::now_ms()))
             .map(Box::new);
-        let exchange = Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now, capture };
+        let exchange =
+            Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now, acked: false, capture };
         self.open.insert(stream, exchange);
     }
 
@@ -99,6 +104,7 @@ impl Exchanges {
             return;
         };
         exchange.last_sent = Instant::now();
+        exchange.acked = true;
         if let Some(capture) = &mut exchange.capture {
             match tunnel_schemas::decode_shared::<TunnelReply>(&reply, usize::MAX) {
                 Ok(TunnelReply::Response(response)) => capture.response(&response.head, &response.body),
@@ -127,6 +133,7 @@ impl Exchanges {
         let Some(exchange) = self.open.get_mut(&stream) else { return };
         let Some(ingress) = exchange.ingress.clone() else { return };
         exchange.last_sent = Instant::now();
+        exchange.acked = true;
         if let Some(capture) = &mut exchange.capture {
             match &frame {
                 StreamFrame::Data { bytes, .. } => capture.response_data(bytes),
@@ -175,18 +182,20 @@ impl Exchanges {
         }
     }
 
-    /// Pings idle ingress ends and resets streams whose ingress went silent; returns the resets
-    /// to send to the client.
-    pub async fn sweep(&mut self) -> Vec<HostFrame> {
+    /// Acknowledges requests unanswered for `ack_after` (a `Ping`, which tells ingress that this
+    /// host took the request and where to probe it), pings idle ingress ends and resets streams
+    /// whose ingress went silent; returns the resets to send to the client.
+    pub async fn sweep(&mut self, ack_after: Duration) -> Vec<HostFrame> {
         let mut silent = Vec::new();
         let mut idle = Vec::new();
         for (stream, exchange) in &self.open {
             if exchange.ingress.is_none() {
                 continue;
             }
+            let quiet_for = if exchange.acked { PING_INTERVAL } else { ack_after };
             if exchange.last_heard.elapsed() >= IDLE_TIMEOUT {
                 silent.push(*stream);
-            } else if exchange.last_sent.elapsed() >= PING_INTERVAL {
+            } else if exchange.last_sent.elapsed() >= quiet_for {
                 idle.push(*stream);
             }
         }

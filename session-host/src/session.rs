@@ -39,8 +39,11 @@ const RANDOM_NAME_ATTEMPTS: usize = 8;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time the writer gets to flush the last frames after the session ends.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
-/// Interval of the checks on open exchanges' ingress ends; idle sessions skip them.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest interval of the checks on open exchanges (acknowledgements, ingress ends, a silent
+/// client); idle sessions skip them.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Silence of a client with requests in flight after which the sweep pings it.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 /// A client's socket after the upgrade.
 pub type Socket = TokioIo<Upgraded>;
@@ -203,6 +206,8 @@ struct Session {
     exchanges: Exchanges,
     next_stream: StreamId,
     last_seen: Instant,
+    /// When the client, silent with requests in flight, was pinged; cleared once it is heard.
+    probed_at: Option<Instant>,
     /// The host is shutting down and the client was told to move.
     going_away: bool,
     /// The request subscription was drained: no new requests will be routed here.
@@ -277,6 +282,7 @@ impl Session {
             exchanges,
             next_stream: 0,
             last_seen: Instant::now(),
+            probed_at: None,
             going_away: false,
             drained: false,
             requests_done: false,
@@ -321,7 +327,9 @@ impl Session {
         let ping_interval = self.hub.config.ping_interval();
         let mut ping = tokio::time::interval(ping_interval);
         ping.reset();
-        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        let ack_after = self.hub.config.ack_after();
+        let sweep_every = if ack_after.is_zero() { SWEEP_INTERVAL } else { ack_after.min(SWEEP_INTERVAL) };
+        let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut release = false;
         // Steps that are rare or hold much state (lease renewal, relaying, the sweep) run boxed,
@@ -471,8 +479,9 @@ impl Session {
         }
         let ingress = headers.and_then(|h| h.get(STREAM_HEADER)).map(|v| Subject::from(v.as_str()));
         self.exchanges.open(stream, reply, ingress, &message.payload);
-        if headers.is_some_and(|h| h.get(UPLOAD_HEADER).is_some()) {
-            // Ingress waits to learn this host's stream subject before it sends the body.
+        if self.hub.config.ack_after_ms == 0 || headers.is_some_and(|h| h.get(UPLOAD_HEADER).is_some()) {
+            // Ingress waits to learn this host's stream subject before it sends the body; and
+            // the ping acknowledges the request.
             self.exchanges.relay_to_ingress(stream, StreamFrame::Ping).await;
         }
         self.send(HostFrame::Request { stream, request: message.payload }).await
@@ -515,15 +524,33 @@ impl Session {
         self.queue(Outgoing::Ping).await
     }
 
+    /// Checks the open exchanges, and the client that should answer them: a client silent for
+    /// [`PROBE_AFTER`] is pinged, and one still silent `client_timeout` after the ping is
+    /// presumed frozen or cut off, which ends the session and fails its requests at once instead
+    /// of leaving them to the head timeout.
     async fn sweep(&mut self) -> Result<(), Failure> {
-        for reset in self.exchanges.sweep().await {
+        if self.probed_at.is_some_and(|at| self.last_seen >= at) {
+            self.probed_at = None;
+        }
+        match self.probed_at {
+            Some(at) if at.elapsed() >= self.hub.config.client_timeout() => {
+                return Err(Failure::new(ErrorCode::TunnelDisconnected, "client stopped answering"));
+            }
+            None if self.last_seen.elapsed() >= PROBE_AFTER => {
+                self.probed_at = Some(Instant::now());
+                self.queue(Outgoing::Ping).await?;
+            }
+            _ => {}
+        }
+        for reset in self.exchanges.sweep(self.hub.config.ack_after()).await {
             self.send(reset).await?;
         }
         Ok(())
     }
 
     /// Ends the session: no more requests reach it, every pending request fails at once, and
-    /// the lease is released when the client said goodbye (kept for a resume otherwise).
+    /// the lease is released when the client said goodbye or may not come back (kept for a
+    /// resume otherwise).
     async fn close(&mut self, ending: &Ending, release: bool) {
         let (access, code) = match ending {
             Ending::Refused(failure) if failure.code == ErrorCode::Unauthorized => {
@@ -561,7 +588,10 @@ impl Session {
             }
         }
         self.exchanges.fail_all(code, detail).await;
-        if release && !self.lease.shared {
+        // A client whose token was revoked, or whose name another account reserved, cannot
+        // resume: its lease goes now, so the ingress does not wait for it (ADR 0004).
+        let final_ending = matches!(ending, Ending::Refused(failure) if matches!(failure.code, ErrorCode::Unauthorized | ErrorCode::NameOwned));
+        if (release || final_ending) && !self.lease.shared {
             self.hub.leases.release(&self.lease).await;
             self.hub.policies.clear(self.lease.name.as_str()).await;
         }
@@ -572,9 +602,19 @@ impl Session {
         self.queue(Outgoing::Binary(encode(&frame).into())).await
     }
 
-    /// Queues `frame` for the WebSocket writer, waiting while its queue is full.
+    /// Queues `frame` for the writer. A client that reads nothing while the queue stays full for
+    /// `client_timeout` is presumed frozen: waiting on, the session could not notice it.
     async fn queue(&self, frame: Outgoing) -> Result<(), Failure> {
-        self.out.send(frame).await.map_err(|_| Failure::new(ErrorCode::Internal, "websocket writer gone"))
+        let gone = || Failure::new(ErrorCode::Internal, "websocket writer gone");
+        let frame = match self.out.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(gone()),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        match tokio::time::timeout(self.hub.config.client_timeout(), self.out.send(frame)).await {
+            Ok(sent) => sent.map_err(|_| gone()),
+            Err(_) => Err(Failure::new(ErrorCode::TunnelDisconnected, "client stopped reading")),
+        }
     }
 }
 

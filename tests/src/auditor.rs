@@ -1,14 +1,10 @@
 //! The auditor as a real `tunnel-auditor` process, for scenarios that kill it with SIGKILL.
 
-use std::process::Stdio;
-
-use tokio::process::{Child, Command};
-
-use crate::binary;
+use crate::process::ServiceProcess;
 
 /// A running `tunnel-auditor`; killed on drop.
 pub struct AuditorProcess {
-    child: Child,
+    process: ServiceProcess,
 }
 
 impl AuditorProcess {
@@ -18,18 +14,8 @@ impl AuditorProcess {
     /// # Panics
     /// When it cannot start.
     pub fn start(nats_url: &str, settings: &[(&str, &str)]) -> Self {
-        let logs = if std::env::var_os("RUST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
-        let child = Command::new(binary("tunnel-auditor"))
-            .args(["--nats", nats_url, "--listen", "127.0.0.1:0"])
-            .envs(settings.iter().map(|(key, value)| (format!("TUNNEL_{}", key.to_uppercase()), *value)))
-            .env_remove("NATS_URL")
-            .env_remove("TUNNEL_NATS_URL")
-            .stdout(Stdio::null())
-            .stderr(logs)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tunnel-auditor starts");
-        Self { child }
+        let args = ["--nats", nats_url, "--listen", "127.0.0.1:0"];
+        Self { process: ServiceProcess::start("tunnel-auditor", &args, settings) }
     }
 
     /// Kills it with SIGKILL (no shutdown script runs: nothing is released or acknowledged)
@@ -37,7 +23,7 @@ impl AuditorProcess {
     ///
     /// # Panics
     /// When it cannot be killed.
-    pub async fn kill(mut self) {
-        self.child.kill().await.expect("killed");
+    pub async fn kill(self) {
+        self.process.kill().await;
     }
 }

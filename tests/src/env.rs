@@ -13,6 +13,7 @@ use tunnel_ingress::IngressConfig;
 use tunnel_schemas::policy::PublicPolicy;
 use tunnel_session_host::HostConfig;
 
+use crate::process::ServiceProcess;
 use crate::{DEADLINE, NatsServer, within};
 
 /// The public domain of test environments.
@@ -283,6 +284,37 @@ impl TestEnv {
         }));
         self.hosts.push((addr, shutdown));
         addr
+    }
+
+    /// Starts a session-host as a real `tunnel-session-host` process (to kill or freeze it), with
+    /// this environment's settings and extra `settings` (keys as in its configuration), and
+    /// waits until it is ready.
+    ///
+    /// # Panics
+    /// When it does not become ready within [`DEADLINE`].
+    pub async fn start_host_process(&mut self, settings: &[(&str, &str)]) -> HostProcess {
+        let addr = free_addr().await;
+        let (nats_url, listen) = (self.nats_url_as("session-host"), addr.to_string());
+        let public_url = format!("http://{{name}}.{DOMAIN}:{}", self.ingress.port());
+        let node_id = format!("host-process-{}", addr.port());
+        let numbers = [self.options.lease_ttl_secs, self.options.handshake_timeout_secs].map(|n| n.to_string());
+        let mut all = vec![
+            ("node_id", node_id.as_str()),
+            ("auth", self.options.auth),
+            ("lease_ttl_secs", numbers[0].as_str()),
+            ("handshake_timeout_secs", numbers[1].as_str()),
+        ];
+        all.extend_from_slice(settings);
+        let args = ["--nats", &nats_url, "--listen", &listen, "--public-url", &public_url];
+        let process = ServiceProcess::start("tunnel-session-host", &args, &all);
+        let ready = format!("http://{addr}/readyz");
+        within(DEADLINE, "the session-host process to be ready", async {
+            while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        HostProcess { process, addr }
     }
 
     /// Starts one more ingress (plain HTTP) on the same NATS and returns its address.
@@ -614,4 +646,12 @@ fn tracing_subscriber_init() -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init().map_err(|e| e.to_string())
+}
+
+/// A session-host running as its own process ([`TestEnv::start_host_process`]).
+pub struct HostProcess {
+    /// The process, to kill or freeze.
+    pub process: ServiceProcess,
+    /// Where clients connect.
+    pub addr: SocketAddr,
 }

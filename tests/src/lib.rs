@@ -15,16 +15,21 @@
 //! service is a real HTTP server ([`Upstream`]); [`CutProxy`] cuts connections on demand.
 
 mod auditor;
+mod cli;
 mod env;
+pub mod ledger;
 mod nats;
+mod process;
 mod proxy;
 pub mod raw;
 mod tls;
 mod upstream;
 
 pub use auditor::AuditorProcess;
-pub use env::{EnvOptions, TestEnv, Tunnel, password_of};
+pub use cli::Cli;
+pub use env::{EnvOptions, HostProcess, TestEnv, Tunnel, password_of};
 pub use nats::NatsServer;
+pub use process::ServiceProcess;
 pub use proxy::CutProxy;
 pub use tls::TestCertificates;
 pub use upstream::{Recorded, Upstream, pattern, sha256_hex};

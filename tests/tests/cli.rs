@@ -1,57 +1,18 @@
 //! The real binaries, as a user runs them.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use reqwest::Method;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tunnel_tests::{DEADLINE, TestEnv, Upstream, binary, within};
-
-/// The `tunnel` binary with its stdout piped (so it prints JSON lines).
-struct Cli {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Cli {
-    fn start(env: &TestEnv, args: &[&str]) -> Self {
-        let mut child = Command::new(binary("tunnel"))
-            .arg("http")
-            .args(args)
-            .args(["--server", &env.server_url()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tunnel starts");
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        Self { child, lines }
-    }
-
-    async fn next_json(&mut self) -> serde_json::Value {
-        let line = within(DEADLINE, "a line from tunnel", self.lines.next_line()).await.expect("read").expect("a line");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = i32::try_from(self.child.id().expect("running")).expect("pid fits");
-        kill(Pid::from_raw(pid), signal).expect("signal sent");
-    }
-
-    async fn exit_code(&mut self) -> Option<i32> {
-        within(DEADLINE, "tunnel to exit", self.child.wait()).await.expect("wait").code()
-    }
-}
+use tokio::process::Command;
+use tunnel_tests::{Cli, TestEnv, Upstream, binary};
 
 #[tokio::test]
 async fn prints_json_lines_when_piped_and_serves() {
     let env = TestEnv::start().await;
     let upstream = Upstream::start().await;
     let port = upstream.port().to_string();
-    let mut cli = Cli::start(&env, &[&port, "--name", "cli-demo"]);
+    let mut cli = Cli::start(&env.server_url(), &[&port, "--name", "cli-demo"]);
     let ready = cli.next_json().await;
     assert_eq!(ready["event"], "ready");
     assert_eq!(ready["name"], "cli-demo");
@@ -72,7 +33,7 @@ async fn prints_json_lines_when_piped_and_serves() {
 
     cli.signal(Signal::SIGTERM);
     assert_eq!(cli.exit_code().await, Some(0), "SIGTERM is a clean exit");
-    let mut again = Cli::start(&env, &[&port, "--name", "cli-demo"]);
+    let mut again = Cli::start(&env.server_url(), &[&port, "--name", "cli-demo"]);
     assert_eq!(again.next_json().await["event"], "ready", "the goodbye released the name");
 }
 
@@ -81,7 +42,7 @@ async fn sigkill_mid_request_gives_502_within_a_second() {
     let env = TestEnv::start().await;
     let mut upstream = Upstream::start().await;
     let port = upstream.port().to_string();
-    let mut cli = Cli::start(&env, &[&port]);
+    let mut cli = Cli::start(&env.server_url(), &[&port]);
     let name = cli.next_json().await["name"].as_str().expect("name").to_owned();
     let pending = tokio::spawn(env.request(Method::GET, &name, "/hang").send());
     upstream.next_request().await;
@@ -96,7 +57,7 @@ async fn sigkill_mid_request_gives_502_within_a_second() {
 #[tokio::test]
 async fn a_refused_name_exits_non_zero_with_a_json_error() {
     let env = TestEnv::start().await;
-    let mut cli = Cli::start(&env, &["3000", "--name", "Not_A_Label"]);
+    let mut cli = Cli::start(&env.server_url(), &["3000", "--name", "Not_A_Label"]);
     let error = cli.next_json().await;
     assert_eq!(error["event"], "error");
     assert_eq!(error["code"], "invalid_name");

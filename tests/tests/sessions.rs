@@ -25,11 +25,13 @@ async fn a_client_killed_mid_request_fails_the_request_within_a_second() {
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-tunnel-error"], "tunnel_disconnected");
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
-    // The subscription went with the session: the next request fails as offline, not as a timeout.
+    // The subscription went with the session: the next request fails as offline, not as a
+    // timeout, once the client has not come back within the ingress's grace (3 s; the lease is
+    // kept for a resume: ADR 0004).
     let started = Instant::now();
     let next = env.get(&name, "/").await;
     assert_eq!(next.headers()["x-tunnel-error"], "tunnel_offline");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use tunnel_auditor::AuditorConfig;
 use tunnel_auditor::lease::LEADER_KEY;
 use tunnel_schemas::audit::{AuditBatch, RequestAudit};
 use tunnel_schemas::usage::{Period, QUOTA_STATE_BUCKET, QuotaLevel, QuotaState, Scope, UsageCounter, usage_key};
+use tunnel_tests::ledger::{audit_records, counters_reach, sums};
 use tunnel_tests::{AuditorProcess, DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
 
 /// Requests sent in the exactness scenarios.
@@ -58,57 +59,6 @@ async fn send(env: Arc<TestEnv>, name: &'static str, progress: watch::Sender<u64
         progress.send_modify(|done| *done += 1);
     }
     sent
-}
-
-/// The audit records of tunnel `name`, all `TOTAL` of them, as the ingress stored them.
-async fn audit_records(js: &jetstream::Context, name: &str) -> Vec<RequestAudit> {
-    let stream = js.get_stream("AUDIT").await.expect("audit stream");
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("audit.{name}.req"),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut records = Vec::new();
-    while (records.len() as u64) < TOTAL {
-        let message = within(DEADLINE, "audit records", messages.next()).await.expect("a message").expect("ok");
-        let batch: AuditBatch = tunnel_schemas::decode(&message.payload, usize::MAX).expect("a batch");
-        records.extend(batch.records);
-    }
-    records
-}
-
-/// Sums of `counters` per period: (requests, bytes in, bytes out).
-fn sums(counters: &BTreeMap<String, UsageCounter>) -> BTreeMap<&'static str, (u64, u64, u64)> {
-    let mut sums = BTreeMap::new();
-    for (key, counter) in counters {
-        let period = Period::ALL.into_iter().find(|p| key.contains(&format!(".{}.", p.as_str()))).expect("a period");
-        let sum: &mut (u64, u64, u64) = sums.entry(period.as_str()).or_default();
-        sum.0 += counter.requests;
-        sum.1 += counter.bytes_in;
-        sum.2 += counter.bytes_out;
-    }
-    sums
-}
-
-/// Follows the counters of tunnel `name` until every period sums to `requests`; returns them.
-async fn counters_reach(usage: &kv::Store, name: &str, requests: u64) -> BTreeMap<String, UsageCounter> {
-    let mut watch = usage.watch_with_history(format!("t.{name}.>")).await.expect("watch");
-    let mut counters = BTreeMap::new();
-    within(Duration::from_secs(60), "the counters to reach the total", async {
-        while let Some(entry) = watch.next().await {
-            let entry = entry.expect("entry");
-            counters.insert(entry.key.clone(), tunnel_schemas::decode(&entry.value, usize::MAX).expect("a counter"));
-            let sums = sums(&counters);
-            if sums.len() == 4 && sums.values().all(|sum| sum.0 >= requests) {
-                return;
-            }
-        }
-    })
-    .await;
-    counters
 }
 
 /// Waits until the auditor's consumer has every message acknowledged. The consumer has no
@@ -181,7 +131,7 @@ async fn exact_under_crashes(name: &'static str, auditors: usize) {
     let sent = within(Duration::from_secs(60), "the requests", sender).await.expect("sender");
     println!("{name}: {TOTAL} requests sent in {:?}; leader killed at {points:?}", started.elapsed());
 
-    let records = audit_records(&js, name).await;
+    let records = audit_records(&js, name, |records| records.len() as u64 >= TOTAL).await;
     assert_eq!(records.len() as u64, TOTAL, "one audit record per request");
     assert_eq!(records.iter().map(|r| r.bytes_in).sum::<u64>(), sent, "the ingress recorded the bodies sent");
     let bytes_in: u64 = records.iter().map(|r| r.head_in + r.bytes_in).sum();
