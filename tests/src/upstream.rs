@@ -9,6 +9,8 @@
 //! - `/stream/<n>`: `n` bytes of [`pattern`], chunked, without a length;
 //! - `/sse`: one server-sent event, then nothing for 30 seconds, then a second one;
 //! - `/endless`: 16 KiB chunks forever; the drop of the body is reported (the connection closed);
+//! - `/flood`: 64 KiB chunks forever, as fast as they are taken; the bytes handed to the
+//!   connection are counted ([`Upstream::flooded`]);
 //! - `/sha256`: reads the body as it streams and answers its length and SHA-256;
 //! - `/ws`: a WebSocket echo server (messages echoed whole; a close echoed with its code);
 //! - `/delay/<ms>`: answers `ok` after that many milliseconds;
@@ -16,6 +18,8 @@
 //! - anything else: 200 `ok`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -62,6 +66,7 @@ pub struct Upstream {
     addr: SocketAddr,
     requests: mpsc::UnboundedReceiver<Recorded>,
     hangs_dropped: mpsc::UnboundedReceiver<()>,
+    flooded: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,6 +74,7 @@ pub struct Upstream {
 struct Recorder {
     requests: mpsc::UnboundedSender<Recorded>,
     hangs_dropped: mpsc::UnboundedSender<()>,
+    flooded: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -81,13 +87,17 @@ impl Upstream {
         let addr = listener.local_addr().expect("upstream address");
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (hangs_tx, hangs_dropped) = mpsc::unbounded_channel();
-        let app = Router::new()
-            .route("/ws", axum::routing::get(websocket_echo))
-            .fallback(handle)
-            .with_state(Recorder { requests: requests_tx, hangs_dropped: hangs_tx });
+        let flooded = Arc::new(AtomicU64::new(0));
+        let recorder = Recorder { requests: requests_tx, hangs_dropped: hangs_tx, flooded: flooded.clone() };
+        let app = Router::new().route("/ws", axum::routing::get(websocket_echo)).fallback(handle).with_state(recorder);
         // The same accept loop as the services: it accepts more than hyper's default of 100 headers.
         let task = tokio::spawn(tunnel_kit::serve::serve(listener, app, Default::default(), Default::default()));
-        Self { addr, requests, hangs_dropped, task }
+        Self { addr, requests, hangs_dropped, flooded, task }
+    }
+
+    /// Bytes `/flood` responses have had taken from them so far.
+    pub fn flooded(&self) -> u64 {
+        self.flooded.load(Ordering::Relaxed)
     }
 
     /// The port it listens on.
@@ -228,6 +238,12 @@ async fn handle(State(recorder): State<Recorder>, request: Request) -> Response 
         let chunks = futures_util::stream::unfold(reporter, |reporter| async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'e'; 16 << 10])), reporter))
+        });
+        *response.body_mut() = Body::from_stream(chunks);
+    } else if path == "/flood" {
+        let chunks = futures_util::stream::repeat_with(move || {
+            recorder.flooded.fetch_add(64 << 10, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'f'; 64 << 10]))
         });
         *response.body_mut() = Body::from_stream(chunks);
     } else if path == "/sha256" {

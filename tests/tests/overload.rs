@@ -1,6 +1,7 @@
 //! Overload sheds load instead of queueing: a tunnel whose local service is slow answers the
 //! requests beyond its session's in-flight limit at once, 503 `tunnel_busy` with `Retry-After`,
-//! while another tunnel keeps answering.
+//! while another tunnel keeps answering; a public client that stops reading holds only its
+//! stream's window, not the whole download.
 
 use std::time::{Duration, Instant};
 
@@ -47,4 +48,41 @@ async fn a_slow_tunnel_sheds_the_excess_at_once_and_other_tunnels_are_unaffected
     }
     assert_eq!(quick_status, 200);
     assert!(quick_took < Duration::from_millis(SLOW_MS), "another tunnel is not held up: {quick_took:?}");
+}
+
+/// How far a download may run ahead of a public client that stopped reading: the stream's
+/// credit window (512 KiB) and the ingress's queue, plus the kernel's socket buffers on the two
+/// TCP hops around the tunnel (loopback grows them to a few MiB each). A download that did not
+/// wait for credit would be gigabytes ahead within seconds.
+const AHEAD_AT_MOST: u64 = 32 << 20;
+
+#[tokio::test]
+async fn a_public_client_that_stops_reading_holds_only_its_window() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start().await;
+    let upstream = Upstream::start().await;
+    let tunnel = env.tunnel(upstream.port(), None).await;
+    let mut socket = tokio::net::TcpStream::connect(env.ingress_addr()).await.expect("connect");
+    let request = format!("GET /flood HTTP/1.1\r\nhost: {}\r\n\r\n", env.public_host(&tunnel.name));
+    socket.write_all(request.as_bytes()).await.expect("request sent");
+    let mut head = [0; 4096];
+    let read = socket.read(&mut head).await.expect("a response");
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..read]));
+
+    // The client reads no more. The producer must come to a stop: sample it until it has not
+    // moved for a second (a stop has no event to wait on), within a deadline.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut samples = vec![upstream.flooded()];
+    while samples.len() < 6 || samples[samples.len() - 6] != upstream.flooded() {
+        assert!(Instant::now() < deadline, "the download never stopped: {samples:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.push(upstream.flooded());
+    }
+    let ahead = upstream.flooded();
+    assert!(ahead <= AHEAD_AT_MOST, "the download ran {ahead} bytes ahead of its reader");
+    assert_eq!(env.get(&tunnel.name, "/echo").await.status(), 200, "the tunnel serves others meanwhile");
+    println!(
+        "| public client stops reading an endless download | stopped {:.1} MiB ahead of it |",
+        ahead as f64 / f64::from(1 << 20)
+    );
 }
