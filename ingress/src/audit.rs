@@ -56,7 +56,7 @@ impl AuditSink {
     }
 }
 
-/// Settles gaps as they are stored, and counts the batches the journal gave up.
+/// Settles gaps as they are stored, and counts the batches the journal tried again or gave up.
 struct Dropped {
     gaps: GapLedger,
 }
@@ -66,6 +66,11 @@ impl Outcomes for Dropped {
         if is_gap(entry) {
             self.gaps.settled(&entry.tag, entry.events as u64);
         }
+    }
+
+    fn retrying(&mut self, entry: &Entry, error: &str, wait: Duration) {
+        metrics::counter!("ingress_audit_retried_total").increment(1);
+        tracing::debug!(error, subject = %entry.subject, ?wait, "audit batch not stored; trying again");
     }
 
     fn dropped(&mut self, entry: &Entry, error: &str) {

@@ -50,6 +50,8 @@ pub struct Proxy {
 
 struct Inner {
     nats: async_nats::Client,
+    /// Tells a request waiting for its answer that the connection it went out on was lost.
+    reconnects: tunnel_kit::nats::Reconnects,
     config: IngressConfig,
     /// Time the tunnel has to produce the response head.
     timeout: Duration,
@@ -100,6 +102,11 @@ const POLICY_WAIT: Duration = Duration::from_secs(2);
 
 /// Response chunks queued for the public client beyond what the exchange holds.
 const DOWNLOAD_QUEUE: usize = 2;
+
+/// How long a response head is still awaited once the NATS connection the request went out on
+/// is lost, and how long a request waits for a lost connection to be made again (the client
+/// reconnects at once, to another server of the cluster): then 503 `unavailable`.
+const LOST_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// What one request produced, for metrics and the audit record.
 struct Outcome {
@@ -160,8 +167,22 @@ impl Proxy {
         let trusted = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
         let quotas = QuotaBook::start(&nats);
         let leases = Leases::new(nats.clone());
-        let inner =
-            Inner { nats, config, timeout, ops, streams, audit, limits, policies, quotas, trusted, leases, metrics };
+        let reconnects = tunnel_kit::nats::Reconnects::watch(&nats);
+        let inner = Inner {
+            nats,
+            reconnects,
+            config,
+            timeout,
+            ops,
+            streams,
+            audit,
+            limits,
+            policies,
+            quotas,
+            trusted,
+            leases,
+            metrics,
+        };
         Self { inner: Arc::new(inner) }
     }
 }
@@ -512,7 +533,7 @@ impl Proxy {
         event: &TunnelRequest,
     ) -> Result<(TunnelResponse, Option<Subject>), Failure> {
         let nats = &self.inner.nats;
-        if nats.connection_state() != async_nats::connection::State::Connected {
+        if !self.inner.reconnects.connected_within(LOST_ANSWER_GRACE).await {
             return Err(Failure::new(ErrorCode::Unavailable, "nats is not connected"));
         }
         let mut headers = async_nats::HeaderMap::new();
@@ -526,7 +547,14 @@ impl Proxy {
             .headers(headers)
             .payload(Bytes::from(tunnel_schemas::encode(event)))
             .timeout(Some(self.inner.timeout));
-        let reply = nats.send_request(subjects::tunnel_requests(name), request).await.map_err(|e| {
+        // A request or answer in flight on a lost connection may be lost with it: fail soon
+        // rather than at the timeout.
+        let connection = self.inner.reconnects.current();
+        let sent = nats.send_request(subjects::tunnel_requests(name), request);
+        let Ok(reply) = self.inner.reconnects.unless_lost(connection, LOST_ANSWER_GRACE, sent).await else {
+            return Err(Failure::new(ErrorCode::Unavailable, "the nats connection was lost"));
+        };
+        let reply = reply.map_err(|e| {
             use async_nats::RequestErrorKind as Kind;
             match e.kind() {
                 Kind::NoResponders => Failure::new(ErrorCode::TunnelOffline, "no responders"),

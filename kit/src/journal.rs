@@ -1,13 +1,17 @@
 //! A bounded, asynchronous JetStream publisher: what the request path hands to the log.
 //!
 //! Entries wait in a bounded queue for one publisher task, which keeps at most
-//! [`MAX_UNACKED`] publishes awaiting their acknowledgement and retries a failed one up to
-//! [`ATTEMPTS`] times. Each entry carries a message id, so a publish retried after a lost
-//! acknowledgement is stored once. The caller never waits for the log: it hands entries with
-//! [`Journal::try_send`] (or, off the request path, [`Journal::send`]), and what cannot be kept
-//! is reported to the [`Outcomes`] of the journal, which count it.
+//! [`MAX_UNACKED`] entries awaiting their acknowledgement or a retry. A failed publish is tried
+//! again after [`RETRY_FIRST`], the wait doubling up to [`RETRY_CEILING`], [`ATTEMPTS`] times in
+//! all (about 11 s): long enough to ride out the election of a stream's new leader when a
+//! node of a NATS cluster is lost, which takes seconds. Each entry carries a message id, so a
+//! publish retried after a lost acknowledgement is stored once. The caller never waits for the
+//! log: it hands entries with [`Journal::try_send`] (or, off the request path,
+//! [`Journal::send`]), and what cannot be kept is reported to the [`Outcomes`] of the journal,
+//! which count it.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -17,10 +21,14 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
-/// Publishes awaiting their acknowledgement.
+/// Entries awaiting their acknowledgement or their next attempt.
 pub const MAX_UNACKED: usize = 64;
 /// Publishes of one entry before it is given up.
-pub const ATTEMPTS: u8 = 3;
+pub const ATTEMPTS: u8 = 10;
+/// Wait before the second attempt of an entry; it doubles before each later one.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts of an entry.
+pub const RETRY_CEILING: Duration = Duration::from_secs(2);
 
 /// One message for the log.
 #[derive(Debug)]
@@ -54,6 +62,11 @@ pub trait Outcomes: Send + 'static {
     /// `entry` is stored at stream sequence `sequence`.
     fn stored(&mut self, entry: &Entry, sequence: u64) {
         let _ = (entry, sequence);
+    }
+
+    /// An attempt of `entry` failed with `error`; it is tried again after `wait`.
+    fn retrying(&mut self, entry: &Entry, error: &str, wait: Duration) {
+        let _ = (entry, error, wait);
     }
 
     /// `entry` was given up after its last attempt failed with `error`.
@@ -98,12 +111,13 @@ impl Journal {
 async fn publish(js: jetstream::Context, mut entries: mpsc::Receiver<Entry>, mut outcomes: impl Outcomes) {
     let mut ready: VecDeque<Entry> = VecDeque::new();
     let mut unacked = FuturesUnordered::new();
+    let mut waiting = FuturesUnordered::new();
     let mut closed = false;
     loop {
-        if closed && ready.is_empty() && unacked.is_empty() {
+        if closed && ready.is_empty() && unacked.is_empty() && waiting.is_empty() {
             return;
         }
-        if unacked.len() < MAX_UNACKED
+        if unacked.len() + waiting.len() < MAX_UNACKED
             && let Some(entry) = ready.pop_front()
         {
             let mut message = PublishMessage::build().message_id(&entry.id).payload(entry.payload.clone());
@@ -116,15 +130,16 @@ async fn publish(js: jetstream::Context, mut entries: mpsc::Receiver<Entry>, mut
             }
             match js.send_publish(entry.subject.clone(), message).await {
                 Ok(ack) => unacked.push(async move { (ack.await, entry) }),
-                Err(e) => retry(&mut ready, entry, &e.to_string(), &mut outcomes),
+                Err(e) => retry(&mut waiting, entry, &e.to_string(), &mut outcomes),
             }
             continue;
         }
         tokio::select! {
             Some((acked, entry)) = unacked.next(), if !unacked.is_empty() => match acked {
                 Ok(ack) => outcomes.stored(&entry, ack.sequence),
-                Err(e) => retry(&mut ready, entry, &e.to_string(), &mut outcomes),
+                Err(e) => retry(&mut waiting, entry, &e.to_string(), &mut outcomes),
             },
+            Some(entry) = waiting.next(), if !waiting.is_empty() => ready.push_front(entry),
             entry = entries.recv(), if !closed && ready.is_empty() => match entry {
                 Some(entry) => ready.push_back(entry),
                 None => closed = true,
@@ -133,11 +148,41 @@ async fn publish(js: jetstream::Context, mut entries: mpsc::Receiver<Entry>, mut
     }
 }
 
-fn retry(ready: &mut VecDeque<Entry>, mut entry: Entry, error: &str, outcomes: &mut impl Outcomes) {
+/// An entry waiting for its next attempt.
+type Waiting = std::pin::Pin<Box<dyn std::future::Future<Output = Entry> + Send>>;
+
+/// Schedules the next attempt of `entry`, whose last one failed with `error`, or gives it up
+/// after [`ATTEMPTS`].
+fn retry(waiting: &mut FuturesUnordered<Waiting>, mut entry: Entry, error: &str, outcomes: &mut impl Outcomes) {
     entry.attempts += 1;
-    if entry.attempts < ATTEMPTS {
-        ready.push_back(entry);
-    } else {
+    let Some(wait) = backoff(entry.attempts) else {
         outcomes.dropped(&entry, error);
+        return;
+    };
+    outcomes.retrying(&entry, error, wait);
+    waiting.push(Box::pin(async move {
+        tokio::time::sleep(wait).await;
+        entry
+    }));
+}
+
+/// The wait before the next attempt of an entry that failed `failed` times; `None` when it is
+/// to be given up.
+fn backoff(failed: u8) -> Option<Duration> {
+    (failed < ATTEMPTS).then(|| RETRY_FIRST.saturating_mul(1 << (failed - 1).min(16)).min(RETRY_CEILING))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_are_spread_over_seconds_then_given_up() {
+        let waits: Vec<Duration> = (1..).map_while(backoff).collect();
+        assert_eq!(waits.len(), usize::from(ATTEMPTS) - 1);
+        assert_eq!(waits[..3], [RETRY_FIRST, RETRY_FIRST * 2, RETRY_FIRST * 4]);
+        assert_eq!(waits.last(), Some(&RETRY_CEILING));
+        let total: Duration = waits.iter().sum();
+        assert!(total > Duration::from_secs(10), "a stream leader election is ridden out: {total:?}");
     }
 }

@@ -1,6 +1,13 @@
-//! Connecting to NATS.
+//! Connecting to NATS, and telling when a connection was lost.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// How often [`Reconnects`] looks at a client's count of connections made.
+pub const RECONNECT_POLL: Duration = Duration::from_millis(20);
 
 /// Why NATS could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +66,102 @@ fn reconnect_delay(attempts: usize) -> Duration {
     }
 }
 
+/// Tells whether the connection something was sent on is still the client's, to stop waiting
+/// for an answer that may have been lost with it.
+///
+/// A client reconnects on its own within milliseconds when its server goes away, resubscribing
+/// everything, so most answers in flight still arrive; but one sent while its recipient had
+/// no subscription anywhere (the old server gone, the new one not yet told) is lost, and its
+/// waiter would wait until its timeout. The connection state barely shows such a loss; the
+/// count of connections made does. One task per watch looks at both every [`RECONNECT_POLL`]
+/// (it ends with the last clone).
+#[derive(Clone)]
+pub struct Reconnects {
+    statistics: Arc<async_nats::Statistics>,
+    link: watch::Receiver<Link>,
+}
+
+/// What the watch last saw of the client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link {
+    /// Connections made so far: the number of the current one.
+    connects: u64,
+    /// Whether the client is connected.
+    connected: bool,
+}
+
+/// A connection was lost while an answer was awaited on it, and the answer did not come within
+/// the grace given.
+#[derive(Debug, thiserror::Error)]
+#[error("the nats connection was lost while an answer was awaited")]
+pub struct ConnectionLost;
+
+impl Reconnects {
+    /// Starts watching `client`.
+    pub fn watch(client: &async_nats::Client) -> Self {
+        let statistics = client.statistics();
+        let look = {
+            let (client, statistics) = (client.clone(), statistics.clone());
+            move || Link {
+                connects: statistics.connects.load(Ordering::Relaxed),
+                connected: client.connection_state() == async_nats::connection::State::Connected,
+            }
+        };
+        let (tell, link) = watch::channel(look());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RECONNECT_POLL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !tell.is_closed() {
+                every.tick().await;
+                let now = look();
+                tell.send_if_modified(|seen| std::mem::replace(seen, now) != now);
+            }
+        });
+        Self { statistics, link }
+    }
+
+    /// Whether the client is connected, or connects within `wait` (a client whose server went
+    /// away is usually connected to another one within milliseconds). As of the last look.
+    pub async fn connected_within(&self, wait: Duration) -> bool {
+        let mut link = self.link.clone();
+        let connected = async { link.wait_for(|link| link.connected).await.is_ok() };
+        tokio::time::timeout(wait, connected).await.unwrap_or(false)
+    }
+
+    /// The number of the current connection, to give [`Reconnects::unless_lost`] for what is sent
+    /// now.
+    pub fn current(&self) -> u64 {
+        self.statistics.connects.load(Ordering::Relaxed)
+    }
+
+    /// Awaits `answer`, awaited on connection number `connection`. Once that connection is lost
+    /// (disconnected, or replaced by another), the answer has `grace` more to come: one sent
+    /// after the new connection's subscriptions reached the cluster still arrives.
+    ///
+    /// # Errors
+    /// [`ConnectionLost`] when the answer did not come within the grace.
+    pub async fn unless_lost<F: Future>(
+        &self,
+        connection: u64,
+        grace: Duration,
+        answer: F,
+    ) -> Result<F::Output, ConnectionLost> {
+        let mut answer = std::pin::pin!(answer);
+        let mut link = self.link.clone();
+        let lost = async { link.wait_for(|link| link.connects > connection || !link.connected).await.is_ok() };
+        tokio::select! {
+            output = &mut answer => return Ok(output),
+            watched = lost => {
+                if !watched {
+                    // Nobody watches any more: nothing is known to be lost.
+                    return Ok(answer.await);
+                }
+            }
+        }
+        tokio::time::timeout(grace, answer).await.map_err(|_| ConnectionLost)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +170,63 @@ mod tests {
     fn reconnects_at_once_then_at_most_every_half_second() {
         let delays: Vec<u128> = [1, 2, 3, 6, 7, 100, usize::MAX].map(|a| reconnect_delay(a).as_millis()).to_vec();
         assert_eq!(delays, [0, 20, 40, 320, 500, 500, 500]);
+    }
+
+    /// A watch whose links the test sets.
+    fn reconnects() -> (Reconnects, watch::Sender<Link>) {
+        let (tell, link) = watch::channel(Link { connects: 1, connected: true });
+        let statistics = Arc::new(async_nats::Statistics::default());
+        statistics.connects.store(1, Ordering::Relaxed);
+        (Reconnects { statistics, link }, tell)
+    }
+
+    const GRACE: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_on_a_kept_connection_is_awaited_as_long_as_it_takes() {
+        let (reconnects, _tell) = reconnects();
+        let slow = tokio::time::sleep(Duration::from_secs(600));
+        assert!(reconnects.unless_lost(reconnects.current(), GRACE, slow).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_lost_with_its_connection_is_given_up_after_the_grace() {
+        let (reconnects, tell) = reconnects();
+        let connection = reconnects.current();
+        let started = tokio::time::Instant::now();
+        let waiting = reconnects.unless_lost(connection, GRACE, std::future::pending::<()>());
+        let lose = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tell.send_replace(Link { connects: 2, connected: true });
+        };
+        let (outcome, ()) = tokio::join!(waiting, lose);
+        assert!(outcome.is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(3) + GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_within_the_grace_still_counts() {
+        let (reconnects, tell) = reconnects();
+        tell.send_replace(Link { connects: 1, connected: false });
+        let answer = async {
+            tokio::time::sleep(GRACE / 2).await;
+            "answer"
+        };
+        assert_eq!(reconnects.unless_lost(1, GRACE, answer).await.ok(), Some("answer"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_a_moment_for_the_client_to_reconnect() {
+        let (reconnects, tell) = reconnects();
+        assert!(reconnects.connected_within(Duration::ZERO).await, "connected");
+        tell.send_replace(Link { connects: 1, connected: false });
+        let reconnect = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            tell.send_replace(Link { connects: 2, connected: true });
+        };
+        let (connected, ()) = tokio::join!(reconnects.connected_within(GRACE), reconnect);
+        assert!(connected, "connected again within the wait");
+        tell.send_replace(Link { connects: 2, connected: false });
+        assert!(!reconnects.connected_within(GRACE).await, "still disconnected after the wait");
     }
 }

@@ -36,7 +36,7 @@ struct LeaseRecord {
 }
 
 /// A lease held by a session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Lease {
     /// The name held.
     pub name: TunnelName,

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use tunnel_schemas::audit::Access;
 use tunnel_schemas::events::{Control, Failure, REQUEST_ID_HEADER, STREAM_HEADER, UPLOAD_HEADER};
 use tunnel_schemas::frames::{ClientFrame, Hello, HostFrame, StreamId, Welcome};
@@ -218,6 +219,30 @@ struct Session {
     end: Option<(Instant, Failure)>,
 }
 
+/// What a lease renewal found.
+struct Renewal {
+    /// The lease, with the revision of the renewal when it was stored.
+    lease: Lease,
+    renewed: Result<(), LeaseError>,
+    /// Whether the session may still hold the name (none reserved it for another account).
+    owner: Result<bool, Failure>,
+    /// Whether the session's token still exists (none in anonymous mode or with a JWT).
+    valid: Option<Result<bool, Failure>>,
+}
+
+/// Renews `lease` and checks the name's reservation and the token, apart from the session's
+/// loop: JetStream may take seconds to answer (while it elects a stream's leader after losing
+/// a NATS node), and the session meanwhile relays its requests.
+async fn renewal_checks(hub: Arc<Hub>, mut lease: Lease, credential: Option<Credential>) -> Renewal {
+    let renewed = hub.leases.renew(&mut lease).await;
+    let owner = hub.auth.may_hold(credential.as_ref(), lease.name.as_str()).await;
+    let valid = match &credential {
+        Some(credential) => Some(hub.auth.still_valid(credential).await),
+        None => None,
+    };
+    Renewal { lease, renewed, owner, valid }
+}
+
 impl Session {
     async fn open(
         hub: &Arc<Hub>,
@@ -332,6 +357,7 @@ impl Session {
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut release = false;
+        let mut renewal: Option<JoinHandle<Renewal>> = None;
         // Steps that are rare or hold much state (lease renewal, relaying, the sweep) run boxed,
         // so that their state does not enlarge the future every idle session keeps.
         let ending = loop {
@@ -374,7 +400,18 @@ impl Session {
                     Some(frame) => self.send(frame).await,
                     None => Ok(()),
                 },
-                _ = renew.tick(), if !self.drained => Box::pin(self.renew()).await,
+                _ = renew.tick(), if !self.drained && renewal.is_none() => {
+                    let checks = renewal_checks(self.hub.clone(), self.lease.clone(), self.credential.clone());
+                    renewal = Some(tokio::spawn(checks.in_current_span()));
+                    Ok(())
+                }
+                done = async { renewal.as_mut().expect("a renewal runs").await }, if renewal.is_some() => {
+                    renewal = None;
+                    match done {
+                        Ok(done) => Box::pin(self.renewed(done)).await,
+                        Err(e) => Err(Failure::new(ErrorCode::Internal, format!("lease renewal failed: {e}"))),
+                    }
+                }
                 _ = ping.tick() => self.keepalive(ping_interval).await,
                 _ = sweep.tick(), if !self.exchanges.is_empty() => Box::pin(self.sweep()).await,
                 () = sleep_until_or_never(end_at), if end_at.is_some() => match self.end.take() {
@@ -394,24 +431,25 @@ impl Session {
         ending
     }
 
-    /// Renews the lease (a lost lease drains the session), checks that no other account reserved
-    /// the name meanwhile, and that the session's token still exists (a revoked one ends it,
-    /// should the revocation watch have missed it).
-    async fn renew(&mut self) -> Result<(), Failure> {
-        match self.hub.leases.renew(&mut self.lease).await {
+    /// Takes in what a renewal found ([`renewal_checks`]): a lost lease drains the session, a
+    /// name another account reserved meanwhile or a token that no longer exists (should the
+    /// revocation watch have missed it) ends it.
+    async fn renewed(&mut self, Renewal { lease, renewed, owner, valid }: Renewal) -> Result<(), Failure> {
+        self.lease = lease;
+        match renewed {
             Ok(()) => {}
             Err(LeaseError::Lost | LeaseError::InUse) => {
                 self.start_drain(Failure::new(ErrorCode::SessionReplaced, "lease lost")).await;
             }
             Err(LeaseError::Unavailable(e)) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
         }
-        if let Err(failure) = self.hub.auth.may_hold(self.credential.as_ref(), self.lease.name.as_str()).await
+        if let Err(failure) = owner
             && failure.code == ErrorCode::NameOwned
         {
             return Err(failure);
         }
-        if let Some(credential) = &self.credential {
-            match self.hub.auth.still_valid(credential).await {
+        if let (Some(credential), Some(valid)) = (&self.credential, valid) {
+            match valid {
                 Ok(true) => {}
                 Ok(false) => return Err(credential.lapsed()),
                 Err(failure) => tracing::warn!(detail = %failure.detail, "token check failed; retrying"),

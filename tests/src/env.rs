@@ -73,6 +73,12 @@ pub struct EnvOptions {
     pub in_process_auditor: bool,
     /// Auditor: length of its "minute", in seconds.
     pub usage_minute_secs: u64,
+    /// The NATS servers the components connect to (comma-separated client URLs, e.g.
+    /// [`crate::NatsCluster::urls`]) instead of a server of the environment's own; `nats_config`
+    /// and `permissions` are then the scenario's business.
+    pub nats_urls: Option<String>,
+    /// Replicas of the streams and buckets the components create (3 on a three-node cluster).
+    pub replicas: usize,
 }
 
 /// The password of `user` in an environment with [`EnvOptions::permissions`].
@@ -123,14 +129,39 @@ impl Default for EnvOptions {
             jwt: tunnel_session_host::config::JwtConfig::default(),
             in_process_auditor: true,
             usage_minute_secs: 60,
+            nats_urls: None,
+            replicas: 1,
         }
+    }
+}
+
+/// The NATS a [`TestEnv`] runs on: a server of its own, or servers the scenario runs
+/// ([`EnvOptions::nats_urls`]).
+pub struct EnvNats {
+    url: String,
+    server: Option<NatsServer>,
+}
+
+impl EnvNats {
+    /// The client URL (`nats://127.0.0.1:<port>`), or the comma-separated URLs of
+    /// [`EnvOptions::nats_urls`].
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The environment's own server, to kill and restart.
+    ///
+    /// # Panics
+    /// On an environment started on [`EnvOptions::nats_urls`].
+    pub fn server(&mut self) -> &mut NatsServer {
+        self.server.as_mut().expect("an environment with its own nats-server")
     }
 }
 
 /// A running system; everything stops when it is dropped.
 pub struct TestEnv {
-    /// The NATS server.
-    pub nats: NatsServer,
+    /// The NATS server(s).
+    pub nats: EnvNats,
     options: EnvOptions,
     ingress: SocketAddr,
     /// Session-hosts by address, each with its own shutdown token.
@@ -164,7 +195,13 @@ impl TestEnv {
         } else {
             options.nats_config.clone()
         };
-        let nats = NatsServer::start_with(&config);
+        let nats = match &options.nats_urls {
+            Some(urls) => EnvNats { url: urls.clone(), server: None },
+            None => {
+                let server = NatsServer::start_with(&config);
+                EnvNats { url: server.url().to_owned(), server: Some(server) }
+            }
+        };
         let shutdown = CancellationToken::new();
         let mut services = Vec::new();
 
@@ -197,6 +234,7 @@ impl TestEnv {
         let auditor_config = tunnel_auditor::AuditorConfig {
             nats_url: nats.url().to_owned(),
             usage_minute_secs: options.usage_minute_secs,
+            replicas: options.replicas,
             ..Default::default()
         };
         let auditor_nats = connect(&as_user("auditor"), "aud").await;
@@ -226,6 +264,7 @@ impl TestEnv {
             let bucket = async_nats::jetstream::kv::Config {
                 bucket: tunnel_schemas::tokens::TOKENS_BUCKET.into(),
                 history: 1,
+                num_replicas: options.replicas,
                 ..Default::default()
             };
             js.create_key_value(bucket).await.expect("token bucket");
@@ -274,6 +313,8 @@ impl TestEnv {
             connection_burst_per_ip: self.options.connections_per_ip.1,
             max_pending_handshakes_per_ip: self.options.max_pending_handshakes_per_ip,
             max_inflight_per_session: self.options.max_inflight_per_session,
+            lease_replicas: self.options.replicas,
+            record_replicas: self.options.replicas,
             ..HostConfig::default()
         };
         let nats = connect(&self.nats_url_as("session-host"), "host").await;
@@ -376,15 +417,19 @@ impl TestEnv {
     /// # Panics
     /// When it does not within the deadline.
     pub async fn counter_reaches(&self, name: &str, at_least: f64) {
-        let value = || {
-            let prefix = format!("{name} ");
-            self.metrics.render().lines().find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok()).unwrap_or(0.0)
-        };
         let deadline = std::time::Instant::now() + DEADLINE;
-        while value() < at_least {
-            assert!(std::time::Instant::now() < deadline, "{name} is {} after {DEADLINE:?}, not {at_least}", value());
+        while self.counter(name) < at_least {
+            let value = self.counter(name);
+            assert!(std::time::Instant::now() < deadline, "{name} is {value} after {DEADLINE:?}, not {at_least}");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// The unlabelled counter `name` of this process's metrics (shared by the environments of
+    /// one test binary), 0 when it was never incremented.
+    pub fn counter(&self, name: &str) -> f64 {
+        let prefix = format!("{name} ");
+        self.metrics.render().lines().find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok()).unwrap_or(0.0)
     }
 
     /// The address where the ingress redirects plain HTTP to HTTPS (with [`EnvOptions::tls`]).

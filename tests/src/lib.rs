@@ -10,12 +10,15 @@
 //! ```
 //!
 //! Everything is real: [`NatsServer`] runs a `nats-server` process (random port, its own store
-//! directory, killed on drop); ingress and session-host run in the test process on port 0 with
-//! their own NATS connections; the client is the `tunnel` library (or its binary); the local
-//! service is a real HTTP server ([`Upstream`]); [`CutProxy`] cuts connections on demand.
+//! directory, killed on drop), [`NatsCluster`] three of them routed into a cluster, to kill,
+//! restart or freeze ([`EnvOptions::nats_urls`] puts an environment on it); ingress and
+//! session-host run in the test process on port 0 with their own NATS connections; the client is
+//! the `tunnel` library (or its binary); the local service is a real HTTP server ([`Upstream`]);
+//! [`CutProxy`] cuts connections on demand.
 
 mod auditor;
 mod cli;
+mod cluster;
 mod env;
 pub mod ledger;
 mod nats;
@@ -27,7 +30,8 @@ mod upstream;
 
 pub use auditor::AuditorProcess;
 pub use cli::Cli;
-pub use env::{EnvOptions, HostProcess, TestEnv, Tunnel, password_of};
+pub use cluster::NatsCluster;
+pub use env::{EnvNats, EnvOptions, HostProcess, TestEnv, Tunnel, password_of};
 pub use nats::NatsServer;
 pub use process::ServiceProcess;
 pub use proxy::CutProxy;

@@ -4,11 +4,11 @@
 //! reached the stream.
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use tunnel_schemas::ErrorCode;
 use tunnel_schemas::audit::{AuditBatch, RequestAudit};
-use tunnel_tests::{DEADLINE, TestEnv, Upstream, run_tunnel, within};
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Upstream, run_tunnel, within};
 use tunnel_trail::event::TrailEvent;
 
 /// The audit records of tunnel `name`, as they are stored.
@@ -92,6 +92,27 @@ async fn records_dropped_while_the_stream_is_gone_are_reported_as_a_gap() {
         Ok(TrailEvent::Audit(record)) => assert_eq!(record.path, "/after"),
         other => panic!("expected the new record, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_batch_is_stored_when_the_stream_is_back_within_seconds() {
+    // As while a NATS cluster elects a new leader for the stream after losing a node: the
+    // publish finds no stream, is tried again later, and is stored once, not dropped. (No
+    // auditor: it would make the stream again as it starts.)
+    let env = TestEnv::start_with(EnvOptions { in_process_auditor: false, ..EnvOptions::default() }).await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.expect("nats"));
+    js.delete_stream("AUDIT").await.expect("deleted");
+    let retried = env.counter("ingress_audit_retried_total");
+    assert_eq!(env.get("brief-gap", "/meanwhile").await.status(), 502);
+    env.counter_reaches("ingress_audit_retried_total", retried + 1.0).await;
+    let config = tunnel_auditor::AuditorConfig::default();
+    tunnel_auditor::stream::ensure_stream(&js, &config).await.expect("the stream is back");
+    let mut records = Box::pin(records(&env, "brief-gap").await);
+    let record = within(DEADLINE, "the record", records.next()).await.expect("a record");
+    assert_eq!(record.path, "/meanwhile", "the batch was kept, not dropped");
+    let subjects = js.get_stream("AUDIT").await.expect("stream").info_with_subjects("audit.brief-gap.>").await;
+    let subjects: Vec<(String, usize)> = subjects.expect("info").try_collect().await.expect("subjects");
+    assert_eq!(subjects, [("audit.brief-gap.req".to_owned(), 1)], "stored once, and no gap reported");
 }
 
 /// An old audit record of `tunnel`.

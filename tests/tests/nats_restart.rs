@@ -52,11 +52,11 @@ async fn after_a_nats_crash_everything_reconnects_and_the_log_is_whole() {
     let recorded_before = stream_messages(&js, "RECORDINGS").await;
     let lease_before = lease(&js, &name).await;
 
-    env.nats.kill();
+    env.nats.server().kill();
     let down = env.get(&name, "/echo").await;
     assert_eq!(down.status(), 503, "without NATS a request is refused at once");
     assert_eq!(down.headers()["x-tunnel-error"], "unavailable");
-    env.nats.restart();
+    env.nats.server().restart();
     let back = Instant::now();
     let mut refused = 0;
     within(DEADLINE, "the tunnel to serve again", async {
