@@ -469,7 +469,7 @@ impl Proxy {
             let reply = self.await_head(request, exchange).await?;
             let offline = matches!(&reply, Err(failure) if failure.code == ErrorCode::TunnelOffline);
             let grace = self.inner.config.offline_grace_ms;
-            if offline && comeback.is_none() && grace > 0 && self.inner.leases.held(name).await {
+            if offline && comeback.is_none() && grace > 0 && self.inner.leases.may_return(name).await {
                 metrics::counter!("ingress_requests_awaiting_tunnel_total").increment(1);
                 comeback = Some((Instant::now() + Duration::from_millis(grace), crate::resume::delays()));
             }

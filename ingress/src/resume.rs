@@ -1,7 +1,8 @@
 //! Waiting out a tunnel's reconnect. A request that finds no responder for a tunnel whose lease
 //! is still held (its client lost its session-host and is coming back, on another host, within
-//! a second or so) is sent again for up to `offline_grace_ms` instead of failing at once. A
-//! tunnel with no lease is offline for good: its requests fail at once, as before.
+//! a second or so), or whose lease cannot be read right now, is sent again for up to
+//! `offline_grace_ms` instead of failing at once. A tunnel with no lease is offline for good:
+//! its requests fail at once, as before.
 //!
 //! "No responders" proves nobody received the request, so sending it again never runs it twice.
 
@@ -12,7 +13,7 @@ use tokio::sync::OnceCell;
 use tunnel_schemas::names::TunnelName;
 use tunnel_schemas::subjects::{LEASES_BUCKET, lease_key};
 
-/// Longest wait for the lease lookup: with JetStream unavailable, the request fails as before.
+/// Longest wait for the lease lookup; beyond it the tunnel is presumed to be coming back.
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 /// First delay between attempts; each next one doubles, up to [`LONGEST_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(20);
@@ -31,14 +32,15 @@ impl Leases {
         Self { js: jetstream::new(nats), store: OnceCell::new() }
     }
 
-    /// Whether `name` is leased: a client holds it, or held it and may resume it. `false` when
-    /// the bucket cannot be read in time.
-    pub async fn held(&self, name: &TunnelName) -> bool {
+    /// Whether `name` may come back: it is leased (a client holds it, or held it and may resume
+    /// it), or the bucket cannot be read in time (JetStream is electing a leader after a node
+    /// loss, when clients are most likely moving: better wait the grace than refuse).
+    pub async fn may_return(&self, name: &TunnelName) -> bool {
         let lookup = async {
-            let store = self.store.get_or_try_init(|| self.js.get_key_value(LEASES_BUCKET)).await.ok()?;
-            store.get(lease_key(name)).await.ok()?
+            let store = self.store.get_or_try_init(|| self.js.get_key_value(LEASES_BUCKET)).await.map_err(drop)?;
+            store.get(lease_key(name)).await.map_err(drop)
         };
-        matches!(tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await, Ok(Some(_)))
+        !matches!(tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await, Ok(Ok(None)))
     }
 }
 

@@ -44,6 +44,33 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A stream silent this long is reset.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// An ingress's liveness probe of a session, sent as a NATS request to the session's probe
+/// subject (`subjects::probe_subject`): the session's stream ids whose exchanges the ingress still
+/// awaits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Stream ids of the session (the last token of its stream subjects).
+    #[serde(default)]
+    pub streams: Vec<u32>,
+}
+
+/// The answer to a [`Probe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAnswer {
+    /// The session is open; of the streams asked about, it no longer holds `gone` (their
+    /// exchanges ended at the session, and what it sent last was lost on the way).
+    Open {
+        /// The streams asked about that the session no longer holds.
+        #[serde(default)]
+        gone: Vec<u32>,
+    },
+    /// The session is not open on its host.
+    Closed {
+        /// Why, for the exchanges it held.
+        code: ErrorCode,
+    },
+}
+
 /// One frame of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamFrame {

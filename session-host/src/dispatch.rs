@@ -1,7 +1,7 @@
 //! The host-wide subscriptions: one on every tunnel's control subject and one on the stream
 //! subjects of every session of this host, each message handed to its session through the
-//! [`Registry`]. Ingress liveness probes of a session arrive on the stream subscription too and
-//! are answered here.
+//! [`Registry`]. Ingress liveness probes of a session arrive on the stream subscription too: the
+//! session answers them, or this task when the session is not open here.
 //!
 //! One subscription each, not one per session, keeps an idle session cheap: a NATS subscription
 //! costs a queue in the client and an entry in the server. Only the request subscription stays
@@ -9,12 +9,11 @@
 //! hold it. Takeover notices for tunnels held elsewhere are ignored.
 
 use async_nats::{Subject, Subscriber};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunnel_schemas::events::Control;
-use tunnel_schemas::stream::StreamFrame;
+use tunnel_schemas::stream::ProbeAnswer;
 use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, subjects};
 
 use crate::registry::{Registry, Undelivered};
@@ -79,11 +78,9 @@ async fn route_streams(
     while let Some(Some(message)) = stop.run_until_cancelled(streams.next()).await {
         let subject = message.subject.clone();
         let Some(session) = session_of(&inbox_prefix, &subject) else { continue };
-        if subject.ends_with(subjects::PROBE_TOKEN) {
-            answer_probe(&nats, &registry, session, message.reply).await;
-            continue;
-        }
+        let probe = subject.ends_with(subjects::PROBE_TOKEN).then(|| message.reply.clone()).flatten();
         match registry.deliver_stream(session, message) {
+            Err(Undelivered::NoSession) if probe.is_some() => answer_closed(&nats, probe).await,
             Ok(()) => {}
             Err(Undelivered::NoSession) => tracing::debug!(session, "stream frame for a session not open here"),
             Err(Undelivered::QueueFull) => {
@@ -95,17 +92,13 @@ async fn route_streams(
     let _ = streams.unsubscribe().await;
 }
 
-/// Answers an ingress's liveness probe of `session`: empty while it is open here, a reset once
-/// it is not. Answered by the host-wide task, so a session busy relaying still answers at once;
-/// a frozen host answers nothing, which is how ingress tells it from a slow local service.
-async fn answer_probe(nats: &async_nats::Client, registry: &Registry, session: &str, reply: Option<Subject>) {
+/// Answers an ingress's liveness probe of a session that is not open here (an open session
+/// answers its probes itself, from its exchanges): `Closed`. A frozen host answers nothing, which
+/// is how ingress tells it from a slow local service.
+async fn answer_closed(nats: &async_nats::Client, reply: Option<Subject>) {
     let Some(reply) = reply else { return };
-    let answer = if registry.is_open(session) {
-        Bytes::new()
-    } else {
-        tunnel_schemas::encode(&StreamFrame::Reset { code: ErrorCode::TunnelDisconnected }).into()
-    };
-    if let Err(e) = nats.publish(reply, answer).await {
+    let answer = ProbeAnswer::Closed { code: ErrorCode::TunnelDisconnected };
+    if let Err(e) = nats.publish(reply, tunnel_schemas::encode(&answer).into()).await {
         tracing::debug!(error = %e, "probe answer not published");
     }
 }

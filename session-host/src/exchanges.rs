@@ -15,7 +15,7 @@ use async_nats::Subject;
 use bytes::Bytes;
 use tunnel_schemas::events::{Failure, TunnelReply};
 use tunnel_schemas::frames::{HostFrame, StreamId};
-use tunnel_schemas::stream::{IDLE_TIMEOUT, PING_INTERVAL, StreamFrame};
+use tunnel_schemas::stream::{IDLE_TIMEOUT, PING_INTERVAL, Probe, ProbeAnswer, StreamFrame};
 use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, encode, subjects};
 
 use crate::recording::{Capture, SessionRecording};
@@ -35,6 +35,16 @@ struct Exchange {
     acked: bool,
     /// The exchange as recorded so far, on a recorded tunnel.
     capture: Option<Box<Capture>>,
+}
+
+/// What an ingress message on one of the session's stream subjects calls for.
+pub enum Relayed {
+    /// This frame, to the client.
+    Frame(HostFrame),
+    /// An answer to the liveness probe ([`Exchanges::answer_probe`]).
+    Probe,
+    /// Nothing (a ping, a frame of a finished exchange, an undecodable frame).
+    Nothing,
 }
 
 /// The exchanges of one session.
@@ -151,10 +161,31 @@ impl Exchanges {
         }
     }
 
-    /// An ingress stream frame for the client, when it belongs to an open exchange; a `Reset`
-    /// ends the exchange, a `Ping` only proves the ingress alive.
-    pub fn relay_from_ingress(&mut self, message: &async_nats::Message) -> Option<HostFrame> {
-        let stream = message.subject.rsplit('.').next()?.parse::<StreamId>().ok()?;
+    /// What an ingress message on a stream subject asks of the session: a frame for the client,
+    /// when it belongs to an open exchange (a `Reset` ends the exchange, a `Ping` only proves the
+    /// ingress alive), or an answer to a liveness probe.
+    pub fn relay_from_ingress(&mut self, message: &async_nats::Message) -> Relayed {
+        match message.subject.rsplit('.').next() {
+            Some(subjects::PROBE_TOKEN) => Relayed::Probe,
+            Some(stream) => stream
+                .parse()
+                .ok()
+                .and_then(|stream| self.frame_from_ingress(stream, message))
+                .map_or(Relayed::Nothing, Relayed::Frame),
+            None => Relayed::Nothing,
+        }
+    }
+
+    /// Answers an ingress's [`Probe`]: which of the streams it asks about this session no longer
+    /// holds.
+    pub async fn answer_probe(&self, message: &async_nats::Message) {
+        let Some(reply) = message.reply.clone() else { return };
+        let probe = tunnel_schemas::decode::<Probe>(&message.payload, MAX_FRAME_BYTES).unwrap_or_default();
+        let gone = probe.streams.into_iter().filter(|stream| !self.open.contains_key(stream)).collect();
+        self.publish(reply, encode(&ProbeAnswer::Open { gone }).into()).await;
+    }
+
+    fn frame_from_ingress(&mut self, stream: StreamId, message: &async_nats::Message) -> Option<HostFrame> {
         // Copied, not shared, to keep the NATS client's read buffer reusable (see ingress streams).
         let frame = match tunnel_schemas::decode::<StreamFrame>(&message.payload, MAX_FRAME_BYTES) {
             Ok(frame) => frame,

@@ -144,11 +144,6 @@ impl Registry {
         })
     }
 
-    /// Whether `session` is open on this host.
-    pub fn is_open(&self, session: &str) -> bool {
-        self.lock().by_session.contains_key(session)
-    }
-
     /// Tells every session of `tunnel` on this host but `by` that session `by` took it over;
     /// returns how many were told.
     pub fn take_over(&self, tunnel: &str, by: &str) -> usize {

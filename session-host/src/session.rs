@@ -26,7 +26,7 @@ use tunnel_kit::service::ServiceConfig;
 use crate::access_log::Who;
 use crate::admission::Pending;
 use crate::auth::Credential;
-use crate::exchanges::Exchanges;
+use crate::exchanges::{Exchanges, Relayed};
 use crate::hub::Hub;
 use crate::leases::{Lease, LeaseError};
 use crate::registry::Registration;
@@ -397,8 +397,12 @@ impl Session {
                     }
                 }
                 Some(message) = self.registration.streams.recv() => match self.exchanges.relay_from_ingress(&message) {
-                    Some(frame) => self.send(frame).await,
-                    None => Ok(()),
+                    Relayed::Frame(frame) => self.send(frame).await,
+                    Relayed::Probe => {
+                        self.exchanges.answer_probe(&message).await;
+                        Ok(())
+                    }
+                    Relayed::Nothing => Ok(()),
                 },
                 _ = renew.tick(), if !self.drained && renewal.is_none() => {
                     let checks = renewal_checks(self.hub.clone(), self.lease.clone(), self.credential.clone());

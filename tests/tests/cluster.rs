@@ -2,9 +2,9 @@
 //! under steady load across 20 tunnels with auditing and recording on, while one node is killed
 //! with SIGKILL and started again, then another: the tunnels stay reachable, no request hangs,
 //! the requests that fail are those in flight on the killed node's connections and fail with an
-//! error code (`x-tunnel-error`; 502/503, or 504 where the node carried the session-host's
-//! connection, see [`check_requests`]), and no audit record, usage count or recording is lost or
-//! doubled. A second scenario cuts every NATS connection while a request awaits its answer.
+//! error code (`x-tunnel-error`; 502/503, or 504 `host_unresponsive` where the node carried the
+//! session-host's connection, see [`check_requests`]), and no audit record, usage count or
+//! recording is lost or doubled. A second scenario cuts every NATS connection while a request awaits its answer.
 //!
 //! The figures (failed requests, longest request, recovery time per kill) are printed; run
 //! `cargo test -p tunnel-tests --test cluster -- --nocapture` to see them.
@@ -37,9 +37,9 @@ const PACE: Duration = Duration::from_millis(100);
 const SLOW_PATH: &str = "/delay/150";
 /// Deadline of every public request: one that takes longer has hung.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// The ingress's `request_timeout_secs`: a request whose answer is lost where the ingress
-/// cannot see it ends with 504 then.
-const INGRESS_TIMEOUT_SECS: u64 = 5;
+/// The ingress's `request_timeout_secs`, as deployed: a request whose answer is lost inside a
+/// dying node must be failed by the ingress's probes of the session (ADR 0004), long before.
+const INGRESS_TIMEOUT_SECS: u64 = 900;
 /// Requests completed before the first kill, while a node is down, and after each recovery.
 const PHASE_REQUESTS: u64 = 300;
 /// Requests sent, one every [`PACE`], while a node is frozen.
@@ -474,9 +474,10 @@ fn no_responder(outcome: &Outcome) -> bool {
 }
 
 /// No request hung; every failure is of a request in flight while a node died, with an error
-/// code: 502/503 at once or within the ingress's grace for its lost connection, or, where the
-/// killed node carried the session-host's connection, 504 (a request or answer lost inside the
-/// dead node, which nothing tells the ingress of: `upstream_timeout` at its request timeout);
+/// code: 502/503 at once or within the ingress's grace for its lost connection (503
+/// `unavailable` also for an answer lost inside the dead node, which the probes of the session
+/// tell the ingress of), or, where the killed node carried the session-host's connection, 504
+/// `host_unresponsive` (a request lost on its way to the host: nobody acknowledged it);
 /// or else a [`no_responder`].
 fn check_requests(outcomes: &[Outcome], kills: &[Kill]) {
     let longest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
@@ -494,7 +495,7 @@ fn check_requests(outcomes: &[Outcome], kills: &[Kill]) {
         let host_lost = kill.roles.contains(&"session-host");
         let clean = match &o.answer {
             Ok((502 | 503, Some(_))) => true,
-            Ok((504, Some(_))) => host_lost,
+            Ok((504, Some(code))) => host_lost && code == "host_unresponsive",
             _ => false,
         };
         assert!(clean, "{} failed without a clean error at the kill of {}: {:?}", o.request_id, kill.node, o.answer);
