@@ -47,6 +47,14 @@ Workloads:
      auditor_records_total every few ms), peak lag (records stored and not yet counted), peak
      auditor_consumer_pending, auditor CPU per record. Issue 11 asks >= 50,000 records/s.
      Runs after (i); alone: bench/run.sh --workloads j --configs http-tunnel.
+  k  acknowledgement cost: (a) and (c) through two more session-hosts on the same NATS, each with
+     a tunnel client, in alternating runs: one with TUNNEL_ACK_AFTER_MS=0 (the default: every
+     request acknowledged at once, a Ping frame to the ingress), one with 250 (a request answered
+     within 250 ms is never acknowledged): req/s on / off, p50/p99, CPU per request of the
+     ingress and of the side's session-host, and NATS messages per request published by the
+     host (nats-server /connz). Checks first that each host's start-up log shows its setting;
+     fails if any run saw a non-2xx answer, or if "on" did not send about one message per
+     request more than "off". Runs after (j), before (h).
 
 NATS and MessagePack are spoken by the small client below (class Nats, msgpack()), so the
 harness needs no Python package beyond the standard library.
@@ -131,6 +139,22 @@ BLOCKED_QUOTA = ["--requests-per-day", "1"]
 # (j): the tunnels and the account of the audit records published straight into AUDIT.
 AUDIT_TUNNELS = ["bench-audit-0", "bench-audit-1", "bench-audit-2", "bench-audit-3"]
 AUDIT_ACCOUNT = "bench-audit"
+
+# (k): the load workloads measured with immediate and deferred acknowledgements, in this order.
+ACK_WORKLOADS = ("a", "c")
+# Per side: the session-host's `TUNNEL_ACK_AFTER_MS` and the tunnel of the client on it. "On"
+# acknowledges every request at once (the default); "off" only requests still open after 250 ms,
+# so none of the quick requests measured here.
+ACK_SIDES = {"on": (0, "bench-ack-on"), "off": (250, "bench-ack-off")}
+
+# The environment of every session-host the bench starts for load. RECORDINGS must fit this
+# nats-server's max_file_store (4GB), or JetStream refuses the stream ("insufficient storage
+# resources available", 10047) and the host drops every record (h). The default (2 GiB) fits;
+# 3 GiB, set here, also holds one recorded tunnel at its record_max_bytes_per_tunnel (256 MiB)
+# with room to spare, and matches the runs measured before the default changed. Anonymous,
+# explicitly: the bench measures the data path, not admission (a token is checked once per
+# session). Older commits ignore both settings.
+HOST_ENV = {"TUNNEL_RECORD_MAX_BYTES": str(3 << 30), "TUNNEL_AUTH": "anonymous"}
 
 
 def log(msg: str) -> None:
@@ -541,6 +565,8 @@ class Bench:
 
     def start_nats(self) -> None:
         self.nats_port = free_port()
+        # The monitoring endpoint: (k) reads the messages each connection sent from /connz.
+        self.nats_monitor_port = free_port()
         store = self.workdir / "nats-store"
         conf = self.workdir / "nats.conf"
         # max_payload 8MB: before bodies were streamed in chunks (commit 510f163), a body travelled
@@ -550,6 +576,7 @@ class Bench:
             f"listen: 127.0.0.1:{self.nats_port}\n"
             "max_payload: 8MB\n"
             "max_pending: 64MB\n"
+            f"http: 127.0.0.1:{self.nats_monitor_port}\n"
             f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n'
         )
         self.nats = self.procs.start("nats-server", [self.args.nats_server, "-c", str(conf)])
@@ -587,8 +614,10 @@ class Bench:
         return proc
 
     def start_tunnel_client(
-        self, name: str, log_name: str, extra: list[str] | None = None, env: dict | None = None
+        self, name: str, log_name: str, extra: list[str] | None = None, env: dict | None = None, host_port: int | None = None
     ) -> subprocess.Popen:
+        """A `tunnel http` client of the upstream named `name`, on the session-host at `host_port`
+        (the bench's by default)."""
         return self.procs.start(
             log_name,
             [
@@ -596,13 +625,39 @@ class Bench:
                 "http",
                 str(self.upstream_port),
                 "--server",
-                f"ws://127.0.0.1:{self.host_port}",
+                f"ws://127.0.0.1:{host_port or self.host_port}",
                 "--name",
                 name,
                 *(extra or []),
             ],
             env=env,
         )
+
+    def start_side_client(
+        self, name: str, host_port: int | None = None, roles: dict | None = None
+    ) -> tuple[subprocess.Popen, Target]:
+        """A tunnel client for `name` (log `tunnel-client-<name>`, its state in the run's
+        directory) on the session-host at `host_port`, waited for until a request through the
+        bench's ingress is served; and its Target, whose processes are the bench's http-tunnel
+        ones with this client and `roles` instead."""
+        log_name = f"tunnel-client-{name}"
+        state_env = {"TUNNEL_STATE_DIR": str(self.workdir / "tunnel-state")}
+        proc = self.start_tunnel_client(name, log_name, None, state_env, host_port)
+        wait_until(
+            f"tunnel client {name}",
+            lambda: first_line_matching(self.procs.log_of(log_name), r'"event":"ready"'),
+            30,
+            proc,
+        )
+        port = self.ingress_port
+        host = f"{name}.localhost:{port}"
+        wait_until(
+            f"first request through {name}",
+            lambda: http_status(f"http://127.0.0.1:{port}/small", host) == 200,
+            30,
+        )
+        target_roles = {**self.targets["http-tunnel"].roles, **(roles or {}), "client": proc.pid}
+        return proc, Target("http-tunnel", f"http://127.0.0.1:{port}", host, target_roles)
 
     def start_http_tunnel(self) -> None:
         self.auditor, self.auditor_port = self.start_service("tunnel-auditor", "tunnel-auditor", [])
@@ -611,14 +666,7 @@ class Bench:
             "tunnel-session-host",
             "tunnel-session-host",
             ["--public-url", f"http://{{name}}.localhost:{self.ingress_port}"],
-            # For (h): RECORDINGS must fit this nats-server's max_file_store (4GB), or JetStream
-            # refuses the stream ("insufficient storage resources available", 10047) and the host
-            # drops every record. The default (2 GiB) fits; 3 GiB, set here, also holds one
-            # recorded tunnel at its record_max_bytes_per_tunnel (256 MiB) with room to spare,
-            # and matches the runs measured before the default changed. Older commits ignore it.
-            # Anonymous, explicitly: the bench measures the data path, not admission (a token is
-            # checked once per session). Older commits ignore the setting.
-            env={"TUNNEL_RECORD_MAX_BYTES": str(3 << 30), "TUNNEL_AUTH": "anonymous"},
+            env=HOST_ENV,
         )
         port = self.ingress_port
         self.ingress = self.start_ingress("tunnel-ingress", port)
@@ -1284,6 +1332,107 @@ class Bench:
         )
         return result
 
+    # ---- (k) acknowledgement cost
+
+    def nats_messages_sent(self) -> dict[str, int]:
+        """Messages each NATS connection has published (nats-server's `in_msgs`), by connection
+        name (`session-host-<node>`, `ingress-<node>`; connections of one name summed)."""
+        url = f"http://127.0.0.1:{self.nats_monitor_port}/connz?limit=100000"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            conns = json.loads(response.read())["connections"]
+        out: dict[str, int] = {}
+        for c in conns:
+            out[c.get("name", "")] = out.get(c.get("name", ""), 0) + c["in_msgs"]
+        return out
+
+    def run_ack_cost(self) -> None:
+        """(a) and (c) through two more session-hosts, one acknowledging every request at once
+        and one only requests still open after 250 ms, in alternating runs."""
+        started: list[subprocess.Popen] = []
+        targets: dict[str, Target] = {}
+        nats_names: dict[str, str] = {}
+        settings: dict[str, str] = {}
+        try:
+            for side, (ack_after_ms, tunnel) in ACK_SIDES.items():
+                node = f"ack-{side}"
+                log_name = f"tunnel-session-host-{node}"
+                host, host_port = self.start_service(
+                    log_name,
+                    "tunnel-session-host",
+                    ["--public-url", f"http://{{name}}.localhost:{self.ingress_port}"],
+                    env={**HOST_ENV, "TUNNEL_NODE_ID": node, "TUNNEL_ACK_AFTER_MS": str(ack_after_ms)},
+                )
+                started.append(host)
+                # The host logs its settings when it starts: the setting must be the one asked for
+                # (a host that ignored the variable would measure the default on both sides).
+                line = first_line_matching(self.procs.log_of(log_name), rf"\back_after_ms: {ack_after_ms}\b")
+                if not line:
+                    raise RuntimeError(f"(k) session-host {node} does not report ack_after_ms = {ack_after_ms} in its start-up log")
+                settings[side] = f"ack_after_ms: {ack_after_ms}"
+                proc, target = self.start_side_client(tunnel, host_port=host_port, roles={"session-host": host.pid})
+                started.append(proc)
+                targets[side] = target
+                nats_names[side] = f"session-host-{node}"
+            self.extra_pids = [p.pid for p in started]
+            log("(k) " + ", ".join(f"{ACK_SIDES[s][1]} on a session-host started with {v}" for s, v in settings.items()))
+            for key in ACK_WORKLOADS:
+                _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                for side in ("on", "off"):
+                    self.load(targets[side], path, conns, threads, headers, 1)
+            log("(k) warm-up done")
+            runs = {key: {"on": [], "off": []} for key in ACK_WORKLOADS}
+            for r in range(self.args.rounds):
+                # on off, then off on: neither side always runs first.
+                order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                for key in ACK_WORKLOADS:
+                    _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                    for side in order:
+                        before = self.nats_messages_sent()
+                        result = self.load(targets[side], path, conns, threads, headers, self.args.duration)
+                        after = self.nats_messages_sent()
+                        done = result["requests"] or 1
+                        name = nats_names[side]
+                        result["nats_msgs_per_req.session-host"] = (after.get(name, 0) - before.get(name, 0)) / done
+                        runs[key][side].append(result)
+                        bad = result.get("errors", 0) + result.get("non_2xx", 0)
+                        log(
+                            f"round {r + 1}/{self.args.rounds} (k{key}) ack {side:3} "
+                            f"{result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
+                            f"  cpu {result.get('cpu_us_per_req', 0):.0f} us/req"
+                            f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f},"
+                            f" session-host {result.get('cpu_us_per_req.session-host', 0):.1f})"
+                            f"  host sent {result['nats_msgs_per_req.session-host']:.2f} NATS msgs/req"
+                            f"  other load {result['foreign_cpu_cores']:.2f} cores"
+                            + (f"  ERRORS {bad}" if bad else "")
+                        )
+        finally:
+            for proc in reversed(started):
+                self.procs.stop(proc)
+            self.extra_pids = []
+        self.results["k"] = {
+            "title": "acknowledgement cost: every request acknowledged / quick requests not",
+            "tunnels": {side: tunnel for side, (_, tunnel) in ACK_SIDES.items()},
+            "ack_after_ms": {side: ms for side, (ms, _) in ACK_SIDES.items()},
+            "host_settings": settings,
+            "workloads": on_off_summary(ACK_WORKLOADS, runs),
+        }
+        bad = {
+            f"(k{key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
+            for key, w in runs.items()
+            for side, rs in w.items()
+            for n, r in enumerate(rs)
+            if r.get("non_2xx", 0) or r.get("errors", 0)
+        }
+        # On the wire: the acknowledgement is one more message from the host per request, so "on"
+        # must send about one more than "off", or the two sides do not differ as they claim.
+        for key, w in self.results["k"]["workloads"].items():
+            sent = {side: w["median"][side]["nats_msgs_per_req.session-host"] for side in ("on", "off")}
+            if sent["on"] - sent["off"] < 0.5:
+                bad[f"(k{key}) NATS messages per request"] = f"the host sent {sent['on']:.2f} on and {sent['off']:.2f} off"
+        if bad:
+            self.results["k"]["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
+            raise RuntimeError(self.results["k"]["error"])
+
     # ---- (h) recording and replay
 
     def run_recording(self) -> None:
@@ -1589,6 +1738,7 @@ def foreign_summary(results: dict) -> dict:
     groups += [w["runs"] for w in results.get("h", {}).get("workloads", {}).values()]  # (h) may have failed
     groups += [w["runs"] for w in results.get("i", {}).get("workloads", {}).values()]
     groups += [w["runs"] for w in results.get("i", {}).get("quota", {}).get("workloads", {}).values()]
+    groups += [w["runs"] for w in results.get("k", {}).get("workloads", {}).values()]
     values = [r["foreign_cpu_cores"] for runs in groups for rs in runs.values() for r in rs if "foreign_cpu_cores" in r]
     if not values:
         return {}
@@ -1707,6 +1857,8 @@ def table(report: dict) -> str:
         out += "\n" + admission_table(res["i"])
     if "j" in res:
         out += "\n" + auditor_table(res["j"])
+    if "k" in res:
+        out += "\n" + ack_table(res["k"])
     return out.lstrip("\n")
 
 
@@ -1885,6 +2037,46 @@ def auditor_table(j: dict) -> str:
     return "\n".join(lines)
 
 
+def ack_table(k: dict) -> str:
+    lines = [f"\n(k) acknowledgement cost: FAILED: {k['error']}"] if "error" in k else []
+    if "workloads" not in k:
+        return "\n".join(lines)
+    on, off = k["tunnels"]["on"], k["tunnels"]["off"]
+    ms_on, ms_off = k["ack_after_ms"]["on"], k["ack_after_ms"]["off"]
+    lines += [
+        "",
+        f"| (k) acknowledgement | metric | off ({off}: ack_after_ms {ms_off}, quick requests unacknowledged) | "
+        f"on ({on}: ack_after_ms {ms_on}, every request acknowledged) | on / off |",
+        "|---|---|---|---|---|",
+    ]
+    for key, w in k["workloads"].items():
+        m_on, m_off = w["median"]["on"], w["median"]["off"]
+        by_round = w["rps_ratio_by_round"]
+        spread = f", rounds {min(by_round):.2f}-{max(by_round):.2f}" if len(by_round) > 1 else ""
+        lines.append(f"| ({key}) {w['title']} | req/s | {fmt(m_off['rps'])} | {fmt(m_on['rps'])} | **{w['rps_ratio']:.3f}x**{spread} |")
+        lines.append(
+            f"|  | p50 / p99 latency, ms | {m_off['p50_ms']:.3f} / {m_off['p99_ms']:.3f} | "
+            f"{m_on['p50_ms']:.3f} / {m_on['p99_ms']:.3f} | "
+            f"{m_on['p50_ms'] - m_off['p50_ms']:+.3f} / {m_on['p99_ms'] - m_off['p99_ms']:+.3f} |"
+        )
+        for metric, field, digits in (
+            ("tunnel CPU per request, us", "cpu_us_per_req", 1),
+            ("ingress CPU per request, us", "cpu_us_per_req.ingress", 1),
+            ("session-host CPU per request, us", "cpu_us_per_req.session-host", 1),
+            ("NATS messages the session-host sent per request", "nats_msgs_per_req.session-host", 2),
+        ):
+            c_on, c_off = m_on.get(field, float("nan")), m_off.get(field, float("nan"))
+            diff = f"{c_on - c_off:+.{digits}f}" if c_on == c_on and c_off == c_off else "-"
+            lines.append(f"|  | {metric} | {fmt(c_off, digits)} | {fmt(c_on, digits)} | {diff} |")
+    roles = ["ingress", "nats-server", "session-host", "client", "auditor"]
+    lines += ["", "(k) CPU per request by process, us:", "", "| run | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    for key, w in k["workloads"].items():
+        for side in ("off", "on"):
+            med = w["median"][side]
+            lines.append(f"| ({key}) ack {side} | " + " | ".join(fmt(med.get(f"cpu_us_per_req.{r}", float("nan")), 1) for r in roles) + " |")
+    return "\n".join(lines)
+
+
 def hold(bench: Bench) -> None:
     """Keeps the configurations up for manual runs and profiling until SIGINT or SIGTERM."""
     info = {
@@ -1905,7 +2097,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
     p.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    p.add_argument("--workloads", default="abcdefghij", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
+    p.add_argument("--workloads", default="abcdefghijk", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
     p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
@@ -1993,6 +2185,12 @@ def main() -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 log(f"(j) FAILED: {e}")
                 bench.results["j"] = {"title": "auditor throughput", "error": str(e)}
+        if "k" in args.workloads and "http-tunnel" in configs:
+            try:
+                bench.run_ack_cost()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                log(f"(k) FAILED: {e}")
+                bench.results.setdefault("k", {"title": "acknowledgement cost"})["error"] = str(e)
         # Last: the recordings it leaves in JetStream and its two clients touch no other workload.
         if "h" in args.workloads and "http-tunnel" in configs:
             try:
@@ -2051,7 +2249,7 @@ def main() -> int:
     print()
     print(table(report))
     print(f"\nfull results: {path}")
-    failed = [k for k in ("i", "j") if "error" in report["results"].get(k, {})]
+    failed = [k for k in ("i", "j", "k") if "error" in report["results"].get(k, {})]
     for k in failed:
         print(f"\n({k}) FAILED: {report['results'][k]['error']}", file=sys.stderr)
     return 1 if failed else 0
