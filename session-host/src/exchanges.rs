@@ -228,6 +228,9 @@ impl Exchanges {
                 silent.push(*stream);
             } else if exchange.last_sent.elapsed() >= quiet_for {
                 idle.push(*stream);
+                if !exchange.acked {
+                    metrics::counter!("host_requests_acknowledged_total").increment(1);
+                }
             }
         }
         for stream in idle {

@@ -428,8 +428,7 @@ impl TestEnv {
     /// The unlabelled counter `name` of this process's metrics (shared by the environments of
     /// one test binary), 0 when it was never incremented.
     pub fn counter(&self, name: &str) -> f64 {
-        let prefix = format!("{name} ");
-        self.metrics.render().lines().find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok()).unwrap_or(0.0)
+        counter_in(&self.metrics.render(), name)
     }
 
     /// The address where the ingress redirects plain HTTP to HTTPS (with [`EnvOptions::tls`]).
@@ -699,4 +698,34 @@ pub struct HostProcess {
     pub process: ServiceProcess,
     /// Where clients connect.
     pub addr: SocketAddr,
+}
+
+impl HostProcess {
+    /// Waits until the unlabelled counter `name` of the process's `/metrics` is at least
+    /// `at_least`, polling (a counter has no event to wait on), with [`DEADLINE`].
+    ///
+    /// # Panics
+    /// When it does not within the deadline.
+    pub async fn counter_reaches(&self, name: &str, at_least: f64) {
+        let url = format!("http://{}/metrics", self.addr);
+        within(DEADLINE, &format!("{name} to reach {at_least}"), async {
+            loop {
+                let text = match reqwest::get(&url).await {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                if counter_in(&text, name) >= at_least {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The unlabelled counter `name` in Prometheus text, 0 when absent.
+fn counter_in(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)?.parse::<f64>().ok()).unwrap_or(0.0)
 }

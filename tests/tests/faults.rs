@@ -144,12 +144,14 @@ async fn a_killed_session_host_fails_only_its_requests_in_flight_and_clients_res
     for _ in 0..TUNNELS {
         tunnels.push(Tunnel::open(&format!("ws://{}", balancer.addr()), upstream.port(), None).await);
     }
-    // One request held by each tunnel's local service when the host dies.
+    // One request held by each tunnel's local service when the host dies, acknowledged by it
+    // (open for ack_after_ms).
     let mut held = Vec::new();
     for tunnel in &tunnels {
         held.push(tokio::spawn(env.request(Method::GET, &tunnel.name, "/hang").send()));
         upstream.next_request().await;
     }
+    victim.counter_reaches("host_requests_acknowledged_total", TUNNELS as f64).await;
 
     balancer.retarget(healthy);
     let fault = Instant::now();
@@ -162,12 +164,17 @@ async fn a_killed_session_host_fails_only_its_requests_in_flight_and_clients_res
     }));
     let (answers, mut resumed) = tokio::join!(traffic, resumes);
 
+    // An acknowledged request fails at the next probe of its session.
     for request in held {
         let response = within(HANG, "a held request", request).await.expect("task").expect("response");
         assert_eq!(response.status(), 502, "a request in flight on the killed host");
         assert_eq!(response.headers()["x-tunnel-error"], "tunnel_disconnected");
     }
     let failures_took_at_most = fault.elapsed();
+    assert!(
+        failures_took_at_most <= Duration::from_millis(1500),
+        "held requests failed after {failures_took_at_most:?}"
+    );
     resumed.sort_unstable();
     let slowest = *resumed.last().expect("resumed");
     assert!(slowest <= Duration::from_secs(3), "clients resumed after {resumed:?}");
