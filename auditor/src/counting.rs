@@ -145,7 +145,10 @@ impl Batch<'_> {
                 metrics::counter!("auditor_undecodable_total").increment(1);
                 continue;
             };
-            arrival(sequencer.see(info.0, info.1), info.0);
+            if let Err(gap) = arrival(sequencer.see(info.0, info.1), info.0) {
+                failure = Some(gap);
+                break;
+            }
             match tally.add_message(info.0, &message.subject, &message.payload, self.counting.minute_ms) {
                 Ok(records) => metrics::counter!("auditor_events_total").increment(records as u64),
                 Err(e) => {
@@ -219,8 +222,9 @@ impl Batch<'_> {
     }
 }
 
-/// Counts a redelivery, and logs a delivery out of stream order (which the design rules out).
-fn arrival(arrival: Arrival, seq: u64) {
+/// Counts a redelivery, and logs a delivery out of stream order (which the design rules out);
+/// a message delivered past a lost one is an error that ends the leadership before it is counted.
+fn arrival(arrival: Arrival, seq: u64) -> Result<(), String> {
     match arrival {
         Arrival::InOrder => {}
         Arrival::Redelivered => metrics::counter!("auditor_redelivered_total").increment(1),
@@ -228,5 +232,12 @@ fn arrival(arrival: Arrival, seq: u64) {
             metrics::counter!("auditor_out_of_order_total").increment(1);
             tracing::error!(seq, "audit message delivered out of stream order");
         }
+        Arrival::Gap => {
+            metrics::counter!("auditor_delivery_gaps_total").increment(1);
+            return Err(format!(
+                "audit message {seq} arrived before an earlier one; counting again from the acknowledgement floor"
+            ));
+        }
     }
+    Ok(())
 }

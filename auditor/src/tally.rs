@@ -121,6 +121,12 @@ pub enum Arrival {
     /// it was stored, so this never happens; it is counted (`auditor_out_of_order_total`) and
     /// logged should it ever.
     OutOfOrder,
+    /// Beyond the next sequence: the delivery of a message before it was lost (with a NATS node
+    /// that went down). Counting it would make the missing one look already applied when it
+    /// comes again, so the leadership ends before it and starts over from the consumer's
+    /// acknowledgement floor. The consumer reads every subject of the stream, so its sequences
+    /// have no holes but those an operator deleted (each costs one such restart).
+    Gap,
 }
 
 /// The highest stream sequence seen in a leadership.
@@ -132,7 +138,9 @@ pub struct Sequencer {
 impl Sequencer {
     /// Classifies the message with stream sequence `seq`, delivered `delivered` times.
     pub fn see(&mut self, seq: u64, delivered: i64) -> Arrival {
-        if seq > self.high {
+        if self.high > 0 && seq > self.high + 1 {
+            Arrival::Gap
+        } else if seq > self.high {
             self.high = seq;
             Arrival::InOrder
         } else if delivered > 1 {
@@ -376,9 +384,11 @@ mod tests {
     #[test]
     fn deliveries_arrive_in_stream_order() {
         let mut sequencer = Sequencer::default();
-        assert_eq!(sequencer.see(5, 1), Arrival::InOrder);
-        assert_eq!(sequencer.see(9, 1), Arrival::InOrder);
+        assert_eq!(sequencer.see(5, 1), Arrival::InOrder, "a leadership starts anywhere");
+        assert_eq!(sequencer.see(6, 1), Arrival::InOrder);
+        assert_eq!(sequencer.see(9, 1), Arrival::Gap, "7 and 8 were not delivered");
+        assert_eq!(sequencer.see(7, 1), Arrival::InOrder, "the gap is not taken as seen");
         assert_eq!(sequencer.see(5, 2), Arrival::Redelivered);
-        assert_eq!(sequencer.see(7, 1), Arrival::OutOfOrder);
+        assert_eq!(sequencer.see(4, 1), Arrival::OutOfOrder);
     }
 }

@@ -33,14 +33,17 @@ impl Leases {
     }
 
     /// Whether `name` may come back: it is leased (a client holds it, or held it and may resume
-    /// it), or the bucket cannot be read in time (JetStream is electing a leader after a node
-    /// loss, when clients are most likely moving: better wait the grace than refuse).
+    /// it), or the lease cannot be read in time (JetStream electing a leader after a node loss,
+    /// when clients are most likely moving: better wait the grace than refuse). Not when the
+    /// lease bucket does not exist: then nothing was ever leased.
     pub async fn may_return(&self, name: &TunnelName) -> bool {
         let lookup = async {
-            let store = self.store.get_or_try_init(|| self.js.get_key_value(LEASES_BUCKET)).await.map_err(drop)?;
-            store.get(lease_key(name)).await.map_err(drop)
+            let Ok(store) = self.store.get_or_try_init(|| self.js.get_key_value(LEASES_BUCKET)).await else {
+                return false;
+            };
+            !matches!(store.get(lease_key(name)).await, Ok(None))
         };
-        !matches!(tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await, Ok(Ok(None)))
+        tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await.unwrap_or(true)
     }
 }
 
