@@ -6,6 +6,9 @@
 //! - `GET /1m`: a 1 MiB body;
 //! - `GET /1g`: a 1 GiB body, streamed from one shared 1 MiB buffer;
 //! - `GET /bytes/<n>`: an `n`-byte body, streamed the same way;
+//! - `GET /sse/<ms>`: server-sent events every `ms` milliseconds, without end, each
+//!   `id: <n>` and `data: <n>` counting from 0 (for long-lived streams in `bench/soak`);
+//! - `GET /ws` with a WebSocket upgrade: echoes every text and binary message (`bench/soak`);
 //! - `POST` or `PUT` anywhere: the body is read and dropped, the answer says how many bytes came;
 //! - anything else: the small body.
 //!
@@ -19,13 +22,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{
+    CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// Size of the `/small` body.
 const SMALL_BYTES: usize = 100;
@@ -35,6 +45,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 const HUGE_BYTES: u64 = 1 << 30;
 /// Largest body `/bytes/<n>` serves.
 const MAX_BYTES: u64 = 64 << 30;
+/// Shortest interval between two events of `/sse/<ms>`.
+const MIN_SSE_INTERVAL_MS: u64 = 10;
 
 /// A body of `remaining` bytes cut from one shared buffer, with an exact length (so hyper sends
 /// `Content-Length`, as most real services do for static content).
@@ -70,6 +82,33 @@ impl Body for Payload {
     }
 }
 
+/// An endless event stream: one `id: <n>` / `data: <n>` event per tick, from 0.
+struct Events {
+    ticks: tokio::time::Interval,
+    next: u64,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.ticks.poll_tick(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let n = self.next;
+        self.next += 1;
+        let event = format!("id: {n}\ndata: {n}\n\n");
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+    }
+}
+
+/// What `handle` answers with: a sized body or an event stream.
+type Answer = Response<Either<Payload, Events>>;
+
 #[derive(Clone)]
 struct Bodies {
     small: Bytes,
@@ -101,10 +140,17 @@ impl Bodies {
     }
 }
 
-async fn handle(
-    bodies: Bodies,
-    request: Request<Incoming>,
-) -> Result<Response<Payload>, hyper::Error> {
+/// A response with `body` and `status`.
+fn sized(status: StatusCode, body: Payload) -> Answer {
+    let mut response = Response::new(Either::Left(body));
+    *response.status_mut() = status;
+    response
+}
+
+async fn handle(bodies: Bodies, mut request: Request<Incoming>) -> Result<Answer, hyper::Error> {
+    if request.uri().path() == "/ws" {
+        return Ok(upgrade_to_echo(&bodies, &mut request));
+    }
     if matches!(*request.method(), Method::POST | Method::PUT) {
         let mut body = request.into_body();
         let mut received: u64 = 0;
@@ -115,26 +161,85 @@ async fn handle(
         }
         let text = Bytes::from(format!("received {received}\n"));
         let len = text.len() as u64;
-        return Ok(Response::new(Payload {
+        let body = Payload {
             chunk: text,
             remaining: len,
-        }));
+        };
+        return Ok(sized(StatusCode::OK, body));
     }
     let path = request.uri().path();
+    if let Some(ms) = path.strip_prefix("/sse/") {
+        return Ok(match ms.parse::<u64>() {
+            Ok(ms) => event_stream(ms.max(MIN_SSE_INTERVAL_MS)),
+            Err(_) => sized(StatusCode::BAD_REQUEST, bodies.of(0)),
+        });
+    }
     let len = match path {
         "/1m" => CHUNK_BYTES as u64,
         "/1g" => HUGE_BYTES,
         _ => match path.strip_prefix("/bytes/").map(str::parse::<u64>) {
             Some(Ok(n)) if n <= MAX_BYTES => n,
-            Some(_) => {
-                let mut response = Response::new(bodies.of(0));
-                *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
-                return Ok(response);
-            }
+            Some(_) => return Ok(sized(StatusCode::BAD_REQUEST, bodies.of(0))),
             None => SMALL_BYTES as u64,
         },
     };
-    Ok(Response::new(bodies.of(len)))
+    Ok(sized(StatusCode::OK, bodies.of(len)))
+}
+
+/// `/sse/<ms>`: an event every `interval_ms`, the first at once.
+fn event_stream(interval_ms: u64) -> Answer {
+    let ticks = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
+    let mut response = Response::new(Either::Right(Events { ticks, next: 0 }));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response
+}
+
+/// `/ws`: answers a WebSocket upgrade with 101 and echoes the messages in a spawned task;
+/// anything else gets 400.
+fn upgrade_to_echo(bodies: &Bodies, request: &mut Request<Incoming>) -> Answer {
+    let wants_websocket = request
+        .headers()
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = request
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .filter(|_| wants_websocket)
+    else {
+        return sized(StatusCode::BAD_REQUEST, bodies.of(0));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        echo(socket).await;
+    });
+    let mut response = sized(StatusCode::SWITCHING_PROTOCOLS, bodies.of(0));
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        accept.parse().expect("base64 is a valid header value"),
+    );
+    response
+}
+
+/// Sends every text and binary message back until the peer closes or the socket fails.
+async fn echo<S>(mut socket: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(message)) = socket.next().await {
+        if (message.is_text() || message.is_binary()) && socket.send(message).await.is_err() {
+            return;
+        }
+        // Pings are answered and a close is returned by tungstenite itself.
+    }
 }
 
 fn main() -> std::io::Result<()> {
@@ -184,6 +289,7 @@ async fn serve(listen: SocketAddr) -> std::io::Result<()> {
             let _ = http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
