@@ -8,7 +8,6 @@
 //!
 //! - no responders: the host's NATS connection is gone (killed, crashed) — `tunnel_disconnected`,
 //!   within a probe interval;
-//! - `Closed`: the host runs but the session ended — its code;
 //! - `Open` with some of the exchanges `gone`: the session ended them, and what it sent last (the
 //!   head, or the end of a body) was lost on the way, with a NATS node that went down —
 //!   `unavailable`, once two probes in a row say so (the first may cross an answer in flight);
@@ -197,7 +196,6 @@ async fn probe(nats: &async_nats::Client, prefix: &str, asked: &Probe) -> Verdic
     match nats.send_request(subjects::probe_subject(prefix), request).await {
         Ok(answer) => match tunnel_schemas::decode::<ProbeAnswer>(&answer.payload, MAX_FRAME_BYTES) {
             Ok(ProbeAnswer::Open { gone }) => Verdict::Open(gone),
-            Ok(ProbeAnswer::Closed { code }) => Verdict::Gone(code),
             Err(_) => Verdict::Open(Vec::new()),
         },
         Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {

@@ -64,11 +64,6 @@ pub enum ProbeAnswer {
         #[serde(default)]
         gone: Vec<u32>,
     },
-    /// The session is not open on its host.
-    Closed {
-        /// Why, for the exchanges it held.
-        code: ErrorCode,
-    },
 }
 
 /// One frame of a stream.

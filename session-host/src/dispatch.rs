@@ -1,20 +1,19 @@
 //! The host-wide subscriptions: one on every tunnel's control subject and one on the stream
 //! subjects of every session of this host, each message handed to its session through the
-//! [`Registry`]. Ingress liveness probes of a session arrive on the stream subscription too: the
-//! session answers them, or this task when the session is not open here.
+//! [`Registry`]. Ingress liveness probes of a session arrive on the stream subscription too, and
+//! the session answers them.
 //!
 //! One subscription each, not one per session, keeps an idle session cheap: a NATS subscription
 //! costs a queue in the client and an entry in the server. Only the request subscription stays
 //! per session, since its queue group is how NATS routes a tunnel's requests to the hosts that
 //! hold it. Takeover notices for tunnels held elsewhere are ignored.
 
-use async_nats::{Subject, Subscriber};
+use async_nats::Subscriber;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunnel_schemas::events::Control;
-use tunnel_schemas::stream::ProbeAnswer;
-use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, subjects};
+use tunnel_schemas::{MAX_FRAME_BYTES, subjects};
 
 use crate::registry::{Registry, Undelivered};
 
@@ -40,7 +39,7 @@ impl Dispatch {
         let stop = CancellationToken::new();
         let tasks = [
             tokio::spawn(route_control(control, registry.clone(), stop.clone())),
-            tokio::spawn(route_streams(nats.clone(), streams, inbox_prefix.to_owned(), registry.clone(), stop.clone())),
+            tokio::spawn(route_streams(streams, inbox_prefix.to_owned(), registry.clone(), stop.clone())),
         ];
         Ok(Self { stop, tasks })
     }
@@ -68,19 +67,13 @@ async fn route_control(mut control: Subscriber, registry: Registry, stop: Cancel
     let _ = control.unsubscribe().await;
 }
 
-async fn route_streams(
-    nats: async_nats::Client,
-    mut streams: Subscriber,
-    inbox_prefix: String,
-    registry: Registry,
-    stop: CancellationToken,
-) {
+async fn route_streams(mut streams: Subscriber, inbox_prefix: String, registry: Registry, stop: CancellationToken) {
     while let Some(Some(message)) = stop.run_until_cancelled(streams.next()).await {
         let subject = message.subject.clone();
         let Some(session) = session_of(&inbox_prefix, &subject) else { continue };
-        let probe = subject.ends_with(subjects::PROBE_TOKEN).then(|| message.reply.clone()).flatten();
+        // A probe of a session not open here gets no answer: another host with the same node id
+        // may hold it, and a session that ended failed its exchanges itself.
         match registry.deliver_stream(session, message) {
-            Err(Undelivered::NoSession) if probe.is_some() => answer_closed(&nats, probe).await,
             Ok(()) => {}
             Err(Undelivered::NoSession) => tracing::debug!(session, "stream frame for a session not open here"),
             Err(Undelivered::QueueFull) => {
@@ -90,17 +83,6 @@ async fn route_streams(
         }
     }
     let _ = streams.unsubscribe().await;
-}
-
-/// Answers an ingress's liveness probe of a session that is not open here (an open session
-/// answers its probes itself, from its exchanges): `Closed`. A frozen host answers nothing, which
-/// is how ingress tells it from a slow local service.
-async fn answer_closed(nats: &async_nats::Client, reply: Option<Subject>) {
-    let Some(reply) = reply else { return };
-    let answer = ProbeAnswer::Closed { code: ErrorCode::TunnelDisconnected };
-    if let Err(e) = nats.publish(reply, tunnel_schemas::encode(&answer).into()).await {
-        tracing::debug!(error = %e, "probe answer not published");
-    }
 }
 
 /// The tunnel name in a control subject.
