@@ -1986,19 +1986,14 @@ def admission_table(i: dict) -> str:
             f"on (limits set, a state in every ingress) | on / off |",
             "|---|---|---|---|---|",
         ]
-        for key, w in q["workloads"].items():
-            m_on, m_off = w["median"]["on"], w["median"]["off"]
-            by_round = w["rps_ratio_by_round"]
-            spread = f", rounds {min(by_round):.2f}-{max(by_round):.2f}" if len(by_round) > 1 else ""
-            lines.append(f"| ({key}) {w['title']} | req/s | {fmt(m_off['rps'])} | {fmt(m_on['rps'])} | **{w['rps_ratio']:.3f}x**{spread} |")
-            lines.append(
-                f"|  | p50 / p99 latency, ms | {m_off['p50_ms']:.3f} / {m_off['p99_ms']:.3f} | "
-                f"{m_on['p50_ms']:.3f} / {m_on['p99_ms']:.3f} | "
-                f"{m_on['p50_ms'] - m_off['p50_ms']:+.3f} / {m_on['p99_ms'] - m_off['p99_ms']:+.3f} |"
-            )
-            for metric, field in (("tunnel CPU per request, us", "cpu_us_per_req"), ("ingress CPU per request, us", "cpu_us_per_req.ingress"), ("auditor CPU per request, us", "cpu_us_per_req.auditor")):
-                c_on, c_off = m_on.get(field, float("nan")), m_off.get(field, float("nan"))
-                lines.append(f"|  | {metric} | {fmt(c_off, 1)} | {fmt(c_on, 1)} | " + (f"{c_on - c_off:+.1f}" if c_on == c_on and c_off == c_off else "-") + " |")
+        lines += on_off_rows(
+            q["workloads"],
+            (
+                ("tunnel CPU per request, us", "cpu_us_per_req", 1),
+                ("ingress CPU per request, us", "cpu_us_per_req.ingress", 1),
+                ("auditor CPU per request, us", "cpu_us_per_req.auditor", 1),
+            ),
+        )
         lines += ["", "| (i) target | this run | met |", "|---|---|---|"]
         for key, w in q["workloads"].items():
             lines.append(f"| ({key}) req/s quotas on / off >= {QUOTA_TARGET}x | {w['rps_ratio']:.3f}x | {'yes' if w['rps_ratio'] >= QUOTA_TARGET else 'no'} |")
@@ -2037,6 +2032,27 @@ def auditor_table(j: dict) -> str:
     return "\n".join(lines)
 
 
+def on_off_rows(workloads: dict, extra: tuple) -> list[str]:
+    """The rows of an on/off table per workload: req/s with the on/off ratio and its spread over
+    the rounds, p50 / p99 latency, then each `(label, median field, digits)` of `extra`."""
+    lines = []
+    for key, w in workloads.items():
+        m_on, m_off = w["median"]["on"], w["median"]["off"]
+        by_round = w["rps_ratio_by_round"]
+        spread = f", rounds {min(by_round):.2f}-{max(by_round):.2f}" if len(by_round) > 1 else ""
+        lines.append(f"| ({key}) {w['title']} | req/s | {fmt(m_off['rps'])} | {fmt(m_on['rps'])} | **{w['rps_ratio']:.3f}x**{spread} |")
+        lines.append(
+            f"|  | p50 / p99 latency, ms | {m_off['p50_ms']:.3f} / {m_off['p99_ms']:.3f} | "
+            f"{m_on['p50_ms']:.3f} / {m_on['p99_ms']:.3f} | "
+            f"{m_on['p50_ms'] - m_off['p50_ms']:+.3f} / {m_on['p99_ms'] - m_off['p99_ms']:+.3f} |"
+        )
+        for metric, field, digits in extra:
+            c_on, c_off = m_on.get(field, float("nan")), m_off.get(field, float("nan"))
+            diff = f"{c_on - c_off:+.{digits}f}" if c_on == c_on and c_off == c_off else "-"
+            lines.append(f"|  | {metric} | {fmt(c_off, digits)} | {fmt(c_on, digits)} | {diff} |")
+    return lines
+
+
 def ack_table(k: dict) -> str:
     lines = [f"\n(k) acknowledgement cost: FAILED: {k['error']}"] if "error" in k else []
     if "workloads" not in k:
@@ -2049,25 +2065,15 @@ def ack_table(k: dict) -> str:
         f"on ({on}: ack_after_ms {ms_on}, every request acknowledged) | on / off |",
         "|---|---|---|---|---|",
     ]
-    for key, w in k["workloads"].items():
-        m_on, m_off = w["median"]["on"], w["median"]["off"]
-        by_round = w["rps_ratio_by_round"]
-        spread = f", rounds {min(by_round):.2f}-{max(by_round):.2f}" if len(by_round) > 1 else ""
-        lines.append(f"| ({key}) {w['title']} | req/s | {fmt(m_off['rps'])} | {fmt(m_on['rps'])} | **{w['rps_ratio']:.3f}x**{spread} |")
-        lines.append(
-            f"|  | p50 / p99 latency, ms | {m_off['p50_ms']:.3f} / {m_off['p99_ms']:.3f} | "
-            f"{m_on['p50_ms']:.3f} / {m_on['p99_ms']:.3f} | "
-            f"{m_on['p50_ms'] - m_off['p50_ms']:+.3f} / {m_on['p99_ms'] - m_off['p99_ms']:+.3f} |"
-        )
-        for metric, field, digits in (
+    lines += on_off_rows(
+        k["workloads"],
+        (
             ("tunnel CPU per request, us", "cpu_us_per_req", 1),
             ("ingress CPU per request, us", "cpu_us_per_req.ingress", 1),
             ("session-host CPU per request, us", "cpu_us_per_req.session-host", 1),
             ("NATS messages the session-host sent per request", "nats_msgs_per_req.session-host", 2),
-        ):
-            c_on, c_off = m_on.get(field, float("nan")), m_off.get(field, float("nan"))
-            diff = f"{c_on - c_off:+.{digits}f}" if c_on == c_on and c_off == c_off else "-"
-            lines.append(f"|  | {metric} | {fmt(c_off, digits)} | {fmt(c_on, digits)} | {diff} |")
+        ),
+    )
     roles = ["ingress", "nats-server", "session-host", "client", "auditor"]
     lines += ["", "(k) CPU per request by process, us:", "", "| run | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for key, w in k["workloads"].items():
