@@ -70,6 +70,42 @@ pub enum Event {
         /// End of the period, Unix milliseconds.
         until_ms: u64,
     },
+    /// One of several tunnels was refused for good; the others keep serving.
+    Failed {
+        /// The typed code.
+        code: String,
+        /// What happened and what to do.
+        message: String,
+    },
+}
+
+/// An event and, when the client runs several tunnels, the name of the one it is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tagged {
+    /// The tunnel's name (absent with one tunnel, so a single tunnel's lines are as before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Tagged {
+    /// The event of tunnel `name` refused for good with `error`.
+    pub fn failure(name: Option<String>, error: &crate::ClientError) -> Self {
+        let event = Event::Failed { code: error.code().to_owned(), message: error.to_string() };
+        Self { tunnel: Some(name.unwrap_or_else(|| "?".to_owned())), event }
+    }
+
+    /// The event as one line of human-readable text, prefixed with the tunnel's name.
+    pub fn human(&self) -> String {
+        match &self.tunnel {
+            Some(name) => {
+                self.event.human().lines().map(|line| format!("[{name}] {line}")).collect::<Vec<_>>().join("\n")
+            }
+            None => self.event.human(),
+        }
+    }
 }
 
 impl Event {
@@ -116,6 +152,7 @@ impl Event {
                 let what = if level == "exceeded" { "quota exceeded" } else { "quota warning" };
                 format!("{what}: {scope} {quota} {used}/{limit} until {until}")
             }
+            Self::Failed { code, message } => format!("error: {message} ({code})"),
         }
     }
 

@@ -48,11 +48,44 @@ impl LocalBody {
     }
 }
 
+/// The `Host` header the local service gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The public one, as the visitor sent it.
+    #[default]
+    Preserve,
+    /// The local service's own (`localhost:3000`), for services that check it.
+    Rewrite,
+    /// This value.
+    Fixed(HeaderValue),
+}
+
+/// Why a `--host-header` value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid host header {0:?}: expected rewrite, preserve or a host such as app.local:8080")]
+pub struct InvalidHostHeader(String);
+
+impl std::str::FromStr for HostHeader {
+    type Err = InvalidHostHeader;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "preserve" => Ok(Self::Preserve),
+            "rewrite" => Ok(Self::Rewrite),
+            host if host.parse::<http::uri::Authority>().is_ok_and(|a| a.as_str() == host && !host.contains('@')) => {
+                HeaderValue::from_str(host).map(Self::Fixed).map_err(|_| InvalidHostHeader(text.to_owned()))
+            }
+            _ => Err(InvalidHostHeader(text.to_owned())),
+        }
+    }
+}
+
 /// The pooled client of one local service.
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, BoxBody<Bytes, io::Error>>,
     target: Target,
+    host_header: HostHeader,
 }
 
 /// A connector for `http://` and `https://` URLs; servers are checked against the roots of
@@ -74,7 +107,13 @@ impl Forwarder {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .http1_max_headers(MAX_RESPONSE_HEADERS)
             .build(connector());
-        Self { client, target }
+        Self { client, target, host_header: HostHeader::Preserve }
+    }
+
+    /// This forwarder, giving the local service `host_header`.
+    #[must_use]
+    pub fn with_host_header(self, host_header: HostHeader) -> Self {
+        Self { host_header, ..self }
     }
 
     /// Sends a request with `head` and `body` to the local service and returns its response
@@ -88,9 +127,18 @@ impl Forwarder {
         let uri = self.target.uri_for(&head.target).ok_or_else(|| bad_request("invalid request target"))?;
         let mut outgoing = Request::new(body.0);
         *outgoing.method_mut() = method;
+        let mut headers = header_map(head.headers);
+        let host = match &self.host_header {
+            HostHeader::Preserve => None,
+            HostHeader::Rewrite => uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            HostHeader::Fixed(value) => Some(value.clone()),
+        };
+        if let Some(host) = host {
+            headers.insert(http::header::HOST, host);
+        }
         *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = header_map(head.headers);
-        self.client.request(outgoing).await.map_err(|e| upstream_failure(&e))
+        *outgoing.headers_mut() = headers;
+        self.client.request(outgoing).await.map_err(|e| upstream_failure(&self.target, &e))
     }
 }
 
@@ -107,16 +155,60 @@ fn header_map(headers: Vec<Header>) -> HeaderMap {
     map
 }
 
-fn upstream_failure(error: &hyper_util::client::legacy::Error) -> Failure {
+fn upstream_failure(target: &Target, error: &hyper_util::client::legacy::Error) -> Failure {
     let mut source = std::error::Error::source(error);
+    let mut cause = None;
     while let Some(e) = source {
         if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
             && hyper_error.is_parse()
         {
             return Failure::new(ErrorCode::UpstreamBadResponse, error.to_string());
         }
+        if let Some(io_error) = e.downcast_ref::<io::Error>() {
+            cause = Some(io_error.kind());
+        }
         source = e.source();
     }
-    let detail = if error.is_connect() { format!("cannot connect: {error}") } else { error.to_string() };
+    let detail = if error.is_connect() {
+        let reason = match cause {
+            Some(io::ErrorKind::ConnectionRefused) => "connection refused: is it running?".to_owned(),
+            Some(io::ErrorKind::TimedOut) => "connection timed out".to_owned(),
+            Some(kind) => kind.to_string(),
+            None => "cannot connect".to_owned(),
+        };
+        format!("{target} unreachable: {reason}")
+    } else {
+        format!("{target}: {error}")
+    };
     Failure::new(ErrorCode::UpstreamUnreachable, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_choices() {
+        assert_eq!("rewrite".parse::<HostHeader>().expect("valid"), HostHeader::Rewrite);
+        assert_eq!("preserve".parse::<HostHeader>().expect("valid"), HostHeader::Preserve);
+        assert_eq!(
+            "app.local:8080".parse::<HostHeader>().expect("valid"),
+            HostHeader::Fixed(HeaderValue::from_static("app.local:8080"))
+        );
+        for bad in ["", "a b", "x/y", "user@host", "host\r\nX: y"] {
+            assert!(bad.parse::<HostHeader>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_names_the_target() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        drop(listener);
+        let target = Target::parse(&format!("http://127.0.0.1:{port}")).expect("valid");
+        let head = RequestHead { method: "GET".into(), target: "/".into(), headers: Vec::new() };
+        let failure = Forwarder::new(target).send(head, LocalBody::whole(Bytes::new())).await.expect_err("refused");
+        assert_eq!(failure.code, ErrorCode::UpstreamUnreachable);
+        assert_eq!(failure.detail, format!("http://127.0.0.1:{port} unreachable: connection refused: is it running?"));
+    }
 }

@@ -12,6 +12,8 @@ pub mod config;
 pub mod events;
 pub mod exchange;
 pub mod forward;
+pub mod plan;
+pub mod private_file;
 pub mod replay;
 pub mod session;
 pub mod state;
@@ -25,12 +27,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tunnel_schemas::events::Failure;
 
-pub use events::Event;
+pub use events::{Event, Tagged};
 pub use target::Target;
 
 use crate::backoff::Backoff;
 use crate::forward::Forwarder;
 use crate::session::{OpenError, Resume, SessionEnd};
+
+/// The session-host when neither a flag, the environment nor the settings file names one.
+pub const DEFAULT_SERVER: &str = "ws://127.0.0.1:7070";
 
 /// What to expose and where.
 #[derive(Clone)]
@@ -52,6 +57,8 @@ pub struct Options {
     pub policy: tunnel_schemas::policy::PublicPolicy,
     /// Serve the name together with the other clients of the same account that say so.
     pub shared: bool,
+    /// The `Host` header the local service gets.
+    pub host_header: forward::HostHeader,
 }
 
 impl std::fmt::Debug for Options {
@@ -64,6 +71,7 @@ impl std::fmt::Debug for Options {
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("policy", &self.policy)
             .field("shared", &self.shared)
+            .field("host_header", &self.host_header)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +88,33 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// What the user can do about it, when there is something.
+    pub fn hint(&self) -> Option<&'static str> {
+        use tunnel_schemas::ErrorCode;
+        let Self::Refused(failure) = self else {
+            return Some(
+                "pass --server ws://host:7070 or wss://host, or set it once: tunnel config set server wss://host",
+            );
+        };
+        Some(match failure.code {
+            ErrorCode::NameInUse => {
+                "another client holds this name: pick another with --name, or stop the other client first"
+            }
+            ErrorCode::InvalidName => "a name is 1 to 63 of a-z, 0-9 and -, neither starting nor ending with -",
+            ErrorCode::ReservedName => "the operator reserved this name: pick another with --name",
+            ErrorCode::NameOwned => "another account owns this name: pick another with --name",
+            ErrorCode::NameNotAllowed => "your token may not bind this name: pick one it allows, or ask the operator",
+            ErrorCode::Unauthorized => {
+                "check the token (tunnel config show says which one is used), store a new one with \
+                 tunnel login <token>, or ask the operator for one"
+            }
+            ErrorCode::ProtocolVersion => "the client and the server differ in version: update the client",
+            ErrorCode::InvalidPolicy => "check --basic-auth, --allow-cidr, --deny-cidr and --require-header",
+            ErrorCode::SessionReplaced => "another client resumed this tunnel with its secret",
+            _ => return None,
+        })
+    }
+
     /// The typed code of the refusal.
     pub fn code(&self) -> &'static str {
         match self {
@@ -108,7 +143,7 @@ pub async fn run(
     if !valid {
         return Err(ClientError::InvalidServer(options.server));
     }
-    let forwarder = Arc::new(Forwarder::new(options.target.clone()));
+    let forwarder = Arc::new(Forwarder::new(options.target.clone()).with_host_header(options.host_header.clone()));
     let mut resume: Option<Resume> = None;
     let mut backoff = Backoff::default();
     loop {
@@ -166,6 +201,49 @@ pub async fn run(
             () = shutdown.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Runs several tunnels at once, each with its own connection, until `shutdown` is cancelled or
+/// every one has stopped. Events are tagged with their tunnel's name when there are several. A
+/// tunnel refused for good is reported (`Tagged::failure`) and the others keep serving.
+///
+/// # Errors
+/// The first tunnel's error when every tunnel was refused or one was; `Ok` when all stopped on
+/// `shutdown`.
+pub async fn run_all(
+    tunnels: Vec<Options>,
+    events: mpsc::Sender<Tagged>,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let several = tunnels.len() > 1;
+    let mut running = tokio::task::JoinSet::new();
+    for options in tunnels {
+        let (sender, mut received) = mpsc::channel(1024);
+        let (events, shutdown) = (events.clone(), shutdown.clone());
+        let mut name = options.name.clone();
+        running.spawn(async move {
+            let relay = async {
+                while let Some(event) = received.recv().await {
+                    if let Event::Ready { name: granted, .. } = &event {
+                        name = Some(granted.clone());
+                    }
+                    let tunnel = if several { name.clone() } else { None };
+                    let _ = events.send(Tagged { tunnel, event }).await;
+                }
+            };
+            let (result, ()) = tokio::join!(run(options, sender, shutdown), relay);
+            (name, result)
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = running.join_next().await {
+        let Ok((name, Err(error))) = joined else { continue };
+        if several {
+            let _ = events.send(Tagged::failure(name, &error)).await;
+        }
+        first_error.get_or_insert(error);
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// `server` with the connect path appended when it has no path of its own.

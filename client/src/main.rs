@@ -2,9 +2,10 @@
 
 use std::io::{IsTerminal, Write};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::mpsc;
-use tunnel_client::{Event, Options, Target, commands};
+use tunnel_client::config::{ClientConfig, TunnelSpec};
+use tunnel_client::{Tagged, commands, plan};
 
 /// Expose a local HTTP service at a public URL through an http-tunnel server.
 #[derive(Debug, Parser)]
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Forward public HTTP requests to a local port or URL.
     Http(HttpArgs),
+    /// Start the tunnels named in the settings file's [tunnels] tables (all of them when none
+    /// is named), on one client.
+    Start(StartArgs),
     /// Show a tunnel's trail: every request's audit record, or its recorded exchanges; --follow
     /// for a live tail.
     Trail(Logged<commands::trail::TrailArgs>),
@@ -30,6 +34,15 @@ enum Command {
     Replay(Logged<commands::replay::ReplayArgs>),
     /// Write recorded exchanges to a file, as JSON lines or HAR.
     Export(Logged<commands::export::ExportArgs>),
+    /// Show or change the settings file (server, token, default flags, named tunnels).
+    Config(Logged<ConfigArgs>),
+    /// Store your account token in the settings file (readable by you alone).
+    Login(Logged<LoginArgs>),
+    /// Print a shell completion script: tunnel completions bash > ~/.local/share/bash-completion/completions/tunnel
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Operators: accounts, tokens, names, policies and quotas (needs NATS credentials).
     Admin(Logged<commands::admin::AdminArgs>),
     /// Operators: usage of a tunnel or an account per minute, hour, day or month, with its
@@ -47,6 +60,36 @@ struct Logged<T: clap::Args> {
     json: bool,
 }
 
+/// `tunnel config`.
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    #[command(subcommand)]
+    command: Option<commands::config::ConfigCommand>,
+}
+
+/// `tunnel login`.
+#[derive(Debug, clap::Args)]
+struct LoginArgs {
+    /// The account token (`tt_…`) or JWT from your operator.
+    token: String,
+}
+
+/// Flags of the tunnels a client opens, `tunnel http`'s and `tunnel start`'s.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// WebSocket URL of the http-tunnel server [default: the settings file's, or
+    /// ws://127.0.0.1:7070].
+    #[arg(long, value_name = "WS_URL", env = "TUNNEL_SERVER")]
+    server: Option<String>,
+    /// Account token (`tt_…`) from the operator, or a JWT [default: the settings file's];
+    /// never printed.
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print one JSON object per line even on a terminal (the default when stdout is not one).
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, clap::Args)]
 struct HttpArgs {
     /// Local port to forward to (http://localhost:<PORT>).
@@ -55,34 +98,39 @@ struct HttpArgs {
     /// Forward to this URL instead of a local port (http://192.168.1.20:8080).
     #[arg(long, value_name = "URL", conflicts_with = "port")]
     to: Option<String>,
-    /// WebSocket URL of the http-tunnel server [default: the settings file's, or
-    /// ws://127.0.0.1:7070].
-    #[arg(long, value_name = "WS_URL", env = "TUNNEL_SERVER")]
-    server: Option<String>,
     /// Tunnel name to request (a DNS label); random when absent.
     #[arg(long, value_name = "NAME", env = "TUNNEL_NAME")]
     name: Option<String>,
-    /// Account token (`tt_…`) from the operator, or a JWT [default: the settings file's];
-    /// never printed.
-    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
     /// Record every exchange (requests and responses, bodies up to the server's cap, credentials
-    /// masked) for `tunnel trail --recorded` and `tunnel replay`.
-    #[arg(long)]
-    record: bool,
+    /// masked) for `tunnel trail --recorded` and `tunnel replay`; --record=false overrides the
+    /// settings file's default.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, value_name = "BOOL")]
+    record: Option<bool>,
     /// Serve the name together with the other clients of your account that pass --shared
     /// (needs --name and a token); each request goes to one of them.
     #[arg(long, requires = "name")]
     shared: bool,
+    /// The Host header the local service gets: `rewrite` (its own, localhost:3000), a value
+    /// (app.local), or `preserve` (the public one; the default).
+    #[arg(long, value_name = "rewrite|VALUE")]
+    host_header: Option<String>,
+    /// Another tunnel on the same client: PORT, PORT:NAME, URL or URL:NAME; repeatable. It
+    /// takes this command's other flags.
+    #[arg(long, value_name = "PORT:NAME", value_parser = tunnel_client::plan::parse_also)]
+    also: Vec<TunnelSpec>,
     #[command(flatten)]
     policy: commands::policy::PolicyArgs,
-    /// Print one JSON object per line even on a terminal (the default when stdout is not one).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
-/// The session-host when neither a flag, the environment nor the settings file names one.
-const DEFAULT_SERVER: &str = "ws://127.0.0.1:7070";
+#[derive(Debug, clap::Args)]
+struct StartArgs {
+    /// Names of [tunnels.<name>] tables in the settings file; all of them when none is given.
+    names: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
 
 // One developer's traffic fits one thread; a single-threaded runtime saves the wake-ups between
 // worker threads that dominate at low load (measured: about half the CPU per request at one
@@ -93,15 +141,24 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match tunnel_client::config::ClientConfig::load() {
         Ok(settings) => settings,
-        Err(e) => return commands::fail(!stdout_is_terminal(), "invalid_settings", &e.to_string()),
+        Err(e) => {
+            let hint = "fix the file, or see it with tunnel config show and change it with tunnel config set";
+            return commands::fail_with_hint(!stdout_is_terminal(), "invalid_settings", &e.to_string(), Some(hint));
+        }
     };
     if let Some(ca_file) = cli.ca_file.as_ref().or(settings.ca_file.as_ref())
         && let Err(e) = tunnel_client::trust::add_ca_file(ca_file)
     {
         return commands::fail(!stdout_is_terminal(), "invalid_ca_file", &e.to_string());
     }
-    let args = match cli.command {
-        Command::Http(args) => args,
+    let (specs, client) = match cli.command {
+        Command::Http(args) => http_specs(args),
+        Command::Start(args) => match start_specs(&args, &settings) {
+            Ok(specs) => (specs, args.client),
+            Err(message) => {
+                return commands::fail(args.client.json || !stdout_is_terminal(), "invalid_arguments", &message);
+            }
+        },
         Command::Trail(Logged { args, json }) => {
             return commands::trail::run(args, json || !stdout_is_terminal()).await;
         }
@@ -110,6 +167,17 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Export(Logged { args, json }) => {
             return commands::export::run(args, json || !stdout_is_terminal()).await;
+        }
+        Command::Config(Logged { args, json }) => {
+            let command = args.command.unwrap_or(commands::config::ConfigCommand::Show);
+            return commands::config::run(command, json || !stdout_is_terminal());
+        }
+        Command::Login(Logged { args, json }) => {
+            return commands::config::login(&args.token, json || !stdout_is_terminal());
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tunnel", &mut std::io::stdout());
+            return std::process::ExitCode::SUCCESS;
         }
         Command::Admin(Logged { args, json }) => {
             return commands::admin::run(args, json || !stdout_is_terminal()).await;
@@ -121,26 +189,25 @@ async fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours).init();
-    let json = args.json || !stdout_is_terminal();
-    let target =
-        match args.to.as_deref().map(Target::parse).unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80)))) {
-            Ok(target) => target,
-            Err(e) => return commands::fail(json, "invalid_target", &e.to_string()),
-        };
-    let policy = match args.policy.build() {
-        Ok(policy) => policy,
-        Err(e) => return commands::fail(json, "invalid_policy", &e.to_string()),
-    };
-    let options = Options {
-        server: args.server.or(settings.server).unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
-        target,
-        name: args.name,
-        record: args.record,
+    let json = client.json || !stdout_is_terminal();
+    let common = plan::Common {
+        server: client.server.or(settings.server).unwrap_or_else(|| tunnel_client::DEFAULT_SERVER.to_owned()),
+        token: client.token.or(settings.token),
         state_dir: tunnel_client::state::default_dir(),
-        token: args.token.or(settings.token),
-        policy,
-        shared: args.shared,
     };
+    let mut tunnels = Vec::with_capacity(specs.len());
+    for (key, spec) in specs {
+        match plan::options(spec.or(&settings.defaults), key.as_deref(), &common) {
+            Ok(options) => tunnels.push(options),
+            Err(e) => return commands::fail(json, e.code(), &e.to_string()),
+        }
+    }
+    for options in &tunnels {
+        if let Err(problem) = options.target.probe().await {
+            eprintln!("warning: {problem}; visitors get a 502 page naming it until it answers");
+        }
+    }
+    let several = tunnels.len() > 1;
     let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);
     let printer = tokio::spawn(async move {
@@ -157,19 +224,65 @@ async fn main() -> std::process::ExitCode {
             lines.clear();
         }
     });
-    let result = tunnel_client::run(options, events, shutdown).await;
+    let result = tunnel_client::run_all(tunnels, events, shutdown).await;
     let _ = printer.await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => commands::fail(json, e.code(), &e.to_string()),
+        // Each refusal was reported as its tunnel's event.
+        Err(_) if several => std::process::ExitCode::FAILURE,
+        Err(e) => commands::fail_with_hint(json, e.code(), &e.to_string(), e.hint()),
     }
+}
+
+/// The tunnels `tunnel http` describes: its own, then each `--also`, with its flags.
+fn http_specs(args: HttpArgs) -> (Vec<(Option<String>, TunnelSpec)>, ClientArgs) {
+    let flags = TunnelSpec {
+        port: args.port,
+        to: args.to,
+        name: args.name,
+        record: args.record,
+        shared: args.shared.then_some(true),
+        host_header: args.host_header,
+        basic_auth: args.policy.basic_auth,
+        allow_cidr: args.policy.allow_cidr,
+        deny_cidr: args.policy.deny_cidr,
+        require_header: args.policy.require_header,
+    };
+    let mut specs = vec![(None, flags.clone())];
+    for also in args.also {
+        let inherited = TunnelSpec { port: None, to: None, name: None, shared: None, ..flags.clone() };
+        specs.push((None, also.or(&inherited)));
+    }
+    (specs, args.client)
+}
+
+/// The tunnels of the settings file `tunnel start` names.
+fn start_specs(args: &StartArgs, settings: &ClientConfig) -> Result<Vec<(Option<String>, TunnelSpec)>, String> {
+    let path =
+        tunnel_client::config::path().map_or_else(|| "the settings file".to_owned(), |p| p.display().to_string());
+    if settings.tunnels.is_empty() {
+        return Err(format!("no [tunnels] in {path}: add one with tunnel config set tunnels.web.port 3000"));
+    }
+    if args.names.is_empty() {
+        return Ok(settings.tunnels.iter().map(|(key, spec)| (Some(key.clone()), spec.clone())).collect());
+    }
+    args.names
+        .iter()
+        .map(|name| match settings.tunnels.get(name) {
+            Some(spec) => Ok((Some(name.clone()), spec.clone())),
+            None => {
+                let known: Vec<&str> = settings.tunnels.keys().map(String::as_str).collect();
+                Err(format!("no [tunnels.{name}] in {path}; it has: {}", known.join(", ")))
+            }
+        })
+        .collect()
 }
 
 fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
-fn push_line(lines: &mut String, json: bool, event: &Event) {
+fn push_line(lines: &mut String, json: bool, event: &Tagged) {
     if json {
         lines.push_str(&serde_json::to_string(event).unwrap_or_default());
     } else {

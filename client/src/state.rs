@@ -55,16 +55,8 @@ pub fn default_dir() -> Option<PathBuf> {
 /// # Errors
 /// The I/O error when the directory or file cannot be written.
 pub fn save(dir: &Path, tunnel: &SavedTunnel) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{}.json", tunnel.name));
-    let temporary = dir.join(format!(".{}.json.tmp", tunnel.name));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temporary)?;
-    io::Write::write_all(&mut file, &serde_json::to_vec_pretty(tunnel).map_err(io::Error::other)?)?;
-    std::fs::rename(temporary, path)
+    let contents = serde_json::to_vec_pretty(tunnel).map_err(io::Error::other)?;
+    crate::private_file::write(&dir.join(format!("{}.json", tunnel.name)), &contents)
 }
 
 /// The tunnel `name` saved in `dir`, or the one saved last when `name` is `None`.

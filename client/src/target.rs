@@ -69,6 +69,29 @@ impl Target {
     }
 }
 
+/// How long [`Target::probe`] waits for the local service to accept a connection.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Target {
+    /// Checks that something accepts connections at the service's address.
+    ///
+    /// # Errors
+    /// What went wrong, naming the service: nothing listens, the name does not resolve, no
+    /// answer in time.
+    pub async fn probe(&self) -> Result<(), String> {
+        let port = self.authority.port_u16().unwrap_or(if self.scheme == Scheme::HTTPS { 443 } else { 80 });
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(format!("nothing answers at {self} yet (connection refused): is it running?"))
+            }
+            Ok(Err(e)) => Err(format!("cannot reach {self}: {e}")),
+            Err(_) => Err(format!("{self} did not accept a connection within {} s", PROBE_TIMEOUT.as_secs())),
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
@@ -91,6 +114,17 @@ mod tests {
     fn prefixes_paths() {
         let target = Target::parse("http://10.0.0.2:8080/api/").expect("valid");
         assert_eq!(target.uri_for("/v1?q").expect("valid").to_string(), "http://10.0.0.2:8080/api/v1?q");
+    }
+
+    #[tokio::test]
+    async fn probes_say_whether_anything_listens() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        let target = Target::parse(&format!("http://127.0.0.1:{port}")).expect("valid");
+        assert_eq!(target.probe().await, Ok(()));
+        drop(listener);
+        let refused = target.probe().await.expect_err("closed");
+        assert!(refused.contains("connection refused"), "{refused}");
     }
 
     #[test]

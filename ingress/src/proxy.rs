@@ -30,7 +30,7 @@ use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION, audit, subjects};
 use crate::audit::AuditSink;
 use crate::client_addr::TrustedProxies;
 use crate::config::IngressConfig;
-use crate::error_page::{error_response, wants_json};
+use crate::error_page::{detailed_error_response, error_response, wants_json};
 use crate::exchange::Exchange;
 use crate::headers::{Forwarded, header_bytes, request_headers, response_headers};
 use crate::limits::Limits;
@@ -417,6 +417,13 @@ impl Proxy {
                 if failure.code == ErrorCode::TunnelBusy {
                     // Shed at once by the session: worth a retry in a moment.
                     return Outcome::too_many(failure.code, 1, request_id, json);
+                }
+                if failure.code == ErrorCode::UpstreamUnreachable {
+                    // The client names the local service it could not reach: the visitor, often
+                    // the developer, sees which port to start.
+                    let mut outcome = fail(failure.code, bytes_in + exchange.bytes_sent());
+                    outcome.response = detailed_error_response(failure.code, request_id, json, Some(&failure.detail));
+                    return outcome;
                 }
                 return fail(failure.code, bytes_in + exchange.bytes_sent());
             }

@@ -21,15 +21,36 @@ impl Cli {
     /// # Panics
     /// When it cannot start.
     pub fn start(server: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(binary("tunnel"))
-            .arg("http")
+        let mut command = Command::new(binary("tunnel"));
+        command.arg("http").args(args).args(["--server", server]).env("TUNNEL_CONFIG", "/nonexistent/config.toml");
+        Self::spawn(command.stderr(Stdio::null()))
+    }
+
+    /// Starts `tunnel <args>` with `<dir>/config.toml` as its settings file, `dir` as its state
+    /// directory and its stderr written to `<dir>/stderr`; `env` is set, and the variables a
+    /// developer's shell may hold are not.
+    ///
+    /// # Panics
+    /// When it cannot start.
+    pub fn start_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let stderr = std::fs::File::create(dir.join("stderr")).expect("stderr file");
+        let mut command = Command::new(binary("tunnel"));
+        command
             .args(args)
-            .args(["--server", server])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tunnel starts");
+            .env("TUNNEL_CONFIG", dir.join("config.toml"))
+            .env("TUNNEL_STATE_DIR", dir)
+            .envs(env.iter().copied())
+            .stderr(stderr);
+        for key in ["TUNNEL_SERVER", "TUNNEL_TOKEN", "TUNNEL_NAME"] {
+            if !env.iter().any(|(set, _)| *set == key) {
+                command.env_remove(key);
+            }
+        }
+        Self::spawn(&mut command)
+    }
+
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).kill_on_drop(true).spawn().expect("tunnel starts");
         let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         Self { child, lines }
     }

@@ -411,6 +411,19 @@ impl TestEnv {
         nats_url_as(self.nats.url(), self.options.permissions.then_some(user))
     }
 
+    /// Runs `tunnel admin --nats <admin URL> <args>` to its end, as the operator; its last JSON
+    /// line.
+    ///
+    /// # Panics
+    /// When it fails or prints no JSON.
+    pub async fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let nats = self.nats_url_as("admin");
+        let args = [&["admin", "--nats", nats.as_str()][..], args].concat();
+        let (code, stdout, stderr) = crate::run_tunnel(std::path::Path::new("/nonexistent"), &args).await;
+        assert_eq!(code, Some(0), "tunnel {args:?}: {stdout}{stderr}");
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
     /// Waits until the unlabelled counter `name` of this process's metrics reaches `at_least`.
     /// A counter has no event to wait on, so this polls, with [`DEADLINE`].
     ///
@@ -488,6 +501,7 @@ impl TestEnv {
             token: self.client_token.clone(),
             policy: PublicPolicy::default(),
             shared: false,
+            host_header: tunnel_client::forward::HostHeader::Preserve,
         }
     }
 
@@ -576,6 +590,7 @@ impl Tunnel {
             token: None,
             policy: PublicPolicy::default(),
             shared: false,
+            host_header: tunnel_client::forward::HostHeader::Preserve,
         };
         Self::spawn_with(options)
     }

@@ -6,19 +6,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
-use tunnel_client::{Options, Target};
+use tunnel_client::Options;
 use tunnel_schemas::ErrorCode;
-use tunnel_schemas::policy::PublicPolicy;
 use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, Upstream, binary, run_tunnel, within};
-
-/// `tunnel admin … --json` against the environment's NATS; its single JSON line.
-async fn admin(env: &TestEnv, args: &[&str]) -> serde_json::Value {
-    let nats = env.nats_url_as("admin");
-    let args = [&["admin", "--nats", nats.as_str()][..], args].concat();
-    let (code, stdout, stderr) = run_tunnel(std::path::Path::new("/nonexistent"), &args).await;
-    assert_eq!(code, Some(0), "tunnel {args:?}: {stdout}{stderr}");
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
 
 fn client(env: &TestEnv, port: u16, name: Option<&str>, token: Option<&str>) -> Tunnel {
     env.client_with_token(port, name, token)
@@ -47,8 +37,8 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
     let mut env = TestEnv::start_with(EnvOptions { auth: "tokens", ..EnvOptions::default() }).await;
     let second_host = env.add_host().await;
     let upstream = Upstream::start().await;
-    admin(&env, &["account", "create", "acme"]).await;
-    let created = admin(&env, &["token", "create", "acme", "--name", "*-acme"]).await;
+    env.admin(&["account", "create", "acme"]).await;
+    let created = env.admin(&["token", "create", "acme", "--name", "*-acme"]).await;
     let (token, id) = (created["token"].as_str().expect("token"), created["id"].as_str().expect("id"));
 
     assert_eq!(refused(client(&env, upstream.port(), Some("shop-acme"), None)).await, ErrorCode::Unauthorized);
@@ -84,19 +74,14 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
     // The same token on another host.
     let elsewhere = Tunnel::spawn_with(Options {
         server: format!("ws://{second_host}"),
-        target: Target::port(upstream.port()),
-        name: Some("api-acme".into()),
-        record: false,
-        state_dir: None,
         token: Some(token.to_owned()),
-        policy: PublicPolicy::default(),
-        shared: false,
+        ..env.client_options(upstream.port(), "api-acme")
     });
     let mut elsewhere = elsewhere;
     assert!(matches!(elsewhere.next_event().await, Some(tunnel_client::Event::Ready { .. })));
 
     let revoked_at = Instant::now();
-    admin(&env, &["token", "revoke", id]).await;
+    env.admin(&["token", "revoke", id]).await;
     let exit = within(DEADLINE, "the client to be closed", child.wait()).await.expect("wait");
     let took = revoked_at.elapsed();
     assert!(took < Duration::from_secs(2), "closed {took:?} after the revocation");
@@ -144,11 +129,11 @@ async fn a_reserved_name_belongs_to_its_account_and_its_owner_takes_it_back_afte
     let env = TestEnv::start_with(options).await;
     let upstream = Upstream::start().await;
     for account in ["acme", "rival"] {
-        admin(&env, &["account", "create", account]).await;
+        env.admin(&["account", "create", account]).await;
     }
-    let acme = admin(&env, &["token", "create", "acme"]).await["token"].as_str().expect("token").to_owned();
-    let rival = admin(&env, &["token", "create", "rival"]).await["token"].as_str().expect("token").to_owned();
-    admin(&env, &["name", "reserve", "shop", "acme"]).await;
+    let acme = env.admin(&["token", "create", "acme"]).await["token"].as_str().expect("token").to_owned();
+    let rival = env.admin(&["token", "create", "rival"]).await["token"].as_str().expect("token").to_owned();
+    env.admin(&["name", "reserve", "shop", "acme"]).await;
 
     let stranger = client(&env, upstream.port(), Some("shop"), Some(&rival));
     assert_eq!(refused(stranger).await, ErrorCode::NameOwned, "free, but reserved");
@@ -161,7 +146,7 @@ async fn a_reserved_name_belongs_to_its_account_and_its_owner_takes_it_back_afte
 
     // A name reserved while someone else holds it: their session ends at its next renewal.
     let mut holder = Tunnel::ready_with(client(&env, upstream.port(), Some("market"), Some(&rival))).await;
-    admin(&env, &["name", "reserve", "market", "acme"]).await;
+    env.admin(&["name", "reserve", "market", "acme"]).await;
     loop {
         match holder.next_event().await {
             None => break,

@@ -4,18 +4,10 @@
 use futures_util::StreamExt;
 use tunnel_client::{ClientError, Options};
 use tunnel_schemas::ErrorCode;
-use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, Upstream, run_tunnel, within};
-
-async fn admin(env: &TestEnv, args: &[&str]) -> serde_json::Value {
-    let nats = env.nats.url().to_owned();
-    let args = [&["admin", "--nats", nats.as_str()][..], args].concat();
-    let (code, stdout, stderr) = run_tunnel(std::path::Path::new("/nonexistent"), &args).await;
-    assert_eq!(code, Some(0), "tunnel {args:?}: {stdout}{stderr}");
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, Upstream, within};
 
 async fn token(env: &TestEnv, account: &str) -> String {
-    admin(env, &["token", "create", account]).await["token"].as_str().expect("token").to_owned()
+    env.admin(&["token", "create", account]).await["token"].as_str().expect("token").to_owned()
 }
 
 fn client(env: &TestEnv, upstream: &Upstream, token: &str, shared: bool) -> Tunnel {
@@ -33,8 +25,8 @@ async fn refusal(tunnel: Tunnel) -> ErrorCode {
 #[tokio::test]
 async fn an_accounts_clients_share_a_name_and_strangers_never_join() {
     let env = TestEnv::start_with(EnvOptions { auth: "tokens", lease_ttl_secs: 3, ..EnvOptions::default() }).await;
-    admin(&env, &["account", "create", "acme"]).await;
-    admin(&env, &["account", "create", "other"]).await;
+    env.admin(&["account", "create", "acme"]).await;
+    env.admin(&["account", "create", "other"]).await;
     let (laptop, server, stranger) = (token(&env, "acme").await, token(&env, "acme").await, token(&env, "other").await);
     let (mut first_upstream, mut second_upstream) = (Upstream::start().await, Upstream::start().await);
 

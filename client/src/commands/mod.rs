@@ -3,6 +3,7 @@
 //! tunnel and its log are found ([`LogArgs`]) and what is selected ([`FilterArgs`]).
 
 pub mod admin;
+pub mod config;
 pub mod export;
 pub mod policy;
 pub mod quota;
@@ -135,10 +136,23 @@ pub fn query(name: &str, source: Source, filter: Filter, follow: bool, limit: Op
 
 /// Reports a failure: a JSON line on `json`, a message on stderr otherwise.
 pub fn fail(json: bool, code: &str, message: &str) -> ExitCode {
+    fail_with_hint(json, code, message, None)
+}
+
+/// Reports a failure and what to do about it: a JSON line on `json` (the hint as `hint`), a
+/// message and a `hint:` line on stderr otherwise.
+pub fn fail_with_hint(json: bool, code: &str, message: &str, hint: Option<&str>) -> ExitCode {
     if json {
-        println!("{}", serde_json::json!({ "event": "error", "code": code, "message": message }));
+        let mut line = serde_json::json!({ "event": "error", "code": code, "message": message });
+        if let Some(hint) = hint {
+            line["hint"] = hint.into();
+        }
+        println!("{line}");
     } else {
         eprintln!("error: {message} ({code})");
+        if let Some(hint) = hint {
+            eprintln!("hint: {hint}");
+        }
     }
     ExitCode::FAILURE
 }

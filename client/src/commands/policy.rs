@@ -14,16 +14,16 @@ use super::admin::{Refusal, keys, print};
 pub struct PolicyArgs {
     /// Require HTTP basic auth with this user and password (8+ bytes); repeat for more users.
     #[arg(long, value_name = "USER:PASSWORD")]
-    basic_auth: Vec<String>,
+    pub basic_auth: Vec<String>,
     /// Admit only clients from this network or address (10.0.0.0/8, 203.0.113.7); repeatable.
     #[arg(long, value_name = "CIDR")]
-    allow_cidr: Vec<String>,
+    pub allow_cidr: Vec<String>,
     /// Refuse clients from this network or address; repeatable.
     #[arg(long, value_name = "CIDR")]
-    deny_cidr: Vec<String>,
+    pub deny_cidr: Vec<String>,
     /// Admit only requests carrying this header with this value; repeatable.
     #[arg(long, value_name = "NAME:VALUE")]
-    require_header: Vec<String>,
+    pub require_header: Vec<String>,
 }
 
 impl PolicyArgs {
