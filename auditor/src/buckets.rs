@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use tunnel_schemas::usage::{QUOTA_STATE_BUCKET, QUOTAS_BUCKET, USAGE_BUCKET};
 
+use tunnel_kit::retention::Retention;
+
 use crate::config::AuditorConfig;
 
 /// The buckets the auditor uses.
@@ -36,8 +38,15 @@ impl Buckets {
             ..Default::default()
         };
         let retention = Duration::from_secs(config.usage_retention_days * 86_400);
+        let usage = open(js, bucket(USAGE_BUCKET, "usage counters per scope and period", retention)).await?;
+        // Counters older than the retention go; nothing else limits the bucket. Deletes are
+        // denied in every KV bucket's stream (keys are deleted with markers, not removed).
+        let kept = Retention { max_age: retention, max_bytes: -1, deny_delete: true, deny_purge: false };
+        let stream = format!("KV_{USAGE_BUCKET}");
+        tunnel_kit::retention::reconcile(js, &stream, kept).await;
+        tokio::spawn(tunnel_kit::retention::watch(js.clone(), stream, kept));
         Ok(Self {
-            usage: open(js, bucket(USAGE_BUCKET, "usage counters per scope and period", retention)).await?,
+            usage,
             quotas: open(js, bucket(QUOTAS_BUCKET, "quota limits per scope", Duration::ZERO)).await?,
             quota_state: open(js, bucket(QUOTA_STATE_BUCKET, "scopes near or over a quota", Duration::ZERO)).await?,
             leader: crate::lease::open_bucket(js, Duration::from_secs(config.leader_lease_secs), config.replicas)

@@ -25,7 +25,7 @@ pub struct AuditorConfig {
     pub node_id: String,
     /// Length of the shortest counting period, the "minute", in seconds (shorter in tests).
     pub usage_minute_secs: u64,
-    /// Days usage counters are kept (`max_age` of the usage bucket when the auditor creates it).
+    /// Days usage counters are kept (`max_age` of the usage bucket, applied at every start).
     pub usage_retention_days: u64,
     /// Seconds the leader lease lasts without renewal: how long a crashed leader holds up the
     /// counting (`max_age` of the leader bucket when the auditor creates it).

@@ -5,6 +5,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use tunnel_schemas::subjects::{AUDIT_STREAM, AUDIT_SUBJECTS};
 
+use tunnel_kit::retention::Retention;
+
 use crate::config::AuditorConfig;
 
 /// Name of the auditor's durable consumer.
@@ -26,12 +28,26 @@ pub struct SetupError(
     pub String,
 );
 
-/// Creates the `AUDIT` stream when absent and returns it.
+/// Creates the `AUDIT` stream when absent and returns it; an existing stream gets the configured
+/// retention where this user may update it, and is reported otherwise
+/// ([`tunnel_kit::retention::reconcile`]).
+///
+/// The stream denies deletes and purges: no message of the audit log can be removed but by its
+/// age. The server refuses to lift either once set.
 ///
 /// # Errors
 /// [`SetupError`] when JetStream refuses.
 pub async fn ensure_stream(js: &jetstream::Context, config: &AuditorConfig) -> Result<stream::Stream, SetupError> {
-    let wanted = stream::Config {
+    let wanted = stream_config(config);
+    let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| SetupError(e.to_string()))?;
+    tunnel_kit::retention::reconcile(js, AUDIT_STREAM, Retention::of(&wanted)).await;
+    tokio::spawn(tunnel_kit::retention::watch(js.clone(), AUDIT_STREAM.to_owned(), Retention::of(&wanted)));
+    Ok(stream)
+}
+
+/// The settings of the `AUDIT` stream `config` asks for.
+fn stream_config(config: &AuditorConfig) -> stream::Config {
+    stream::Config {
         name: AUDIT_STREAM.into(),
         subjects: vec![AUDIT_SUBJECTS.into()],
         retention: stream::RetentionPolicy::Limits,
@@ -41,23 +57,10 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &AuditorConfig) -> R
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         duplicate_window: DUPLICATE_WINDOW,
+        deny_delete: true,
+        deny_purge: true,
         ..Default::default()
-    };
-    let mut stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| SetupError(e.to_string()))?;
-    let actual = &stream.info().await.map_err(|e| SetupError(e.to_string()))?.config;
-    if actual.max_age != wanted.max_age
-        || actual.num_replicas != wanted.num_replicas
-        || actual.subjects != wanted.subjects
-    {
-        tracing::warn!(
-            stream = AUDIT_STREAM,
-            max_age = ?actual.max_age,
-            replicas = actual.num_replicas,
-            subjects = ?actual.subjects,
-            "the audit stream exists with other settings; it is used as it is"
-        );
     }
-    Ok(stream)
 }
 
 /// The auditor's durable pull consumer on `stream`, created when absent.

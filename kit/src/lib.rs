@@ -28,6 +28,7 @@ pub mod mirror;
 pub mod nats;
 pub mod ops;
 pub mod pump;
+pub mod retention;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

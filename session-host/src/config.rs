@@ -142,7 +142,7 @@ impl Default for HostConfig {
             record_body_bytes: 1 << 20,
             record_mask_headers: String::new(),
             record_keep_headers: String::new(),
-            record_max_age_hours: 7 * 24,
+            record_max_age_hours: 24,
             record_max_bytes: 2 << 30,
             record_max_bytes_per_tunnel: 256 << 20,
             record_replicas: 1,

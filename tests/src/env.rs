@@ -438,6 +438,11 @@ impl TestEnv {
         }
     }
 
+    /// This process's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
     /// The unlabelled counter `name` of this process's metrics (shared by the environments of
     /// one test binary), 0 when it was never incremented.
     pub fn counter(&self, name: &str) -> f64 {

@@ -5,6 +5,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use tunnel_schemas::subjects::{RECORDING_STREAM, RECORDING_SUBJECTS};
 
+use tunnel_kit::retention::Retention;
+
 use super::Policy;
 
 /// Time before the first new attempt at creating the stream after a failure; it doubles up to
@@ -18,12 +20,21 @@ const RETRY_CEILING: Duration = Duration::from_secs(10);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Creates the `RECORDINGS` stream when absent (settings from `policy`) and returns it; an
-/// existing stream is used as it is, with a warning when its retention differs.
+/// existing stream gets the configured retention ([`tunnel_kit::retention::reconcile`]).
 ///
 /// # Errors
 /// The JetStream error when the stream can be neither found nor created.
 pub async fn ensure_stream(js: &jetstream::Context, policy: &Policy) -> Result<stream::Stream, String> {
-    let wanted = stream::Config {
+    let wanted = config(policy);
+    let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| e.to_string())?;
+    tunnel_kit::retention::reconcile(js, RECORDING_STREAM, Retention::of(&wanted)).await;
+    tokio::spawn(tunnel_kit::retention::watch(js.clone(), RECORDING_STREAM.to_owned(), Retention::of(&wanted)));
+    Ok(stream)
+}
+
+/// The settings of the stream `policy` asks for.
+fn config(policy: &Policy) -> stream::Config {
+    stream::Config {
         name: RECORDING_STREAM.into(),
         description: Some("http-tunnel recorded exchanges".into()),
         subjects: vec![RECORDING_SUBJECTS.into()],
@@ -36,18 +47,7 @@ pub async fn ensure_stream(js: &jetstream::Context, policy: &Policy) -> Result<s
         duplicate_window: DUPLICATE_WINDOW,
         allow_direct: true,
         ..Default::default()
-    };
-    let mut stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| e.to_string())?;
-    let actual = &stream.info().await.map_err(|e| e.to_string())?.config;
-    if actual.max_age != wanted.max_age || actual.max_bytes != wanted.max_bytes || actual.subjects != wanted.subjects {
-        tracing::warn!(
-            stream = RECORDING_STREAM,
-            max_age = ?actual.max_age,
-            max_bytes = actual.max_bytes,
-            "the recording stream exists with other settings; it is used as it is"
-        );
     }
-    Ok(stream)
 }
 
 /// Tries to create the stream, at growing intervals from [`RETRY_FIRST`] to [`RETRY_CEILING`],
