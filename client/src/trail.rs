@@ -11,8 +11,10 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tunnel_schemas::audit::{DataAction, DataEvent};
 use tunnel_trail::event::TrailEvent;
-use tunnel_trail::query::{self, Query};
+use tunnel_trail::query::{self, Query, Source};
+use tunnel_trail::record::put_on_record;
 
 /// Longest line of the trail endpoint's output accepted (a recorded exchange with two 1 MiB
 /// bodies in base64 is under 3 MiB).
@@ -96,22 +98,55 @@ pub async fn operator_nats(url: &str, name: &str) -> Result<async_nats::Client, 
     tunnel_kit::nats::connect(url, name, &inbox).await
 }
 
-/// The events of `query`, from the log behind `access`.
+/// The events of `query`, from the log behind `access`, read for `purpose` (a read of recorded
+/// exchanges is put on record first, by the session-host or, through NATS, here).
 ///
 /// # Errors
-/// [`TrailError`] when the log cannot be reached or refuses.
+/// [`TrailError`] when the log cannot be reached or refuses, or the read cannot be put on record.
 pub async fn read(
     access: &Access,
     query: Query,
+    purpose: DataAction,
 ) -> Result<BoxStream<'static, Result<TrailEvent, TrailError>>, TrailError> {
     match access {
         Access::Nats { url } => {
             let nats = operator_nats(url, "tunnel-cli").await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             let js = async_nats::jetstream::new(nats);
+            if query.source == Source::Exchanges {
+                let action = if query.follow { DataAction::Tail } else { purpose };
+                put_on_record(&js, &operator_event(url, &query.tunnel, action, query.filter.describe(), None))
+                    .await
+                    .map_err(|e| TrailError::Unreachable(e.to_string()))?;
+            }
             let events = query::read(&js, query).await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             Ok(events.map_err(|e| TrailError::Unreachable(e.to_string())).boxed())
         }
-        Access::Host { base, secret } => read_from_host(base, secret, &query).await,
+        Access::Host { base, secret } => read_from_host(base, secret, &query, purpose).await,
+    }
+}
+
+/// The data event of an operator reaching the log through NATS at `url`: the actor is the NATS
+/// user of the URL (`nats:admin`), or `nats` without one.
+pub fn operator_event(
+    url: &str,
+    tunnel: &str,
+    action: DataAction,
+    selector: String,
+    records: Option<u64>,
+) -> DataEvent {
+    let user = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(credentials, _)| credentials.split(':').next().unwrap_or_default());
+    DataEvent {
+        v: tunnel_schemas::PROTOCOL_VERSION,
+        tunnel: tunnel.to_owned(),
+        action,
+        actor: user.map_or_else(|| "nats".to_owned(), |user| format!("nats:{user}")),
+        remote_addr: None,
+        selector,
+        records,
+        at_ms: tunnel_trail::filter::now_ms(),
     }
 }
 
@@ -119,9 +154,11 @@ async fn read_from_host(
     base: &str,
     secret: &str,
     query: &Query,
+    purpose: DataAction,
 ) -> Result<BoxStream<'static, Result<TrailEvent, TrailError>>, TrailError> {
     let mut pairs: Vec<(&str, String)> = query.filter.to_pairs();
     pairs.push(("source", query.source.as_str().to_owned()));
+    pairs.push(("purpose", purpose.as_str().to_owned()));
     if query.follow {
         pairs.push(("follow", "1".into()));
     }
@@ -199,6 +236,14 @@ mod tests {
         let chunks = ["a\nb", "c\n", "d"].map(|s| Ok(Bytes::from_static(s.as_bytes())));
         let lines: Vec<_> = lines(futures_util::stream::iter(chunks)).map(|l| l.expect("line")).collect().await;
         assert_eq!(lines, [b"a".to_vec(), b"bc".to_vec(), b"d".to_vec()]);
+    }
+
+    #[test]
+    fn operators_are_named_by_their_nats_user_never_their_password() {
+        let event = operator_event("nats://admin:s3cret@h:4222", "t", DataAction::Export, String::new(), None);
+        assert_eq!(event.actor, "nats:admin");
+        assert!(!format!("{event:?}").contains("s3cret"));
+        assert_eq!(operator_event("nats://h:4222", "t", DataAction::Query, String::new(), None).actor, "nats");
     }
 
     #[test]

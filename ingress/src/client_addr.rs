@@ -14,6 +14,15 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(Vec<IpNet>);
 
+/// The network `ip` is in, as audit records keep it when full addresses must not be stored:
+/// `203.0.113.0/24` for IPv4, `2001:db8:1::/48` for IPv6 (an IPv4-mapped IPv6 address counts as
+/// IPv4).
+pub fn truncated(ip: std::net::IpAddr) -> String {
+    let ip = ip.to_canonical();
+    let prefix = if ip.is_ipv4() { 24 } else { 48 };
+    IpNet::new(ip, prefix).map_or_else(|_| ip.to_string(), |net| net.trunc().to_string())
+}
+
 impl TrustedProxies {
     /// Parses a comma-separated list of networks or addresses (empty: trust none).
     ///
@@ -60,6 +69,14 @@ impl TrustedProxies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_keeps_the_network_only() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("address");
+        assert_eq!(truncated(ip("203.0.113.77")), "203.0.113.0/24");
+        assert_eq!(truncated(ip("2001:db8:1:2:3::9")), "2001:db8:1::/48");
+        assert_eq!(truncated(ip("::ffff:198.51.100.9")), "198.51.100.0/24");
+    }
 
     fn headers(chains: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();

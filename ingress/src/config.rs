@@ -64,6 +64,9 @@ pub struct IngressConfig {
     /// is `X-Forwarded-For` believed, for policies, rate limits and audit. Empty: the
     /// connection's own address counts.
     pub trusted_proxies: String,
+    /// Keep only the network of a public client's address in audit records (IPv4 /24, IPv6
+    /// /48), for deployments that must not store full addresses.
+    pub audit_truncate_addresses: bool,
     /// Seconds `/readyz` fails after SIGTERM while requests are still served, so that load
     /// balancers take the node out before it stops accepting (0: stop at once).
     pub unready_before_stop_secs: u64,
@@ -100,6 +103,7 @@ impl Default for IngressConfig {
             redirect_listen: String::new(),
             redirect_https_port: 443,
             trusted_proxies: String::new(),
+            audit_truncate_addresses: false,
             unready_before_stop_secs: 5,
             audit: true,
             node_id: "ing1".into(),

@@ -238,7 +238,11 @@ pub async fn handle(
             bytes_in: outcome.bytes_in,
             bytes_out: outcome.bytes_out,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            remote_addr: client_ip,
+            remote_addr: if proxy.inner.config.audit_truncate_addresses {
+                crate::client_addr::truncated(client)
+            } else {
+                client_ip
+            },
             at_ms: arrived_ms,
             account: account.map(|account| account.to_string()),
             replay: parts.headers.contains_key(tunnel_schemas::record::REPLAY_OF_HEADER),

@@ -115,3 +115,76 @@ pub struct AccessEvent {
     /// Unix time in milliseconds.
     pub at_ms: u64,
 }
+
+/// Subject kind of a [`DataEvent`] (`audit.<name>.data`).
+pub const KIND_DATA: &str = "data";
+
+/// Subject token standing for "no one tunnel" in `audit.<token>.data`: an erasure that matched no
+/// recording. Not a valid tunnel name, so it names none.
+pub const NO_TUNNEL: &str = "_none";
+
+/// What was done with a tunnel's recordings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataAction {
+    /// Read up to the end of the log (`tunnel trail --recorded`).
+    Query,
+    /// Read live (`--follow`).
+    Tail,
+    /// Read to send again (`tunnel replay`).
+    Replay,
+    /// Read to write to a file (`tunnel export`).
+    Export,
+    /// Read for the client's local inspector.
+    Inspect,
+    /// Removed from the stream (`tunnel admin erase`).
+    Erase,
+}
+
+impl DataAction {
+    /// The name in query strings and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Tail => "tail",
+            Self::Replay => "replay",
+            Self::Export => "export",
+            Self::Inspect => "inspect",
+            Self::Erase => "erase",
+        }
+    }
+
+    /// The action named `text` (a read's purpose), if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Query, Self::Tail, Self::Replay, Self::Export, Self::Inspect, Self::Erase]
+            .into_iter()
+            .find(|action| action.as_str() == text)
+    }
+}
+
+/// A read or an erasure of a tunnel's recordings, published to the `AUDIT` stream by whoever
+/// did it: the session-host serving a tunnel's client, or the `tunnel` command of an operator
+/// reading or erasing with NATS credentials. It names who, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataEvent {
+    /// Protocol version of the publisher.
+    pub v: u16,
+    /// The tunnel whose recordings ([`NO_TUNNEL`] for an erasure that matched none).
+    pub tunnel: String,
+    /// What was done.
+    pub action: DataAction,
+    /// Who did it: `owner:<first 12 hex of the owner key>` (the tunnel's client, through a
+    /// session-host), `nats:<user>` (an operator, through NATS).
+    pub actor: String,
+    /// The client's address, when it came through a session-host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+    /// What was selected: the filter as a query string (`status=5xx&since=…`).
+    #[serde(default)]
+    pub selector: String,
+    /// Records removed (erasures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+}

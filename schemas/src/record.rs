@@ -59,6 +59,10 @@ pub struct ExchangeRecord {
     /// Who may read this record without NATS credentials: [`owner_key`] of the resume secret of
     /// the session that recorded it.
     pub owner: String,
+    /// The account the recording session was admitted for (none in anonymous mode, and in
+    /// records made before accounts were recorded), for erasure by account.
+    #[serde(default)]
+    pub account: Option<String>,
     /// Unix time of arrival at the session-host, in milliseconds.
     pub at_ms: u64,
     /// Time from the request's arrival to the response head, in microseconds.

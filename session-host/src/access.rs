@@ -8,22 +8,32 @@
 //! - audit records (`source=audit`, the default): only while the secret holds the tunnel's
 //!   current lease, since audit records carry no owner.
 //!
-//! The filter is the query string ([`Filter::from_pairs`]), plus `follow=1` and `limit=N`.
+//! The filter is the query string ([`Filter::from_pairs`]), plus `follow=1`, `limit=N` and
+//! `purpose=query|replay|export|inspect` (what the client reads for).
+//!
+//! Every read of recorded exchanges is itself put on record before it starts: a [`DataEvent`] in
+//! the tunnel's audit trail, naming the reader (the owner key's first 12 hex digits), its
+//! address, the purpose and the filter. A read that cannot be put on record is refused
+//! (`unavailable`).
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query as QueryString, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query as QueryString, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
-use tunnel_schemas::ErrorCode;
+use tunnel_schemas::audit::{DataAction, DataEvent};
 use tunnel_schemas::names::TunnelName;
 use tunnel_schemas::record::owner_key;
+use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION};
 use tunnel_trail::event::TrailEvent;
 use tunnel_trail::filter::{Filter, now_ms};
 use tunnel_trail::query::{self, Query, Source};
+use tunnel_trail::record::put_on_record;
 
 use crate::hub::Hub;
 
@@ -46,9 +56,10 @@ pub async fn trail(
     State(access): State<Access>,
     Path(name): Path<String>,
     QueryString(pairs): QueryString<Vec<(String, String)>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match open(&access, &name, &pairs, &headers).await {
+    match open(&access, &name, &pairs, &headers, peer).await {
         Ok(response) => response,
         Err((code, detail)) => refuse(code, &detail),
     }
@@ -59,6 +70,7 @@ async fn open(
     name: &str,
     pairs: &[(String, String)],
     headers: &HeaderMap,
+    peer: SocketAddr,
 ) -> Result<Response, (ErrorCode, String)> {
     let name = TunnelName::parse(name).map_err(|e| (ErrorCode::InvalidName, e.to_string()))?;
     let secret = headers
@@ -67,10 +79,15 @@ async fn open(
         .and_then(|value| value.strip_prefix("Bearer "))
         .filter(|secret| !secret.is_empty())
         .ok_or((ErrorCode::Forbidden, "send the tunnel's resume secret as `Authorization: Bearer <secret>`".into()))?;
-    let (mut source, mut follow, mut limit) = (Source::Audit, false, None);
+    let (mut source, mut follow, mut limit, mut purpose) = (Source::Audit, false, None, DataAction::Query);
     let mut filter_pairs = Vec::new();
     for (key, value) in pairs {
         match key.as_str() {
+            "purpose" => {
+                purpose = DataAction::parse(value).filter(|action| *action != DataAction::Erase).ok_or_else(|| {
+                    (ErrorCode::BadRequest, format!("purpose {value:?}: use query, replay, export or inspect"))
+                })?;
+            }
             "source" if value == "audit" => source = Source::Audit,
             "source" if value == "exchanges" => source = Source::Exchanges,
             "follow" => follow = matches!(value.as_str(), "1" | "true"),
@@ -101,6 +118,19 @@ async fn open(
         .try_acquire_owned()
         .map_err(|_| (ErrorCode::Unavailable, "too many trail readers on this host".into()))?;
     let js = async_nats::jetstream::new(access.hub.nats.clone());
+    if source == Source::Exchanges {
+        let event = DataEvent {
+            v: PROTOCOL_VERSION,
+            tunnel: name.to_string(),
+            action: if follow { DataAction::Tail } else { purpose },
+            actor: format!("owner:{}", &owner_key(secret)[..12]),
+            remote_addr: Some(peer.ip().to_string()),
+            selector: filter.describe(),
+            records: None,
+            at_ms: now_ms(),
+        };
+        put_on_record(&js, &event).await.map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
+    }
     let query = Query { tunnel: name.to_string(), source, filter, follow, owner, limit };
     let events = query::read(&js, query).await.map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
     let shutdown = access.hub.shutdown.clone().cancelled_owned();

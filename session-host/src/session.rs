@@ -281,7 +281,7 @@ impl Session {
         let recording = hub.recorder.policy().records(name.as_str(), hello.record).then(|| {
             let secret_headers: Vec<String> =
                 hello.policy.require_headers.iter().map(|header| header.name.clone()).collect();
-            hub.recorder.session(name.as_str(), &lease.secret, &secret_headers)
+            hub.recorder.session(name.as_str(), &lease.secret, account, &secret_headers)
         });
         let recorded = recording.is_some();
         let exchanges = Exchanges::new(

@@ -50,6 +50,8 @@ pub struct EnvOptions {
     pub max_inflight_per_session: usize,
     /// Ingress: proxies whose `X-Forwarded-For` is believed (comma-separated networks).
     pub trusted_proxies: String,
+    /// Ingress: keep only the network of public client addresses in audit records.
+    pub audit_truncate_addresses: bool,
     /// Ingress and session-host: serve HTTPS and `wss://` with this certificate and key (PEM
     /// files), the ingress also redirecting plain HTTP from [`TestEnv::redirect_addr`].
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
@@ -116,6 +118,7 @@ impl Default for EnvOptions {
             rate_limit_per_tunnel: 0,
             rate_limit_per_ip: 0,
             trusted_proxies: String::new(),
+            audit_truncate_addresses: false,
             max_inflight_per_session: HostConfig::default().max_inflight_per_session,
             unready_before_stop_secs: 0,
             tls: None,
@@ -674,6 +677,7 @@ fn ingress_config(options: &EnvOptions, nats_url: &str) -> IngressConfig {
         rate_limit_per_ip: options.rate_limit_per_ip,
         rate_burst_per_ip: options.rate_limit_per_ip,
         trusted_proxies: options.trusted_proxies.clone(),
+        audit_truncate_addresses: options.audit_truncate_addresses,
         header_read_timeout_secs: options.header_read_timeout_secs,
         unready_before_stop_secs: options.unready_before_stop_secs,
         ..IngressConfig::default()

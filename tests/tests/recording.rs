@@ -448,6 +448,7 @@ async fn replay_keeps_the_recorded_pace_at_speed_one() {
         request_id: format!("paced-{i}"),
         tunnel: "paced".into(),
         owner: String::new(),
+        account: None,
         at_ms: 1_000_000 + i * 300,
         head_us: 0,
         duration_us: 0,

@@ -1,7 +1,7 @@
 //! One entry of a trail, as the reader yields it and as JSON lines carry it.
 
 use serde::{Deserialize, Serialize};
-use tunnel_schemas::audit::{AccessEvent, RequestAudit};
+use tunnel_schemas::audit::{AccessEvent, DataEvent, RequestAudit};
 use tunnel_schemas::gap::Gap;
 
 use crate::filter::format_ms;
@@ -17,6 +17,8 @@ pub enum TrailEvent {
     Exchange(Box<ExchangeJson>),
     /// A session bound, resumed, was refused, revoked or closed (`audit.<name>.access`).
     Access(AccessEvent),
+    /// The tunnel's recordings were read or erased (`audit.<name>.data`).
+    Data(DataEvent),
     /// Events dropped before they reached the log: the trail has a hole here.
     Gap(Gap),
     /// A live tail fell this many events behind the end of the log.
@@ -97,6 +99,17 @@ impl TrailEvent {
                     event.access,
                     event.remote_addr,
                     event.session
+                )
+            }
+            Self::Data(event) => {
+                let records = event.records.map(|n| format!(" {n} records")).unwrap_or_default();
+                let from = event.remote_addr.as_deref().map(|addr| format!(" from {addr}")).unwrap_or_default();
+                let selector = if event.selector.is_empty() { String::new() } else { format!(" [{}]", event.selector) };
+                format!(
+                    "{:<25} -- recordings {}{records} by {}{from}{selector}",
+                    format_ms(event.at_ms),
+                    event.action.as_str(),
+                    event.actor
                 )
             }
             Self::Behind { pending } => format!("-- the tail is {pending} events behind the log"),

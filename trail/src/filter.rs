@@ -128,6 +128,12 @@ impl Filter {
         pairs
     }
 
+    /// The filter as `key=value` pairs joined by `&`, for people (`status=5xx&since=…`); empty
+    /// when it selects everything.
+    pub fn describe(&self) -> String {
+        self.to_pairs().iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join("&")
+    }
+
     /// Reads the pairs of [`Filter::to_pairs`]; `now_ms` anchors relative times.
     ///
     /// # Errors

@@ -57,7 +57,7 @@ fn entry(record: &ExchangeRecord) -> Value {
         "_v": record.v, "_requestId": record.request_id, "_tunnel": record.tunnel, "_owner": record.owner,
         "_atMs": record.at_ms, "_headUs": record.head_us, "_durationUs": record.duration_us,
         "_error": record.error, "_upgraded": record.upgraded, "_masked": record.masked,
-        "_replayOf": record.replay_of,
+        "_replayOf": record.replay_of, "_account": record.account,
     })
 }
 
@@ -199,6 +199,7 @@ fn read_entry(entry: &Value, at: &str) -> Result<ExchangeRecord, FormatError> {
         request_id: str_of(entry, "_requestId").unwrap_or_default().to_owned(),
         tunnel: str_of(entry, "_tunnel").map_or_else(|| first_label(authority), str::to_owned),
         owner: str_of(entry, "_owner").unwrap_or_default().to_owned(),
+        account: str_of(entry, "_account").map(str::to_owned),
         at_ms: u64_of(entry, "_atMs").or_else(|| str_of(entry, "startedDateTime").and_then(parse_time)).unwrap_or(0),
         head_us: u64_of(entry, "_headUs").unwrap_or_else(|| head_from_timings(entry.get("timings"))),
         duration_us: u64_of(entry, "_durationUs").unwrap_or_else(|| us(entry.get("time"))),

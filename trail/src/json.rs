@@ -105,6 +105,9 @@ pub struct ExchangeJson {
     pub tunnel: String,
     /// Owner key of the record.
     pub owner: String,
+    /// The account of the recording session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Unix time of arrival, in milliseconds.
     pub at_ms: u64,
     /// Time to the response head, in microseconds.
@@ -226,6 +229,7 @@ impl From<&ExchangeRecord> for ExchangeJson {
             request_id: record.request_id.clone(),
             tunnel: record.tunnel.clone(),
             owner: record.owner.clone(),
+            account: record.account.clone(),
             at_ms: record.at_ms,
             head_us: record.head_us,
             duration_us: record.duration_us,
@@ -277,6 +281,7 @@ impl TryFrom<ExchangeJson> for ExchangeRecord {
             request_id: json.request_id,
             tunnel: json.tunnel,
             owner: json.owner,
+            account: json.account,
             at_ms: json.at_ms,
             head_us: json.head_us,
             duration_us: json.duration_us,
@@ -306,6 +311,7 @@ pub(crate) mod samples {
             request_id: "r1".into(),
             tunnel: "demo".into(),
             owner: "0123abcd".into(),
+            account: Some("acme".into()),
             at_ms: 1_796_032_800_123,
             head_us: 1_500,
             duration_us: 2_750,

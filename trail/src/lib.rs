@@ -13,9 +13,11 @@
 //! credentials directly, or reads what the host serves.
 
 pub mod compare;
+pub mod erase;
 pub mod event;
 pub mod file;
 pub mod filter;
 pub mod har;
 pub mod json;
 pub mod query;
+pub mod record;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, consumer::Consumer};
 use futures_util::{Stream, StreamExt};
-use tunnel_schemas::audit::{AccessEvent, AuditBatch, KIND_ACCESS};
+use tunnel_schemas::audit::{AuditBatch, KIND_ACCESS, KIND_DATA};
 use tunnel_schemas::gap::{Gap, KIND_GAP};
 use tunnel_schemas::record::{self, Parts, RecordBatch};
 use tunnel_schemas::subjects::{AUDIT_STREAM, RECORDING_STREAM, audit_all, recording};
@@ -173,12 +173,11 @@ impl Reader {
             return;
         }
         if kind == Some(KIND_ACCESS) {
-            if !filter.selects_requests() {
-                match tunnel_schemas::decode::<AccessEvent>(&message.payload, MAX_MESSAGE_BYTES) {
-                    Ok(event) => self.ready.push_back(TrailEvent::Access(event)),
-                    Err(e) => tracing::warn!(error = %e, "undecodable access event skipped"),
-                }
-            }
+            self.push_event(message, TrailEvent::Access, "access");
+            return;
+        }
+        if kind == Some(KIND_DATA) {
+            self.push_event(message, TrailEvent::Data, "data");
             return;
         }
         match self.query.source {
@@ -207,6 +206,24 @@ impl Reader {
                     Err(e) => tracing::warn!(error = %e, "undecodable recording batch skipped"),
                 }
             }
+        }
+    }
+}
+
+impl Reader {
+    /// Queues the event `message` holds, unless the filter selects requests only.
+    fn push_event<T: serde::de::DeserializeOwned>(
+        &mut self,
+        message: &jetstream::Message,
+        wrap: fn(T) -> TrailEvent,
+        what: &str,
+    ) {
+        if self.query.filter.selects_requests() {
+            return;
+        }
+        match tunnel_schemas::decode::<T>(&message.payload, MAX_MESSAGE_BYTES) {
+            Ok(event) => self.ready.push_back(wrap(event)),
+            Err(e) => tracing::warn!(error = %e, kind = what, "undecodable event skipped"),
         }
     }
 }

@@ -47,6 +47,9 @@ enum AdminCommand {
     /// Quotas: limits of requests and bytes per tunnel or account, in force within 2 s.
     #[command(subcommand)]
     Quota(super::quota::QuotaCommand),
+    /// Erases recorded exchanges (a deletion request): by tunnel, account, request id or time;
+    /// the erasure is itself put on record in the audit log.
+    Erase(super::erase::EraseArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -121,6 +124,9 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
     let nats =
         crate::trail::operator_nats(&args.nats, "tunnel-admin").await.map_err(|e| ("unavailable", e.to_string()))?;
     let js = jetstream::new(nats);
+    if let AdminCommand::Erase(erase) = args.command {
+        return super::erase::admin(&js, &args.nats, erase, json).await;
+    }
     let accounts = bucket(&js, ACCOUNTS_BUCKET, args.replicas).await?;
     let tokens = bucket(&js, TOKENS_BUCKET, args.replicas).await?;
     let reservations = bucket(&js, RESERVATIONS_BUCKET, args.replicas).await?;
@@ -226,6 +232,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
             let policies = bucket(&js, POLICIES_BUCKET, args.replicas).await?;
             super::policy::admin(&policies, command, json).await?;
         }
+        AdminCommand::Erase(_) => unreachable!("handled before the buckets are opened"),
         AdminCommand::Quota(command) => {
             let quotas = bucket(&js, QUOTAS_BUCKET, args.replicas).await?;
             let states = bucket(&js, QUOTA_STATE_BUCKET, args.replicas).await?;

@@ -1,6 +1,7 @@
 //! `tunnel export`: recorded exchanges to a file, as JSON lines or HAR 1.2.
 
 use std::process::ExitCode;
+use tunnel_schemas::audit::DataAction;
 
 use tunnel_trail::event::TrailEvent;
 use tunnel_trail::json::ExchangeJson;
@@ -39,7 +40,7 @@ pub async fn run(args: ExportArgs, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     let query = query(&resolved.name, Source::Exchanges, filter, false, args.filter.limit);
-    let records = match super::replay::collect(&resolved.access, query).await {
+    let records = match super::replay::collect(&resolved.access, query, DataAction::Export).await {
         Ok(records) => records,
         Err((code, message)) => return fail(json, code, &message),
     };

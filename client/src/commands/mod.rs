@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod erase;
 pub mod export;
 pub mod policy;
 pub mod quota;

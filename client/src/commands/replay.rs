@@ -2,6 +2,7 @@
 //! URL, optionally compared with what was recorded; exits non-zero on any mismatch.
 
 use std::process::ExitCode;
+use tunnel_schemas::audit::DataAction;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -90,6 +91,7 @@ async fn prepare(args: &ReplayArgs) -> Result<(Vec<ExchangeRecord>, ReplayOption
             collect(
                 &resolved.access,
                 query(&resolved.name, tunnel_trail::query::Source::Exchanges, filter, false, args.filter.limit),
+                DataAction::Replay,
             )
             .await?
         }
@@ -123,12 +125,12 @@ async fn prepare(args: &ReplayArgs) -> Result<(Vec<ExchangeRecord>, ReplayOption
     Ok((records, options))
 }
 
-/// The exchanges `query` selects, read to the end of the log.
+/// The exchanges `query` selects, read to the end of the log for `purpose`.
 ///
 /// # Errors
 /// The typed code and message when the log cannot be read or holds an unreadable exchange.
-pub async fn collect(access: &Access, query: Query) -> Result<Vec<ExchangeRecord>, Failure> {
-    let mut events = crate::trail::read(access, query).await.map_err(|e| ("unavailable", e.to_string()))?;
+pub async fn collect(access: &Access, query: Query, purpose: DataAction) -> Result<Vec<ExchangeRecord>, Failure> {
+    let mut events = crate::trail::read(access, query, purpose).await.map_err(|e| ("unavailable", e.to_string()))?;
     let mut records = Vec::new();
     while let Some(event) = events.next().await {
         match event.map_err(|e| ("unavailable", e.to_string()))? {
@@ -137,7 +139,7 @@ pub async fn collect(access: &Access, query: Query) -> Result<Vec<ExchangeRecord
             }
             TrailEvent::Gap(gap) => eprintln!("note: {}", TrailEvent::Gap(gap).row()),
             TrailEvent::Error { message } => return Err(("unavailable", message)),
-            TrailEvent::Audit(_) | TrailEvent::Access(_) | TrailEvent::Behind { .. } => {}
+            TrailEvent::Audit(_) | TrailEvent::Access(_) | TrailEvent::Data(_) | TrailEvent::Behind { .. } => {}
         }
     }
     Ok(records)

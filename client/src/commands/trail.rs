@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use tunnel_schemas::audit::DataAction;
 
 use futures_util::StreamExt;
 use tunnel_trail::event::{TABLE_HEADER, TrailEvent};
@@ -32,7 +33,7 @@ pub async fn run(args: TrailArgs, json: bool) -> ExitCode {
     };
     let source = if args.recorded { Source::Exchanges } else { Source::Audit };
     let query = query(&resolved.name, source, filter, args.follow, args.filter.limit);
-    let mut events = match crate::trail::read(&resolved.access, query).await {
+    let mut events = match crate::trail::read(&resolved.access, query, DataAction::Query).await {
         Ok(events) => events,
         Err(e) => return fail(json, e.code(), &e.to_string()),
     };

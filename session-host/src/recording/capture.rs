@@ -11,6 +11,8 @@ use tunnel_schemas::http::{Header, ResponseHead};
 use tunnel_schemas::record::{ExchangeRecord, REPLAY_OF_HEADER, RecordedMessage, RecordedResponse, mask};
 use tunnel_schemas::{ErrorCode, PROTOCOL_VERSION};
 
+use super::recorder::Owner;
+
 /// The bytes kept of one body.
 ///
 /// They are copied as they pass, into one buffer sized from the declared length when there is
@@ -167,9 +169,8 @@ impl Capture {
         self.error.get_or_insert(code);
     }
 
-    /// The finished record of `tunnel` for `owner`, `masked` headers masked, with the memory it
-    /// holds.
-    pub fn seal(self, tunnel: &str, owner: &str, masked: &[String]) -> (ExchangeRecord, Option<OwnedSemaphorePermit>) {
+    /// The finished record for `owner`, `masked` headers masked, with the memory it holds.
+    pub fn seal(self, owner: &Owner, masked: &[String]) -> (ExchangeRecord, Option<OwnedSemaphorePermit>) {
         let upgraded = self.upgraded();
         let duration_us = micros(self.started.elapsed());
         let replay_of = self
@@ -196,8 +197,9 @@ impl Capture {
         let record = ExchangeRecord {
             v: PROTOCOL_VERSION,
             request_id: self.request_id,
-            tunnel: tunnel.to_owned(),
-            owner: owner.to_owned(),
+            tunnel: owner.tunnel.clone(),
+            owner: owner.key.clone(),
+            account: owner.account.clone(),
             at_ms: self.at_ms,
             head_us,
             duration_us,
@@ -221,6 +223,10 @@ mod tests {
     use tunnel_schemas::http::RequestHead;
 
     use super::*;
+
+    fn owner(key: &str) -> Owner {
+        Owner { tunnel: "demo".into(), key: key.into(), account: None }
+    }
 
     fn request(body: &'static [u8]) -> TunnelRequest {
         TunnelRequest {
@@ -248,7 +254,7 @@ mod tests {
         let head = ResponseHead { status: 200, headers: vec![Header("set-cookie".into(), Bytes::from_static(b"s=1"))] };
         capture.response(&head, &Bytes::from_static(b"ok"));
         let masked = vec!["authorization".to_owned(), "set-cookie".to_owned()];
-        let (record, permit) = capture.seal("demo", "owner", &masked);
+        let (record, permit) = capture.seal(&owner("owner"), &masked);
         assert_eq!(&record.request.body[..], b"0123");
         assert_eq!((record.request.size, record.request.cut), (14, true));
         let response = record.response.expect("a response");
@@ -265,7 +271,7 @@ mod tests {
     #[test]
     fn an_exhausted_budget_cuts_instead_of_growing() {
         let budget = Arc::new(Semaphore::new(3));
-        let (record, _) = Capture::start(request(b"0123456789"), 1, 1 << 20, budget).seal("demo", "o", &[]);
+        let (record, _) = Capture::start(request(b"0123456789"), 1, 1 << 20, budget).seal(&owner("o"), &[]);
         assert!(record.request.cut);
         assert!(record.request.body.is_empty());
         assert_eq!(record.request.size, 10);

@@ -81,13 +81,20 @@ impl Recorder {
         &self.inner.policy
     }
 
-    /// The recording of one session of `tunnel`, whose records belong to the holder of `secret`;
-    /// the `secret_headers` of its public-side policy (required header values) are masked on
-    /// top of the recording policy's.
-    pub fn session(&self, tunnel: &str, secret: &str, secret_headers: &[String]) -> SessionRecording {
+    /// The recording of one session of `tunnel` admitted for `account`, whose records belong to
+    /// the holder of `secret`; the `secret_headers` of its public-side policy (required header
+    /// values) are masked on top of the recording policy's.
+    pub fn session(
+        &self,
+        tunnel: &str,
+        secret: &str,
+        account: Option<&str>,
+        secret_headers: &[String],
+    ) -> SessionRecording {
         let mut masked = self.policy().masked.clone();
         masked.extend(secret_headers.iter().filter(|name| !masked.contains(name)).cloned().collect::<Vec<_>>());
-        SessionRecording { recorder: self.clone(), tunnel: tunnel.to_owned(), owner: owner_key(secret), masked }
+        let owner = Owner { tunnel: tunnel.to_owned(), key: owner_key(secret), account: account.map(str::to_owned) };
+        SessionRecording { recorder: self.clone(), owner, masked }
     }
 
     fn publish(&self, tunnel: &str, record: ExchangeRecord, permit: Option<OwnedSemaphorePermit>) {
@@ -153,11 +160,20 @@ fn seal(gaps: &GapLedger, part_bytes: usize, tunnel: &str, finished: Vec<Finishe
     entries
 }
 
+/// Whose records a session's are.
+pub struct Owner {
+    /// The tunnel name.
+    pub tunnel: String,
+    /// The owner key of the session's resume secret.
+    pub key: String,
+    /// The account the session was admitted for.
+    pub account: Option<String>,
+}
+
 /// The recording of one session.
 pub struct SessionRecording {
     recorder: Recorder,
-    tunnel: String,
-    owner: String,
+    owner: Owner,
     /// Header names masked in its records.
     masked: Vec<String>,
 }
@@ -179,8 +195,8 @@ impl SessionRecording {
 
     /// Seals `capture` and hands it to the stream.
     pub fn finish(&self, capture: Capture) {
-        let (record, permit) = capture.seal(&self.tunnel, &self.owner, &self.masked);
-        self.recorder.publish(&self.tunnel, record, permit);
+        let (record, permit) = capture.seal(&self.owner, &self.masked);
+        self.recorder.publish(&self.owner.tunnel, record, permit);
     }
 }
 
