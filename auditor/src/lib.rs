@@ -25,6 +25,7 @@ pub mod stream;
 pub mod tally;
 
 use std::time::Duration;
+use tunnel_kit::presence::{self, Node};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,8 @@ pub async fn run(
     let audit = stream::ensure_stream(&js, &config).await?;
     stream::ensure_consumer(&audit).await?;
     let buckets = buckets::Buckets::open(&js, &config).await.map_err(stream::SetupError)?;
+    let node = Node { role: "auditor", id: config.node_id.clone(), version: env!("CARGO_PKG_VERSION") };
+    tokio::spawn(presence::announce(nats.clone(), node, || None, shutdown.clone()));
     let ops = tunnel_kit::ops::router(metrics, nats);
     let server = tokio::spawn(tunnel_kit::serve::serve(listener, ops, shutdown.clone(), Default::default()));
     tokio::spawn(report_pending(audit.clone(), shutdown.clone()));

@@ -56,7 +56,7 @@ struct Logged<T: clap::Args> {
     #[command(flatten)]
     args: T,
     /// Print JSON lines even on a terminal (the default when stdout is not one).
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

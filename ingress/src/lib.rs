@@ -29,6 +29,7 @@ mod streams;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tunnel_kit::presence::{self, Node};
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -82,6 +83,8 @@ pub async fn run(
         )))
     };
     let policies = policies::PolicyBook::start(&nats);
+    let node = Node { role: "ingress", id: config.node_id.clone(), version: env!("CARGO_PKG_VERSION") };
+    tokio::spawn(presence::announce(nats.clone(), node, || None, shutdown.clone()));
     let loaded = policies.clone();
     // On shutdown, /readyz fails first, so that load balancers stop sending new requests while
     // this node still serves them; only then does it stop accepting and drain.

@@ -27,6 +27,7 @@ pub mod journal;
 pub mod mirror;
 pub mod nats;
 pub mod ops;
+pub mod presence;
 pub mod pump;
 pub mod retention;
 pub mod serve;

@@ -30,6 +30,7 @@ pub mod http;
 pub mod names;
 pub mod pattern;
 pub mod policy;
+pub mod presence;
 pub mod record;
 mod shared;
 pub mod stream;

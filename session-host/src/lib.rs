@@ -27,6 +27,7 @@ mod session;
 mod socket;
 
 use std::sync::Arc;
+use tunnel_kit::presence::{self, Node};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -89,6 +90,9 @@ pub async fn run(
     let notices = tokio::spawn(quota_notices::relay(js.clone(), registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let access_log = access_log::AccessLog::start(&nats);
+    let node = Node { role: "session-host", id: config.node_id.clone(), version: env!("CARGO_PKG_VERSION") };
+    let counted = registry.clone();
+    tokio::spawn(presence::announce(nats.clone(), node, move || Some(counted.sessions()), shutdown.clone()));
     let session_grace = config.drain_grace() + CLOSE_MARGIN;
     let serve_options = tunnel_kit::serve::ServeOptions {
         tls,

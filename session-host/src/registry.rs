@@ -65,6 +65,11 @@ pub enum Undelivered {
 }
 
 impl Registry {
+    /// Sessions registered on this host.
+    pub fn sessions(&self) -> u64 {
+        self.lock().by_session.len() as u64
+    }
+
     /// Registers `session`, holding `tunnel`, opened with the token `token` (its id) for
     /// `account`.
     pub fn register(

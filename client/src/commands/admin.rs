@@ -47,6 +47,9 @@ enum AdminCommand {
     /// Quotas: limits of requests and bytes per tunnel or account, in force within 2 s.
     #[command(subcommand)]
     Quota(super::quota::QuotaCommand),
+    /// The system as NATS sees it: servers, streams and consumers with their lag, the running
+    /// ingresses, session-hosts (with their sessions) and auditors, the leased tunnels.
+    Status,
     /// Erases recorded exchanges (a deletion request): by tunnel, account, request id or time;
     /// the erasure is itself put on record in the audit log.
     Erase(super::erase::EraseArgs),
@@ -123,9 +126,11 @@ pub async fn run(args: AdminArgs, json: bool) -> ExitCode {
 async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
     let nats =
         crate::trail::operator_nats(&args.nats, "tunnel-admin").await.map_err(|e| ("unavailable", e.to_string()))?;
-    let js = jetstream::new(nats);
-    if let AdminCommand::Erase(erase) = args.command {
-        return super::erase::admin(&js, &args.nats, erase, json).await;
+    let js = jetstream::new(nats.clone());
+    match args.command {
+        AdminCommand::Erase(erase) => return super::erase::admin(&js, &args.nats, erase, json).await,
+        AdminCommand::Status => return super::status::show(&nats, &js, json).await,
+        _ => {}
     }
     let accounts = bucket(&js, ACCOUNTS_BUCKET, args.replicas).await?;
     let tokens = bucket(&js, TOKENS_BUCKET, args.replicas).await?;
@@ -232,7 +237,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
             let policies = bucket(&js, POLICIES_BUCKET, args.replicas).await?;
             super::policy::admin(&policies, command, json).await?;
         }
-        AdminCommand::Erase(_) => unreachable!("handled before the buckets are opened"),
+        AdminCommand::Erase(_) | AdminCommand::Status => unreachable!("handled before the buckets are opened"),
         AdminCommand::Quota(command) => {
             let quotas = bucket(&js, QUOTAS_BUCKET, args.replicas).await?;
             let states = bucket(&js, QUOTA_STATE_BUCKET, args.replicas).await?;

@@ -9,6 +9,7 @@ pub mod export;
 pub mod policy;
 pub mod quota;
 pub mod replay;
+pub mod status;
 pub mod trail;
 pub mod usage;
 
