@@ -54,6 +54,13 @@ pub async fn run(
     let buckets = buckets::Buckets::open(&js, &config).await.map_err(stream::SetupError)?;
     let node = Node { role: "auditor", id: config.node_id.clone(), version: env!("CARGO_PKG_VERSION") };
     tokio::spawn(presence::announce(nats.clone(), node, || None, shutdown.clone()));
+    tunnel_kit::telemetry::register_counters(&[
+        "auditor_out_of_order_total",
+        "auditor_delivery_gaps_total",
+        "auditor_undecodable_total",
+        "auditor_store_failures_total",
+        "nats_slow_consumer_total",
+    ]);
     let ops = tunnel_kit::ops::router(metrics, nats);
     let server = tokio::spawn(tunnel_kit::serve::serve(listener, ops, shutdown.clone(), Default::default()));
     tokio::spawn(report_pending(audit.clone(), shutdown.clone()));

@@ -83,6 +83,18 @@ pub async fn run(
         )))
     };
     let policies = policies::PolicyBook::start(&nats);
+    tunnel_kit::telemetry::register_counters(&[
+        "ingress_audit_dropped_total",
+        "ingress_audit_retried_total",
+        "ingress_requests_unacknowledged_total",
+        "ingress_requests_awaiting_tunnel_total",
+        "ingress_answers_lost_total",
+        "ingress_stream_frames_dropped_total",
+        "nats_slow_consumer_total",
+    ]);
+    for code in [tunnel_schemas::ErrorCode::TunnelDisconnected, tunnel_schemas::ErrorCode::HostUnresponsive] {
+        metrics::counter!("ingress_hosts_lost_total", "code" => code.as_str()).increment(0);
+    }
     let node = Node { role: "ingress", id: config.node_id.clone(), version: env!("CARGO_PKG_VERSION") };
     tokio::spawn(presence::announce(nats.clone(), node, || None, shutdown.clone()));
     let loaded = policies.clone();

@@ -38,6 +38,7 @@ pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(|event| async move {
+            metrics::counter!("nats_events_total", "event" => event_label(&event)).increment(1);
             match event {
                 async_nats::Event::Connected => tracing::info!("nats connected"),
                 async_nats::Event::SlowConsumer(_) => metrics::counter!("nats_slow_consumer_total").increment(1),
@@ -48,6 +49,20 @@ pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_
         .connect(servers)
         .await
         .map_err(|source| ConnectError { url: crate::config::redact_url(url), source })
+}
+
+/// The `event` label of `nats_events_total`: one of a fixed few.
+fn event_label(event: &async_nats::Event) -> &'static str {
+    match event {
+        async_nats::Event::Connected => "connected",
+        async_nats::Event::Disconnected => "disconnected",
+        async_nats::Event::LameDuckMode => "lame_duck",
+        async_nats::Event::Draining => "draining",
+        async_nats::Event::Closed => "closed",
+        async_nats::Event::SlowConsumer(_) => "slow_consumer",
+        async_nats::Event::ServerError(_) => "server_error",
+        async_nats::Event::ClientError(_) => "client_error",
+    }
 }
 
 /// Longest delay between reconnection attempts: a server that comes back is reached within it

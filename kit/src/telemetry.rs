@@ -40,3 +40,12 @@ pub fn init_metrics() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Registers the counters `names` at 0, so that `/metrics` lists them (and alert rules and
+/// dashboards find them) before their first event: a counter of drops or losses may never
+/// count, and an absent series looks like a missing exporter.
+pub fn register_counters(names: &[&'static str]) {
+    for name in names {
+        metrics::counter!(*name).increment(0);
+    }
+}

@@ -90,6 +90,14 @@ pub async fn run(
     let notices = tokio::spawn(quota_notices::relay(js.clone(), registry.clone()));
     let recorder = recording::Recorder::start(&nats, config.record_policy()).await;
     let access_log = access_log::AccessLog::start(&nats);
+    tunnel_kit::telemetry::register_counters(&[
+        "host_recordings_dropped_total",
+        "host_recordings_stored_bytes_total",
+        "host_access_events_dropped_total",
+        "host_stream_frames_dropped_total",
+        "host_requests_refused_total",
+        "nats_slow_consumer_total",
+    ]);
     let node = Node { role: "session-host", id: config.node_id.clone(), version: env!("CARGO_PKG_VERSION") };
     let counted = registry.clone();
     tokio::spawn(presence::announce(nats.clone(), node, move || Some(counted.sessions()), shutdown.clone()));
