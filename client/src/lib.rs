@@ -15,6 +15,8 @@ pub mod forward;
 pub mod replay;
 pub mod session;
 pub mod state;
+pub mod stats;
+pub mod status;
 pub mod target;
 pub mod trail;
 pub mod trust;
@@ -52,6 +54,9 @@ pub struct Options {
     pub policy: tunnel_schemas::policy::PublicPolicy,
     /// Serve the name together with the other clients of the same account that say so.
     pub shared: bool,
+    /// Where the tunnel's sessions count their traffic, for a live view ([`stats`]); nothing is
+    /// counted when absent.
+    pub stats: Option<Arc<stats::Stats>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -142,7 +147,7 @@ pub async fn run(
                 }
                 let _ = events.send(event).await;
                 resume = Some(Resume { name: welcome.name.clone(), secret: welcome.resume_secret.clone() });
-                session::serve(socket, &welcome, &forwarder, &events, &shutdown).await
+                session::serve(socket, &welcome, &forwarder, &events, options.stats.as_ref(), &shutdown).await
             }
             Err(OpenError::Fatal(failure)) => return Err(ClientError::Refused(failure)),
             Err(OpenError::Transient(reason)) => SessionEnd::Lost(reason),

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
-use tunnel_client::{Event, Options, Target, commands};
+use tunnel_client::{Event, Options, Target, commands, status};
 
 /// Expose a local HTTP service at a public URL through an http-tunnel server.
 #[derive(Debug, Parser)]
@@ -79,6 +79,10 @@ struct HttpArgs {
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
     #[arg(long)]
     json: bool,
+    /// Print one line per event on a terminal too, instead of the live status view (as do
+    /// TUNNEL_NO_TUI=1 and TERM=dumb).
+    #[arg(long, conflicts_with = "json")]
+    plain: bool,
 }
 
 /// The session-host when neither a flag, the environment nor the settings file names one.
@@ -118,9 +122,15 @@ async fn main() -> std::process::ExitCode {
             return commands::usage::run(args, json || !stdout_is_terminal()).await;
         }
     };
+    let view = tunnel_client::status::wanted(args.json, args.plain);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours).init();
+    // Log lines on the terminal would tear the status view: it keeps them only when stderr goes
+    // elsewhere (`2>tunnel.log`).
+    let quiet = view && std::io::stderr().is_terminal();
+    let writer =
+        move || -> Box<dyn Write> { if quiet { Box::new(std::io::sink()) } else { Box::new(std::io::stderr()) } };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colours).init();
     let json = args.json || !stdout_is_terminal();
     let target =
         match args.to.as_deref().map(Target::parse).unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80)))) {
@@ -140,23 +150,22 @@ async fn main() -> std::process::ExitCode {
         token: args.token.or(settings.token),
         policy,
         shared: args.shared,
+        stats: view.then(Default::default),
     };
     let shutdown = tunnel_kit::shutdown::on_signal();
-    let (events, mut received) = mpsc::channel(1024);
-    let printer = tokio::spawn(async move {
-        let mut lines = String::new();
-        while let Some(event) = received.recv().await {
-            // Under load, write what has queued up with one write and one flush.
-            push_line(&mut lines, json, &event);
-            while let Ok(event) = received.try_recv() {
-                push_line(&mut lines, json, &event);
-            }
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(lines.as_bytes());
-            let _ = stdout.flush();
-            lines.clear();
+    let (events, received) = mpsc::channel(1024);
+    let printer = match &options.stats {
+        Some(stats) => {
+            let source = status::Source {
+                key: options.name.clone().unwrap_or_else(|| "tunnel".to_owned()),
+                target: options.target.to_string(),
+                stats: stats.clone(),
+                events: received,
+            };
+            tokio::spawn(status::run(vec![source], shutdown.clone()))
         }
-    });
+        None => tokio::spawn(print_lines(received, json)),
+    };
     let result = tunnel_client::run(options, events, shutdown).await;
     let _ = printer.await;
     match result {
@@ -167,6 +176,22 @@ async fn main() -> std::process::ExitCode {
 
 fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
+}
+
+/// Prints `events` as lines, human or JSON, until they end.
+async fn print_lines(mut events: mpsc::Receiver<Event>, json: bool) {
+    let mut lines = String::new();
+    while let Some(event) = events.recv().await {
+        // Under load, write what has queued up with one write and one flush.
+        push_line(&mut lines, json, &event);
+        while let Ok(event) = events.try_recv() {
+            push_line(&mut lines, json, &event);
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(lines.as_bytes());
+        let _ = stdout.flush();
+        lines.clear();
+    }
 }
 
 fn push_line(lines: &mut String, json: bool, event: &Event) {
