@@ -5,8 +5,8 @@
 //!
 //! [`model`] is the state, fed by the client's [`Event`]s and by samples of its [`Stats`];
 //! [`draw`] renders it with ratatui; [`run`] owns the terminal, redrawing at most every
-//! [`FRAME`] and only when something changed, so an idle view costs a few atomic loads five
-//! times a second. Off a terminal, with `--json` or `--plain`, `TUNNEL_NO_TUI` or `TERM=dumb`,
+//! [`FRAME`] and only when something changed; an idle view wakes up once per [`IDLE_FRAME`] to
+//! load a few atomics. Off a terminal, with `--json` or `--plain`, `TUNNEL_NO_TUI` or `TERM=dumb`,
 //! the client prints lines instead ([`wanted`]).
 
 pub mod draw;
@@ -28,6 +28,9 @@ use terminal::{Input, Screen};
 
 /// The view redraws at most this often (and only when something changed).
 pub const FRAME: Duration = Duration::from_millis(200);
+/// How often an idle view samples the counters: once nothing changed in a frame, the view
+/// wakes up this rarely until an event or a changed sample makes it busy again.
+pub const IDLE_FRAME: Duration = Duration::from_secs(1);
 /// Events queued between the tunnels and the view.
 const EVENT_QUEUE: usize = 1024;
 /// Probes of unreachable services whose answers wait for the view.
@@ -80,9 +83,10 @@ async fn show(
 ) -> io::Result<()> {
     let mut input = terminal::input();
     let (probed_tx, mut probed) = mpsc::channel(PROBE_QUEUE);
-    let mut frame = tokio::time::interval(FRAME);
-    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_draw = Instant::now();
+    let mut next_frame = last_draw;
     loop {
+        let frame = tokio::time::sleep_until(next_frame.into());
         tokio::select! {
             event = events.recv() => {
                 let Some((tunnel, event)) = event else { break };
@@ -104,16 +108,24 @@ async fn show(
                 model.touch();
             }
             Some((tunnel, reason)) = probed.recv() => model.unreachable_because(tunnel, reason),
-            _ = frame.tick() => {
+            () = frame => {
                 for (tunnel, stats) in stats.iter().enumerate() {
                     model.on_sample(tunnel, stats.sample());
                 }
                 model.tick(tunnel_trail::filter::now_ms());
+                let now = Instant::now();
                 if model.take_dirty() {
-                    screen.draw(|frame| draw::draw(frame, model, Instant::now()))?;
+                    screen.draw(|frame| draw::draw(frame, model, now))?;
+                    last_draw = now;
+                    next_frame = now + FRAME;
+                } else {
+                    next_frame = now + IDLE_FRAME;
                 }
+                continue;
             }
         }
+        // Something happened: show it within a frame of the last drawing.
+        next_frame = next_frame.min((last_draw + FRAME).max(Instant::now()));
     }
     Ok(())
 }
