@@ -136,6 +136,13 @@ async fn the_status_view_shows_the_tunnel_live_and_gives_the_terminal_back() {
     assert_ne!(traffic(&screen, "in").as_deref(), Some("0"), "bytes in:\n{screen}");
     assert_ne!(traffic(&screen, "out").as_deref(), Some("0"), "bytes out:\n{screen}");
 
+    // A narrower window: the list is laid out again, its status column moving left.
+    let status_column = |screen: &str| request_line(screen, "/echo").and_then(|line| line.find("200 OK"));
+    let wide = status_column(&screen).expect("the status column");
+    pane.tmux(&["resize-window", "-t", "view", "-x", "90", "-y", "30"]);
+    let screen = pane.wait_for("the view laid out again", |s| status_column(s).is_some_and(|c| c < wide)).await;
+    assert!(screen.lines().all(|line| line.chars().count() <= 90), "fits 90 columns:\n{screen}");
+
     drop(upstream);
     // A kept-alive connection to the stopped service may still answer one last request.
     let deadline = Instant::now() + DEADLINE;
