@@ -125,12 +125,17 @@ async fn main() -> std::process::ExitCode {
     let view = tunnel_client::status::wanted(args.json, args.plain);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    // Log lines on the terminal would tear the status view: it keeps them only when stderr goes
-    // elsewhere (`2>tunnel.log`).
-    let quiet = view && std::io::stderr().is_terminal();
-    let writer =
-        move || -> Box<dyn Write> { if quiet { Box::new(std::io::sink()) } else { Box::new(std::io::stderr()) } };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colours).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Log lines on the terminal would tear the status view: it shows them itself, unless stderr
+    // goes elsewhere (`2>tunnel.log`).
+    let logs = if view && std::io::stderr().is_terminal() {
+        let (lines, received) = status::log::LogLines::new();
+        logs.with_writer(lines).with_ansi(false).without_time().init();
+        Some(received)
+    } else {
+        logs.with_writer(std::io::stderr).with_ansi(colours).init();
+        None
+    };
     let json = args.json || !stdout_is_terminal();
     let target =
         match args.to.as_deref().map(Target::parse).unwrap_or_else(|| Ok(Target::port(args.port.unwrap_or(80)))) {
@@ -162,7 +167,7 @@ async fn main() -> std::process::ExitCode {
                 stats: stats.clone(),
                 events: received,
             };
-            tokio::spawn(status::run(vec![source], shutdown.clone()))
+            tokio::spawn(status::run(vec![source], logs, shutdown.clone()))
         }
         None => tokio::spawn(print_lines(received, json)),
     };

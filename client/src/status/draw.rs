@@ -32,9 +32,15 @@ pub fn draw(frame: &mut Frame, model: &Model, now: Instant) {
     }
     top.push(Line::default());
     let height = u16::try_from(top.len()).unwrap_or(u16::MAX);
-    let [head, requests] = Layout::vertical([Constraint::Length(height), Constraint::Fill(1)]).areas(frame.area());
+    let log_height = u16::try_from(model.log.len()).unwrap_or(u16::MAX);
+    let [head, requests, log] =
+        Layout::vertical([Constraint::Length(height), Constraint::Fill(1), Constraint::Length(log_height)])
+            .areas(frame.area());
     frame.render_widget(Paragraph::new(top), head);
     frame.render_widget(Paragraph::new(request_lines(model, requests)), requests);
+    let log_lines: Vec<Line> =
+        model.log.iter().map(|line| Line::styled(line.clone(), Style::new().fg(Color::DarkGray))).collect();
+    frame.render_widget(Paragraph::new(log_lines), log);
 }
 
 fn title(model: &Model) -> Line<'static> {
@@ -311,6 +317,14 @@ mod tests {
         assert_eq!(lines.len(), 12);
         assert!(lines.iter().any(|l| l.contains("web")), "{lines:#?}");
         assert!(lines.iter().any(|l| l.contains("api")), "{lines:#?}");
+    }
+
+    #[test]
+    fn log_lines_at_the_bottom() {
+        let mut model = online();
+        model.on_log("WARN tunnel not saved".into());
+        let lines = text(&screen(&model, 120, 40));
+        assert!(lines[39].starts_with("WARN tunnel not saved"), "{lines:#?}");
     }
 
     #[test]

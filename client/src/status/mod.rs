@@ -10,6 +10,7 @@
 //! the client prints lines instead ([`wanted`]).
 
 pub mod draw;
+pub mod log;
 pub mod model;
 pub mod probe;
 mod terminal;
@@ -56,11 +57,12 @@ pub fn wanted(json: bool, plain: bool) -> bool {
     !json && !plain && !no_tui && !dumb && io::stdout().is_terminal()
 }
 
-/// Shows `sources` on the terminal until all their event streams end (the tunnels stopped).
+/// Shows `sources` on the terminal, and the last lines of `logs` if given ([`log::LogLines`]),
+/// until all their event streams end (the tunnels stopped).
 /// Ctrl-C cancels `shutdown`; the view stays up, saying so, while the tunnels say goodbye.
 /// The terminal is given back on return and on panic; when it cannot be set up or written, the
 /// view gives it back and prints the remaining events as lines, so the tunnels never wait on it.
-pub async fn run(sources: Vec<Source>, shutdown: CancellationToken) {
+pub async fn run(sources: Vec<Source>, logs: Option<mpsc::Receiver<String>>, shutdown: CancellationToken) {
     let mut model = Model::new(sources.iter().map(|s| (s.key.clone(), s.target.clone())));
     let stats: Vec<Arc<Stats>> = sources.iter().map(|s| s.stats.clone()).collect();
     let mut events = merge(sources);
@@ -68,7 +70,8 @@ pub async fn run(sources: Vec<Source>, shutdown: CancellationToken) {
         Ok(screen) => screen,
         Err(e) => return print_lines(events, &e).await,
     };
-    if let Err(e) = show(screen, &mut model, &mut events, &stats, &shutdown).await {
+    let logs = logs.unwrap_or_else(|| mpsc::channel(1).1);
+    if let Err(e) = show(screen, &mut model, (&mut events, logs), &stats, &shutdown).await {
         print_lines(events, &e).await;
     }
 }
@@ -77,7 +80,7 @@ pub async fn run(sources: Vec<Source>, shutdown: CancellationToken) {
 async fn show(
     mut screen: Screen,
     model: &mut Model,
-    events: &mut mpsc::Receiver<(usize, Event)>,
+    (events, mut logs): (&mut mpsc::Receiver<(usize, Event)>, mpsc::Receiver<String>),
     stats: &[Arc<Stats>],
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
@@ -108,6 +111,7 @@ async fn show(
                 model.touch();
             }
             Some((tunnel, reason)) = probed.recv() => model.unreachable_because(tunnel, reason),
+            Some(line) = logs.recv() => model.on_log(line),
             () = frame => {
                 for (tunnel, stats) in stats.iter().enumerate() {
                     model.on_sample(tunnel, stats.sample());

@@ -14,6 +14,8 @@ pub const MAX_REQUESTS: usize = 100;
 pub const DURATION_WINDOW: usize = 1000;
 /// Quota notices kept per tunnel (one per scope and quota; there are few of those).
 pub const MAX_QUOTA_NOTES: usize = 8;
+/// Log lines kept for the bottom of the screen.
+pub const MAX_LOG_LINES: usize = 3;
 /// The error code of a request whose local service could not be reached.
 pub const UNREACHABLE: &str = "upstream_unreachable";
 
@@ -24,6 +26,8 @@ pub struct Model {
     pub tunnels: Vec<TunnelState>,
     /// The last requests of all tunnels, newest first.
     pub requests: VecDeque<RequestLine>,
+    /// The client's last log lines (warnings and errors by default), oldest first.
+    pub log: VecDeque<String>,
     /// Ctrl-C was pressed: the client is saying goodbye.
     pub stopping: bool,
     /// Something shown changed since the last [`Model::take_dirty`].
@@ -207,6 +211,15 @@ impl Model {
         false
     }
 
+    /// Takes in a log line of the client.
+    pub fn on_log(&mut self, line: String) {
+        if self.log.len() >= MAX_LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+        self.dirty = true;
+    }
+
     /// Records why tunnel `tunnel`'s local service is unreachable, if it still is.
     pub fn unreachable_because(&mut self, tunnel: usize, reason: String) {
         if let Some(unreachable) = self.tunnels.get_mut(tunnel).and_then(|t| t.unreachable.as_mut()) {
@@ -373,6 +386,15 @@ mod tests {
         model.tick(2000);
         assert!(model.take_dirty());
         assert!(model.tunnels[0].quotas.is_empty());
+    }
+
+    #[test]
+    fn keeps_the_last_log_lines() {
+        let mut model = Model::new([("a", "t")]);
+        for i in 0..5 {
+            model.on_log(format!("line {i}"));
+        }
+        assert_eq!(model.log, ["line 2", "line 3", "line 4"]);
     }
 
     #[test]
