@@ -320,6 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn quota_banners_warn_in_yellow_and_refuse_in_red() {
+        let mut model = online();
+        let quota = |level: &str, quota: &str| Event::Quota {
+            level: level.into(),
+            scope: "tunnel".into(),
+            quota: quota.into(),
+            used: 85,
+            limit: 100,
+            until_ms: u64::MAX / 2,
+        };
+        model.on_event(0, &quota("warning", "requests_per_minute"), Instant::now());
+        model.on_event(0, &quota("exceeded", "bytes_per_day"), Instant::now());
+        let buffer = screen(&model, 120, 40);
+        let lines = text(&buffer);
+        let warning = lines.iter().position(|l| l.contains("quota warning: tunnel requests_per_minute 85/100"));
+        let exceeded = lines.iter().position(|l| l.contains("quota exceeded, requests refused: tunnel bytes_per_day"));
+        let (Some(warning), Some(exceeded)) = (warning, exceeded) else { panic!("both banners: {lines:#?}") };
+        assert_eq!(buffer[(0, u16::try_from(warning).expect("y"))].bg, Color::Yellow);
+        assert_eq!(buffer[(0, u16::try_from(exceeded).expect("y"))].bg, Color::Red);
+    }
+
+    #[test]
     fn log_lines_at_the_bottom() {
         let mut model = online();
         model.on_log("WARN tunnel not saved".into());
