@@ -295,9 +295,7 @@ impl Connection {
 
     /// Records the round trip of the ping `payload` answers (the host echoes the send time).
     fn on_pong(&self, stats: &Stats, payload: &[u8]) {
-        let Ok(sent) = <[u8; 8]>::try_from(payload) else { return };
-        let sent = self.epoch + Duration::from_micros(u64::from_be_bytes(sent));
-        if let Some(rtt) = Instant::now().checked_duration_since(sent) {
+        if let Some(rtt) = round_trip(self.epoch, payload, Instant::now()) {
             stats.round_trip(rtt);
         }
     }
@@ -355,6 +353,15 @@ impl Connection {
     }
 }
 
+/// The round trip told at `now` by a pong's `payload`: the send time of [`Connection::ping`],
+/// in microseconds after `epoch`. `None` for a pong that carries no such time (another length,
+/// a time in the future or out of range).
+fn round_trip(epoch: Instant, payload: &[u8], now: Instant) -> Option<Duration> {
+    let sent = <[u8; 8]>::try_from(payload).ok()?;
+    let sent = epoch.checked_add(Duration::from_micros(u64::from_be_bytes(sent)))?;
+    now.checked_duration_since(sent)
+}
+
 /// The WebSocket sink, counting the bytes written into [`Stats`] when given.
 struct Counted<S> {
     inner: S,
@@ -381,5 +388,21 @@ impl<S: Sink<Message> + Unpin> Sink<Message> for Counted<S> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_from_pong_payloads() {
+        let epoch = Instant::now();
+        let sent = 1500_u64.to_be_bytes();
+        let now = epoch + Duration::from_micros(2000);
+        assert_eq!(round_trip(epoch, &sent, now), Some(Duration::from_micros(500)));
+        assert_eq!(round_trip(epoch, b"", now), None, "a pong of someone else's ping");
+        assert_eq!(round_trip(epoch, &u64::MAX.to_be_bytes(), now), None, "out of range");
+        assert_eq!(round_trip(epoch, &5000_u64.to_be_bytes(), now), None, "in the future");
     }
 }
