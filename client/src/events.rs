@@ -91,12 +91,6 @@ pub struct Tagged {
 }
 
 impl Tagged {
-    /// The event of tunnel `name` refused for good with `error`.
-    pub fn failure(name: Option<String>, error: &crate::ClientError) -> Self {
-        let event = Event::Failed { code: error.code().to_owned(), message: error.to_string() };
-        Self { tunnel: Some(name.unwrap_or_else(|| "?".to_owned())), event }
-    }
-
     /// The event as one line of human-readable text, prefixed with the tunnel's name.
     pub fn human(&self) -> String {
         match &self.tunnel {

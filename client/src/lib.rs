@@ -17,6 +17,8 @@ pub mod private_file;
 pub mod replay;
 pub mod session;
 pub mod state;
+pub mod stats;
+pub mod status;
 pub mod target;
 pub mod trail;
 pub mod trust;
@@ -59,6 +61,9 @@ pub struct Options {
     pub shared: bool,
     /// The `Host` header the local service gets.
     pub host_header: forward::HostHeader,
+    /// Where the tunnel's sessions count their traffic, for a live view ([`stats`]); nothing is
+    /// counted when absent.
+    pub stats: Option<Arc<stats::Stats>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -177,7 +182,7 @@ pub async fn run(
                 }
                 let _ = events.send(event).await;
                 resume = Some(Resume { name: welcome.name.clone(), secret: welcome.resume_secret.clone() });
-                session::serve(socket, &welcome, &forwarder, &events, &shutdown).await
+                session::serve(socket, &welcome, &forwarder, &events, options.stats.as_ref(), &shutdown).await
             }
             Err(OpenError::Fatal(failure)) => return Err(ClientError::Refused(failure)),
             Err(OpenError::Transient(reason)) => SessionEnd::Lost(reason),
@@ -203,45 +208,33 @@ pub async fn run(
     }
 }
 
-/// Runs several tunnels at once, each with its own connection, until `shutdown` is cancelled or
-/// every one has stopped. Events are tagged with their tunnel's name when there are several. A
-/// tunnel refused for good is reported (`Tagged::failure`) and the others keep serving.
+/// Runs several tunnels at once, each with its own connection and its own event channel, until
+/// `shutdown` is cancelled or every one has stopped. With several tunnels, one refused for good
+/// is reported on its channel ([`Event::Failed`]) and the others keep serving.
 ///
 /// # Errors
-/// The first tunnel's error when every tunnel was refused or one was; `Ok` when all stopped on
-/// `shutdown`.
+/// The first error of a tunnel refused for good; `Ok` when all stopped on `shutdown`.
 pub async fn run_all(
-    tunnels: Vec<Options>,
-    events: mpsc::Sender<Tagged>,
+    tunnels: Vec<(Options, mpsc::Sender<Event>)>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
     let several = tunnels.len() > 1;
     let mut running = tokio::task::JoinSet::new();
-    for options in tunnels {
-        let (sender, mut received) = mpsc::channel(1024);
-        let (events, shutdown) = (events.clone(), shutdown.clone());
-        let mut name = options.name.clone();
+    for (options, events) in tunnels {
+        let shutdown = shutdown.clone();
         running.spawn(async move {
-            let relay = async {
-                while let Some(event) = received.recv().await {
-                    if let Event::Ready { name: granted, .. } = &event {
-                        name = Some(granted.clone());
-                    }
-                    let tunnel = if several { name.clone() } else { None };
-                    let _ = events.send(Tagged { tunnel, event }).await;
-                }
-            };
-            let (result, ()) = tokio::join!(run(options, sender, shutdown), relay);
-            (name, result)
+            let result = run(options, events.clone(), shutdown).await;
+            if several && let Err(error) = &result {
+                let _ = events.send(Event::Failed { code: error.code().to_owned(), message: error.to_string() }).await;
+            }
+            result
         });
     }
     let mut first_error = None;
     while let Some(joined) = running.join_next().await {
-        let Ok((name, Err(error))) = joined else { continue };
-        if several {
-            let _ = events.send(Tagged::failure(name, &error)).await;
+        if let Ok(Err(error)) = joined {
+            first_error.get_or_insert(error);
         }
-        first_error.get_or_insert(error);
     }
     first_error.map_or(Ok(()), Err)
 }

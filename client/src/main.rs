@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::mpsc;
 use tunnel_client::config::{ClientConfig, TunnelSpec};
-use tunnel_client::{Tagged, commands, plan};
+use tunnel_client::{Event, Tagged, commands, plan, status};
 
 /// Expose a local HTTP service at a public URL through an http-tunnel server.
 #[derive(Debug, Parser)]
@@ -88,6 +88,10 @@ struct ClientArgs {
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
     #[arg(long)]
     json: bool,
+    /// Print one line per event on a terminal too, instead of the live status view (as do
+    /// TUNNEL_NO_TUI=1 and TERM=dumb).
+    #[arg(long, conflicts_with = "json")]
+    plain: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,9 +190,20 @@ async fn main() -> std::process::ExitCode {
             return commands::usage::run(args, json || !stdout_is_terminal()).await;
         }
     };
+    let view = status::wanted(client.json, client.plain);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Log lines on the terminal would tear the status view: it shows them itself, unless stderr
+    // goes elsewhere (`2>tunnel.log`).
+    let logs = if view && std::io::stderr().is_terminal() {
+        let (lines, received) = status::log::LogLines::new();
+        logs.with_writer(lines).with_ansi(false).without_time().init();
+        Some(received)
+    } else {
+        logs.with_writer(std::io::stderr).with_ansi(colours).init();
+        None
+    };
     let json = client.json || !stdout_is_terminal();
     let common = plan::Common {
         server: client.server.or(settings.server).unwrap_or_else(|| tunnel_client::DEFAULT_SERVER.to_owned()),
@@ -198,7 +213,7 @@ async fn main() -> std::process::ExitCode {
     let mut tunnels = Vec::with_capacity(specs.len());
     for (key, spec) in specs {
         match plan::options(spec.or(&settings.defaults), key.as_deref(), &common) {
-            Ok(options) => tunnels.push(options),
+            Ok(options) => tunnels.push(tunnel_client::Options { stats: view.then(Default::default), ..options }),
             Err(e) => return commands::fail(json, e.code(), &e.to_string()),
         }
     }
@@ -209,22 +224,25 @@ async fn main() -> std::process::ExitCode {
     }
     let several = tunnels.len() > 1;
     let shutdown = tunnel_kit::shutdown::on_signal();
-    let (events, mut received) = mpsc::channel(1024);
-    let printer = tokio::spawn(async move {
-        let mut lines = String::new();
-        while let Some(event) = received.recv().await {
-            // Under load, write what has queued up with one write and one flush.
-            push_line(&mut lines, json, &event);
-            while let Ok(event) = received.try_recv() {
-                push_line(&mut lines, json, &event);
-            }
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(lines.as_bytes());
-            let _ = stdout.flush();
-            lines.clear();
-        }
-    });
-    let result = tunnel_client::run_all(tunnels, events, shutdown).await;
+    let mut running = Vec::with_capacity(tunnels.len());
+    let mut sources = Vec::with_capacity(tunnels.len());
+    for (index, options) in tunnels.into_iter().enumerate() {
+        let (events, received) = mpsc::channel(1024);
+        let key = options.name.clone().unwrap_or_else(|| format!("tunnel {}", index + 1));
+        sources.push((key, options.target.to_string(), options.stats.clone(), received));
+        running.push((options, events));
+    }
+    let printer = if view {
+        let sources = sources
+            .into_iter()
+            .filter_map(|(key, target, stats, events)| Some(status::Source { key, target, stats: stats?, events }))
+            .collect();
+        tokio::spawn(status::run(sources, logs, shutdown.clone()))
+    } else {
+        let events = sources.into_iter().map(|(_, _, _, events)| events).collect();
+        tokio::spawn(print_lines(events, json, several))
+    };
+    let result = tunnel_client::run_all(running, shutdown).await;
     let _ = printer.await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -280,6 +298,40 @@ fn start_specs(args: &StartArgs, settings: &ClientConfig) -> Result<Vec<(Option<
 
 fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
+}
+
+/// Prints the tunnels' `events` as lines, human or JSON, each tagged with its tunnel's name when
+/// there are `several`, until they all end.
+async fn print_lines(events: Vec<mpsc::Receiver<Event>>, json: bool, several: bool) {
+    let (tagged, mut received) = mpsc::channel(1024);
+    for mut events in events {
+        let tagged = tagged.clone();
+        tokio::spawn(async move {
+            let mut name = None;
+            while let Some(event) = events.recv().await {
+                if let Event::Ready { name: granted, .. } = &event {
+                    name = Some(granted.clone());
+                }
+                let tunnel = if several { Some(name.clone().unwrap_or_else(|| "?".to_owned())) } else { None };
+                if tagged.send(Tagged { tunnel, event }).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tagged);
+    let mut lines = String::new();
+    while let Some(event) = received.recv().await {
+        // Under load, write what has queued up with one write and one flush.
+        push_line(&mut lines, json, &event);
+        while let Ok(event) = received.try_recv() {
+            push_line(&mut lines, json, &event);
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(lines.as_bytes());
+        let _ = stdout.flush();
+        lines.clear();
+    }
 }
 
 fn push_line(lines: &mut String, json: bool, event: &Tagged) {

@@ -1,12 +1,14 @@
 //! One connection to a session-host: the handshake, then serving requests until the connection
 //! ends.
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -24,6 +26,7 @@ use crate::Options;
 use crate::events::Event;
 use crate::exchange::{self, Link};
 use crate::forward::Forwarder;
+use crate::stats::Stats;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -42,6 +45,9 @@ const STREAM_QUEUE: usize = MAX_FRAMES_IN_FLIGHT + 32;
 /// the default 128 KiB cost more in `memset` than small frames did in parsing; larger frames
 /// still arrive whole, over several reads.
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// How often a client that keeps [`Stats`] pings the host to measure the round trip, even when
+/// the connection is busy (the silence ping of [`PING_AFTER`] measures it too).
+const RTT_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// What a previous session granted, to take the name back.
 #[derive(Debug, Clone)]
@@ -138,7 +144,8 @@ fn classify(failure: Failure) -> OpenError {
     }
 }
 
-/// Serves requests on `socket` until it ends or `shutdown` is cancelled.
+/// Serves requests on `socket` until it ends or `shutdown` is cancelled, counting its traffic in
+/// `stats` when given.
 ///
 /// When the host announces it is going away, the connection keeps answering in a background
 /// task until the host closes it, while the caller opens the next session at once.
@@ -147,10 +154,16 @@ pub async fn serve(
     welcome: &Welcome,
     forwarder: &Arc<Forwarder>,
     events: &mpsc::Sender<Event>,
+    stats: Option<&Arc<Stats>>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
+    if let Some(stats) = stats {
+        stats.landed_on(&welcome.host);
+    }
+    let sink = Counted { inner: sink, stats: stats.cloned() };
+    let now = Instant::now();
     let mut connection = Connection {
         stream,
         out,
@@ -160,8 +173,11 @@ pub async fn serve(
         forwarder: forwarder.clone(),
         events: events.clone(),
         max_reply: usize::try_from(welcome.max_reply_bytes).unwrap_or(usize::MAX),
-        last_heard: Instant::now(),
+        last_heard: now,
         pinged: false,
+        stats: stats.cloned(),
+        epoch: now,
+        next_probe: now,
     };
     let end = tokio::select! {
         end = connection.serve() => end,
@@ -203,6 +219,12 @@ struct Connection {
     last_heard: Instant,
     /// A ping went out after [`PING_AFTER`] of silence and nothing was heard since.
     pinged: bool,
+    /// Where the connection's traffic is counted, if anywhere.
+    stats: Option<Arc<Stats>>,
+    /// The origin of the send times carried in pings, to measure the round trip on their pongs.
+    epoch: Instant,
+    /// When the next round-trip ping goes out (only with `stats`).
+    next_probe: Instant,
 }
 
 impl Connection {
@@ -227,10 +249,17 @@ impl Connection {
     async fn step(&mut self) -> Option<SessionEnd> {
         let wait = if self.pinged { SERVER_SILENCE } else { PING_AFTER };
         let silence = tokio::time::sleep_until((self.last_heard + wait).into());
+        let probe = tokio::time::sleep_until(self.next_probe.into());
         tokio::select! {
             message = self.stream.next() => {
                 self.last_heard = Instant::now();
                 self.pinged = false;
+                if let (Some(stats), Some(Ok(message))) = (&self.stats, &message) {
+                    stats.read(message.len());
+                    if let Message::Pong(payload) = message {
+                        self.on_pong(stats, payload);
+                    }
+                }
                 self.on_message(message)
             }
             Some(finished) = self.exchanges.join_next(), if !self.exchanges.is_empty() => {
@@ -244,11 +273,30 @@ impl Connection {
                     return Some(SessionEnd::Lost("server stopped answering".into()));
                 }
                 self.pinged = true;
-                // A full queue means frames are waiting for the socket: no ping is needed to learn
-                // whether it moves.
-                let _ = self.out.try_send(Message::Ping(Default::default()));
+                self.ping();
                 None
             }
+            () = probe, if self.stats.is_some() => {
+                self.ping();
+                None
+            }
+        }
+    }
+
+    /// Pings the host, the ping carrying its send time so that its pong tells the round trip.
+    fn ping(&mut self) {
+        let now = Instant::now();
+        self.next_probe = now + RTT_PROBE_EVERY;
+        let sent = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
+        // A full queue means frames are waiting for the socket: no ping is needed to learn
+        // whether it moves.
+        let _ = self.out.try_send(Message::Ping(sent.to_be_bytes().to_vec().into()));
+    }
+
+    /// Records the round trip of the ping `payload` answers (the host echoes the send time).
+    fn on_pong(&self, stats: &Stats, payload: &[u8]) {
+        if let Some(rtt) = round_trip(self.epoch, payload, Instant::now()) {
+            stats.round_trip(rtt);
         }
     }
 
@@ -273,8 +321,10 @@ impl Connection {
                     max_reply: self.max_reply,
                 };
                 let forwarder = self.forwarder.clone();
+                let open = self.stats.as_ref().map(Stats::request_started);
                 self.exchanges.spawn(async move {
                     exchange::run(request, link, forwarder).await;
+                    drop(open);
                     stream
                 });
                 None
@@ -300,5 +350,59 @@ impl Connection {
             Ok(HostFrame::Welcome(_)) => Some(SessionEnd::Lost("unexpected welcome".into())),
             Err(e) => Some(SessionEnd::Lost(format!("undecodable frame from the server: {e}"))),
         }
+    }
+}
+
+/// The round trip told at `now` by a pong's `payload`: the send time of [`Connection::ping`],
+/// in microseconds after `epoch`. `None` for a pong that carries no such time (another length,
+/// a time in the future or out of range).
+fn round_trip(epoch: Instant, payload: &[u8], now: Instant) -> Option<Duration> {
+    let sent = <[u8; 8]>::try_from(payload).ok()?;
+    let sent = epoch.checked_add(Duration::from_micros(u64::from_be_bytes(sent)))?;
+    now.checked_duration_since(sent)
+}
+
+/// The WebSocket sink, counting the bytes written into [`Stats`] when given.
+struct Counted<S> {
+    inner: S,
+    stats: Option<Arc<Stats>>,
+}
+
+impl<S: Sink<Message> + Unpin> Sink<Message> for Counted<S> {
+    type Error = S::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+        if let Some(stats) = &self.stats {
+            stats.written(message.len());
+        }
+        Pin::new(&mut self.inner).start_send(message)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_from_pong_payloads() {
+        let epoch = Instant::now();
+        let sent = 1500_u64.to_be_bytes();
+        let now = epoch + Duration::from_micros(2000);
+        assert_eq!(round_trip(epoch, &sent, now), Some(Duration::from_micros(500)));
+        assert_eq!(round_trip(epoch, b"", now), None, "a pong of someone else's ping");
+        assert_eq!(round_trip(epoch, &u64::MAX.to_be_bytes(), now), None, "out of range");
+        assert_eq!(round_trip(epoch, &5000_u64.to_be_bytes(), now), None, "in the future");
     }
 }

@@ -67,6 +67,10 @@ pub struct Welcome {
     /// Whether the session's exchanges are recorded (asked for, or the operator's policy).
     #[serde(default)]
     pub recording: bool,
+    /// The node id of the session-host holding the session, for the client to show; empty from
+    /// hosts older than this field.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// Frames the client sends.

@@ -168,8 +168,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 }
 
 fn host_frame() -> impl Strategy<Value = HostFrame> {
-    let welcome = (any::<u16>(), text(), text(), text(), text(), any::<u64>(), any::<bool>()).prop_map(
-        |(v, name, url, session, resume_secret, max_reply_bytes, recording)| Welcome {
+    let welcome = (any::<u16>(), text(), text(), text(), text(), any::<u64>(), any::<bool>(), text()).prop_map(
+        |(v, name, url, session, resume_secret, max_reply_bytes, recording, host)| Welcome {
             v,
             name,
             url,
@@ -177,6 +177,7 @@ fn host_frame() -> impl Strategy<Value = HostFrame> {
             resume_secret,
             max_reply_bytes,
             recording,
+            host,
         },
     );
     prop_oneof![
@@ -485,6 +486,7 @@ fn write_corpus() {
         resume_secret: "r".into(),
         max_reply_bytes: 1 << 20,
         recording: false,
+        host: "host1".into(),
     };
     write("host_frame", "welcome", encode(&HostFrame::Welcome(welcome)));
     write("host_frame", "refused", encode(&HostFrame::Refused(Failure::new(ErrorCode::NameInUse, "taken"))));

@@ -47,6 +47,7 @@ fn welcome() -> Welcome {
         resume_secret: "r".into(),
         max_reply_bytes: 1_044_480,
         recording: true,
+        host: "host1".into(),
     }
 }
 
@@ -90,7 +91,7 @@ fn client_frames() {
 fn host_frames() {
     pin(
         &HostFrame::Welcome(welcome()),
-        "81a757656c636f6d6587a17601a46e616d65a464656d6fa375726cba687474703a2f2f64656d6f2e6c6f63616c686f73743a38303830a773657373696f6ea27331ad726573756d655f736563726574a172af6d61785f7265706c795f6279746573ce000ff000a97265636f7264696e67c3",
+        "81a757656c636f6d6588a17601a46e616d65a464656d6fa375726cba687474703a2f2f64656d6f2e6c6f63616c686f73743a38303830a773657373696f6ea27331ad726573756d655f736563726574a172af6d61785f7265706c795f6279746573ce000ff000a97265636f7264696e67c3a4686f7374a5686f737431",
     );
     pin(
         &HostFrame::Refused(Failure::new(ErrorCode::NameInUse, "taken")),
@@ -101,6 +102,16 @@ fn host_frames() {
         "81a75265717565737482a673747265616d07a772657175657374c40180",
     );
     pin(&HostFrame::GoAway, "a6476f41776179");
+}
+
+/// A host older than the `host` field sends a welcome without it; the client still reads it.
+#[test]
+fn a_welcome_without_host_still_decodes() {
+    let old = "81a757656c636f6d6587a17601a46e616d65a464656d6fa375726cba687474703a2f2f64656d6f2e6c6f63616c686f73743a38303830a773657373696f6ea27331ad726573756d655f736563726574a172af6d61785f7265706c795f6279746573ce000ff000a97265636f7264696e67c3";
+    let bytes: Vec<u8> =
+        (0..old.len()).step_by(2).map(|i| u8::from_str_radix(&old[i..i + 2], 16).expect("hex")).collect();
+    let decoded: HostFrame = decode(&bytes, usize::MAX).expect("decodes");
+    assert_eq!(decoded, HostFrame::Welcome(Welcome { host: String::new(), ..welcome() }));
 }
 
 #[test]

@@ -336,6 +336,7 @@ impl Session {
             resume_secret: session.lease.secret.clone(),
             max_reply_bytes: hub.max_reply_bytes(),
             recording: recorded,
+            host: hub.config.node_id.clone(),
         };
         session.send(HostFrame::Welcome(welcome)).await?;
         let access = if session.lease.resumed { Access::Resumed } else { Access::Bound };

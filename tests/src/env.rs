@@ -510,6 +510,7 @@ impl TestEnv {
             policy: PublicPolicy::default(),
             shared: false,
             host_header: tunnel_client::forward::HostHeader::Preserve,
+            stats: None,
         }
     }
 
@@ -599,6 +600,7 @@ impl Tunnel {
             policy: PublicPolicy::default(),
             shared: false,
             host_header: tunnel_client::forward::HostHeader::Preserve,
+            stats: None,
         };
         Self::spawn_with(options)
     }

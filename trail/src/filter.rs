@@ -180,14 +180,26 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, FilterError> {
 
 pub use tunnel_schemas::now_ms;
 
-/// A unix time in milliseconds as RFC 3339 with milliseconds, UTC.
+/// A unix time in milliseconds as RFC 3339 with milliseconds, UTC; a time RFC 3339 cannot
+/// write (after the year 9999, as a peer may send) as its milliseconds.
 pub fn format_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    use std::fmt::Write;
+    let mut text = String::new();
+    match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
+        Some(time) if write!(text, "{}", humantime::format_rfc3339_millis(time)).is_ok() => text,
+        _ => format!("unix {ms} ms"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_any_time_without_panicking() {
+        assert_eq!(format_ms(1_000), "1970-01-01T00:00:01.000Z");
+        assert_eq!(format_ms(u64::MAX), format!("unix {} ms", u64::MAX));
+    }
 
     #[test]
     fn statuses_and_classes() {
