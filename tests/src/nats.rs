@@ -75,6 +75,13 @@ impl NatsServer {
         self.restart();
     }
 
+    /// The monitoring URL (`http://127.0.0.1:<port>`), when the configuration turns monitoring
+    /// on (`http_port: -1` picks a free port).
+    pub fn monitoring_url(&self) -> Option<String> {
+        let ports = ports_file(self.dir.path())?;
+        ports.get("monitoring")?.get(0)?.as_str().map(str::to_owned)
+    }
+
     /// The JetStream store directory: every file the server keeps.
     pub fn store_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("store")
@@ -174,16 +181,16 @@ fn wait_for_ports_file(dir: &std::path::Path) -> String {
 
 /// The client URL from the `*.ports` file the server writes once it listens.
 fn read_ports_file(dir: &std::path::Path) -> Option<String> {
+    ports_file(dir)?.get("nats")?.get(0)?.as_str().map(str::to_owned)
+}
+
+/// The `*.ports` file the server in `dir` writes once it listens (client and monitoring URLs).
+fn ports_file(dir: &std::path::Path) -> Option<serde_json::Value> {
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
         .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "ports"))
-        .find_map(|entry| client_url(&std::fs::read_to_string(entry.path()).ok()?))
-}
-
-fn client_url(ports_json: &str) -> Option<String> {
-    let ports: serde_json::Value = serde_json::from_str(ports_json).ok()?;
-    ports.get("nats")?.get(0)?.as_str().map(str::to_owned)
+        .find_map(|entry| serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok())
 }
 
 impl Drop for NatsServer {

@@ -44,7 +44,7 @@ async fn the_whole_system_runs_over_mutual_tls_to_nats() {
     let mut env = TestEnv::start_with(EnvOptions {
         permissions: true,
         auth: "tokens",
-        nats_config: server_tls(&certs, true),
+        nats_config: format!("{}\nhttp_port: -1", server_tls(&certs, true)),
         nats_tls: client_tls(&certs, true),
         ..EnvOptions::default()
     })
@@ -83,6 +83,16 @@ async fn the_whole_system_runs_over_mutual_tls_to_nats() {
     // The binaries read the same settings: a session-host process (TUNNEL_NATS_CA_FILE, ...)
     // becomes ready, and the operator reads the recording with --nats-ca-file and friends.
     let _process = env.start_host_process(&[]).await;
+    // What an operator checks: every connection the server has is TLS (its monitoring says
+    // which version), the ingress's, the session-hosts', the auditor's and this test's.
+    let monitoring = env.nats.server().monitoring_url().expect("monitoring on");
+    let connz: serde_json::Value =
+        reqwest::get(format!("{monitoring}/connz")).await.expect("connz").json().await.expect("json");
+    let connections = connz["connections"].as_array().expect("connections");
+    assert!(connections.len() >= 5, "{connz}");
+    for connection in connections {
+        assert!(connection["tls_version"].as_str().is_some_and(|v| v.starts_with("1.")), "{connection}");
+    }
     let admin_url = env.nats_url_as("admin");
     let mut args = vec!["trail".to_owned(), "tls-demo".into(), "--recorded".into(), "--nats".into(), admin_url];
     args.extend(env.nats_tls_flags());
