@@ -55,6 +55,14 @@ Workloads:
      host (nats-server /connz). Checks first that each host's start-up log shows its setting;
      fails if any run saw a non-2xx answer, or if "on" did not send about one message per
      request more than "off". Runs after (j), before (h).
+  m  encryption at rest: (b) and (a) through two recorded tunnels (--record), each on a stack of
+     its own (a fresh nats-server, a session-host, an ingress with audit off, a client): one
+     nats-server with JetStream's encryption at rest on (cipher chachapoly, key from $JS_KEY, as
+     nats/dev.conf), one without, otherwise identical, in alternating runs: req/s encrypted /
+     plain, p50/p99, CPU per request of nats-server and of the whole tunnel. Checks first that
+     the encrypted server's log says "Encryption: ChaCha20-Poly1305" and the plain one's does
+     not, and that both recorded; fails if any run saw a non-2xx answer. Runs after (k), before
+     (h); alone: bench/run.sh --workloads m --configs http-tunnel.
 
 NATS and MessagePack are spoken by the small client below (class Nats, msgpack()), so the
 harness needs no Python package beyond the standard library.
@@ -70,6 +78,7 @@ import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -146,6 +155,12 @@ ACK_WORKLOADS = ("a", "c")
 # acknowledges every request at once (the default); "off" only requests still open after 250 ms,
 # so none of the quick requests measured here.
 ACK_SIDES = {"on": (0, "bench-ack-on"), "off": (250, "bench-ack-off")}
+
+# (m): the load workloads measured with JetStream's encryption at rest on and off, in this order
+# within a round (as (h): the large runs first). Per side: the recorded tunnel on that side's
+# stack.
+ENCRYPTION_WORKLOADS = ("b", "a")
+ENCRYPTION_SIDES = {"on": "bench-enc-on", "off": "bench-enc-off"}
 
 # The environment of every session-host the bench starts for load. RECORDINGS must fit this
 # nats-server's max_file_store (4GB), or JetStream refuses the stream ("insufficient storage
@@ -564,31 +579,41 @@ class Bench:
         log(f"upstream on port {self.upstream_port}")
 
     def start_nats(self) -> None:
-        self.nats_port = free_port()
         # The monitoring endpoint: (k) reads the messages each connection sent from /connz.
-        self.nats_monitor_port = free_port()
-        store = self.workdir / "nats-store"
-        conf = self.workdir / "nats.conf"
+        self.nats, self.nats_port, self.nats_monitor_port = self.start_nats_server("nats-server")
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        log(f"nats-server on port {self.nats_port} (max_payload 8MB)")
+
+    def start_nats_server(self, name: str, encryption_key: str | None = None) -> tuple[subprocess.Popen, int, int]:
+        """A nats-server `name` with its own store (log and files named after it), JetStream
+        encrypted at rest with `encryption_key` when given (the key in its environment, as
+        nats/dev.conf takes it). Returns it, its client port and its monitoring port."""
+        port, monitor_port = free_port(), free_port()
+        store = self.workdir / f"{name}-store"
+        conf = self.workdir / f"{name}.conf"
+        cipher = "  cipher: chachapoly\n  key: $JS_KEY\n" if encryption_key else ""
         # max_payload 8MB: before bodies were streamed in chunks (commit 510f163), a body travelled
         # inline in one NATS message, and a 1 MiB response plus its envelope does not fit the
         # default 1 MB; kept so that older commits can be measured with the same settings.
         conf.write_text(
-            f"listen: 127.0.0.1:{self.nats_port}\n"
+            f"listen: 127.0.0.1:{port}\n"
             "max_payload: 8MB\n"
             "max_pending: 64MB\n"
-            f"http: 127.0.0.1:{self.nats_monitor_port}\n"
-            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n'
+            f"http: 127.0.0.1:{monitor_port}\n"
+            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n{cipher}}}\n'
         )
-        self.nats = self.procs.start("nats-server", [self.args.nats_server, "-c", str(conf)])
-        wait_port(self.nats_port, proc=self.nats)
-        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
-        log(f"nats-server on port {self.nats_port} (max_payload 8MB)")
+        env = {"JS_KEY": encryption_key} if encryption_key else None
+        proc = self.procs.start(name, [self.args.nats_server, "-c", str(conf)], env=env)
+        wait_port(port, proc=proc)
+        return proc, port, monitor_port
 
-    def start_service(self, name: str, binary: str, extra: list[str], env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    def start_service(
+        self, name: str, binary: str, extra: list[str], env: dict | None = None, nats_url: str | None = None
+    ) -> tuple[subprocess.Popen, int]:
         port = free_port()
         proc = self.procs.start(
             name,
-            [str(self.bin / binary), "--nats", self.nats_url, "--listen", f"127.0.0.1:{port}", *extra],
+            [str(self.bin / binary), "--nats", nats_url or self.nats_url, "--listen", f"127.0.0.1:{port}", *extra],
             env=env,
         )
         wait_until(
@@ -596,13 +621,13 @@ class Bench:
         )
         return proc, port
 
-    def start_ingress(self, name: str, port: int, env: dict | None = None) -> subprocess.Popen:
+    def start_ingress(self, name: str, port: int, env: dict | None = None, nats_url: str | None = None) -> subprocess.Popen:
         proc = self.procs.start(
             name,
             [
                 str(self.bin / "tunnel-ingress"),
                 "--nats",
-                self.nats_url,
+                nats_url or self.nats_url,
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--domain",
@@ -1380,31 +1405,21 @@ class Bench:
                 for side in ("on", "off"):
                     self.load(targets[side], path, conns, threads, headers, 1)
             log("(k) warm-up done")
-            runs = {key: {"on": [], "off": []} for key in ACK_WORKLOADS}
-            for r in range(self.args.rounds):
-                # on off, then off on: neither side always runs first.
-                order = ("on", "off") if r % 2 == 0 else ("off", "on")
-                for key in ACK_WORKLOADS:
-                    _, path, conns, threads, headers = LOAD_WORKLOADS[key]
-                    for side in order:
-                        before = self.nats_messages_sent()
-                        result = self.load(targets[side], path, conns, threads, headers, self.args.duration)
-                        after = self.nats_messages_sent()
-                        done = result["requests"] or 1
-                        name = nats_names[side]
-                        result["nats_msgs_per_req.session-host"] = (after.get(name, 0) - before.get(name, 0)) / done
-                        runs[key][side].append(result)
-                        bad = result.get("errors", 0) + result.get("non_2xx", 0)
-                        log(
-                            f"round {r + 1}/{self.args.rounds} (k{key}) ack {side:3} "
-                            f"{result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
-                            f"  cpu {result.get('cpu_us_per_req', 0):.0f} us/req"
-                            f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f},"
-                            f" session-host {result.get('cpu_us_per_req.session-host', 0):.1f})"
-                            f"  host sent {result['nats_msgs_per_req.session-host']:.2f} NATS msgs/req"
-                            f"  other load {result['foreign_cpu_cores']:.2f} cores"
-                            + (f"  ERRORS {bad}" if bad else "")
-                        )
+
+            def measure(key: str, side: str) -> tuple[dict, str]:
+                before = self.nats_messages_sent()
+                result = self.load_workload(targets[side], key)
+                after = self.nats_messages_sent()
+                done = result["requests"] or 1
+                name = nats_names[side]
+                result["nats_msgs_per_req.session-host"] = (after.get(name, 0) - before.get(name, 0)) / done
+                return result, (
+                    f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f},"
+                    f" session-host {result.get('cpu_us_per_req.session-host', 0):.1f})"
+                    f"  host sent {result['nats_msgs_per_req.session-host']:.2f} NATS msgs/req"
+                )
+
+            runs = self.alternate("k", "ack", ACK_WORKLOADS, measure)
         finally:
             for proc in reversed(started):
                 self.procs.stop(proc)
@@ -1416,13 +1431,7 @@ class Bench:
             "host_settings": settings,
             "workloads": on_off_summary(ACK_WORKLOADS, runs),
         }
-        bad = {
-            f"(k{key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
-            for key, w in runs.items()
-            for side, rs in w.items()
-            for n, r in enumerate(rs)
-            if r.get("non_2xx", 0) or r.get("errors", 0)
-        }
+        bad = failed_runs("k", runs)
         # On the wire: the acknowledgement is one more message from the host per request, so "on"
         # must send about one more than "off", or the two sides do not differ as they claim.
         for key, w in self.results["k"]["workloads"].items():
@@ -1432,6 +1441,143 @@ class Bench:
         if bad:
             self.results["k"]["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
             raise RuntimeError(self.results["k"]["error"])
+
+    def load_workload(self, target: Target, key: str, duration: int | None = None) -> dict:
+        """One run of load workload `key` on `target`, for `duration` seconds (--duration)."""
+        _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+        return self.load(target, path, conns, threads, headers, duration or self.args.duration)
+
+    def alternate(self, workload: str, what: str, keys, measure) -> dict:
+        """The --rounds rounds of on/off `workload` (logged as `(<workload><key>) <what> <side>`):
+        each load workload of `keys` on both sides, on first in odd rounds and off first in even
+        ones, so neither side always runs first. `measure(key, side)` runs one and returns its
+        result and the workload's detail for the log. Returns the runs, `{key: {side: [...]}}`."""
+        runs = {key: {"on": [], "off": []} for key in keys}
+        for r in range(self.args.rounds):
+            order = ("on", "off") if r % 2 == 0 else ("off", "on")
+            for key in keys:
+                for side in order:
+                    result, detail = measure(key, side)
+                    runs[key][side].append(result)
+                    log_on_off_run(f"round {r + 1}/{self.args.rounds} ({workload}{key}) {what} {side:3}", result, detail)
+        return runs
+
+    # ---- (m) encryption at rest
+
+    def start_recorded_stack(self, side: str, encryption_key: str | None) -> tuple[list[subprocess.Popen], Target, int]:
+        """The stack of side `side` of (m): a fresh nats-server (encrypted at rest with
+        `encryption_key` when given), an auditor, a session-host, an ingress and a client of the
+        upstream asking to be recorded, waited for until a request through it is served. Returns
+        its processes (to stop), its Target and its session-host's port."""
+        started: list[subprocess.Popen] = []
+        nats, nats_port, _ = self.start_nats_server(f"nats-server-enc-{side}", encryption_key)
+        started.append(nats)
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        auditor, _ = self.start_service(
+            f"tunnel-auditor-enc-{side}", "tunnel-auditor", [], env={"TUNNEL_NODE_ID": f"enc-{side}"}, nats_url=nats_url
+        )
+        started.append(auditor)
+        ingress_port = free_port()
+        host, host_port = self.start_service(
+            f"tunnel-session-host-enc-{side}",
+            "tunnel-session-host",
+            ["--public-url", f"http://{{name}}.localhost:{ingress_port}"],
+            env={**HOST_ENV, "TUNNEL_NODE_ID": f"enc-{side}"},
+            nats_url=nats_url,
+        )
+        started.append(host)
+        ingress = self.start_ingress(f"tunnel-ingress-enc-{side}", ingress_port, {"TUNNEL_NODE_ID": f"enc-{side}"}, nats_url)
+        started.append(ingress)
+        name = ENCRYPTION_SIDES[side]
+        log_name = f"tunnel-client-{name}"
+        state_env = {"TUNNEL_STATE_DIR": str(self.workdir / "tunnel-state")}
+        client = self.start_tunnel_client(name, log_name, ["--record"], state_env, host_port)
+        started.append(client)
+        ready = json.loads(
+            wait_until(
+                f"tunnel client {name}",
+                lambda: first_line_matching(self.procs.log_of(log_name), r'"event":"ready"'),
+                30,
+                client,
+            )
+        )
+        if not ready.get("recording"):
+            raise RuntimeError(f"(m) tunnel {name} is not recorded: {ready}")
+        host_header = f"{name}.localhost:{ingress_port}"
+        wait_until(
+            f"first request through {name}",
+            lambda: http_status(f"http://127.0.0.1:{ingress_port}/small", host_header) == 200,
+            30,
+        )
+        roles = {"ingress": ingress.pid, "nats-server": nats.pid, "session-host": host.pid, "client": client.pid}
+        return started, Target("http-tunnel", f"http://127.0.0.1:{ingress_port}", host_header, roles), host_port
+
+    def run_encryption(self) -> None:
+        """(b) and (a) through two recorded tunnels on stacks of their own, one nats-server
+        encrypting its store at rest and one not, in alternating runs."""
+        started: list[subprocess.Popen] = []
+        targets: dict[str, Target] = {}
+        host_ports: dict[str, int] = {}
+        try:
+            for side in ("on", "off"):
+                key = secrets.token_hex(32) if side == "on" else None
+                procs, targets[side], host_ports[side] = self.start_recorded_stack(side, key)
+                started += procs
+                # The server says at start-up whether it encrypts: the sides must differ as claimed.
+                said = first_line_matching(self.procs.log_of(f"nats-server-enc-{side}"), r"Encryption:")
+                if side == "on" and "ChaCha20-Poly1305" not in (said or ""):
+                    raise RuntimeError(f"(m) the encrypted nats-server does not report its cipher: {said!r}")
+                if side == "off" and said:
+                    raise RuntimeError(f"(m) the plain nats-server reports encryption: {said!r}")
+            self.extra_pids = [p.pid for p in started]
+            for key in ENCRYPTION_WORKLOADS:
+                for side in ("on", "off"):
+                    self.load_workload(targets[side], key, 1)
+                    self.wait_recorder_idle(targets[side], host_port=host_ports[side])
+            log("(m) warm-up done")
+
+            def measure(key: str, side: str) -> tuple[dict, str]:
+                nats_pid = targets[side].roles["nats-server"]
+                before, nats_cpu0 = self.recorder_counters(host_ports[side]), cpu_seconds([nats_pid])
+                result = self.load_workload(targets[side], key)
+                # Records still queued after the run are the run's: the other side's run waits.
+                drain_s, drain_cpu = self.wait_recorder_idle(targets[side], host_port=host_ports[side])
+                after, nats_cpu = self.recorder_counters(host_ports[side]), cpu_seconds([nats_pid]) - nats_cpu0
+                done = result["requests"] or 1
+                stored = after["stored_bytes"] - before["stored_bytes"]
+                result["drain_s"] = drain_s
+                result["drain_cpu_us_per_req"] = drain_cpu * 1e6 / done
+                result["recorded_bytes_per_req"] = stored / done
+                result["recorded_mb_per_s"] = stored / 1e6 / (self.args.duration + drain_s)
+                # What storing costs the server, run and drain together, per MB it stored: a side
+                # whose recordings were cut (the host never waits for the log) stores less per
+                # request, so this compares what req/s alone does not.
+                result["nats_cpu_ms_per_recorded_mb"] = nats_cpu * 1e3 / (stored / 1e6) if stored else float("nan")
+                result["recordings_dropped"] = after["dropped"] - before["dropped"]
+                result["recording_bodies_cut"] = after["cut"] - before["cut"]
+                return result, (
+                    f" (nats-server {result.get('cpu_us_per_req.nats-server', 0):.1f},"
+                    f" +{result['drain_cpu_us_per_req']:.0f} after, {drain_s:.1f} s)"
+                    f"  recorded {result['recorded_bytes_per_req'] / 1e3:.1f} kB/req,"
+                    f" {result['recorded_mb_per_s']:.1f} MB/s, nats-server {result['nats_cpu_ms_per_recorded_mb']:.2f} ms/MB,"
+                    f" dropped {result['recordings_dropped']:.0f}, bodies cut {result['recording_bodies_cut']:.0f}"
+                )
+
+            runs = self.alternate("m", "encryption", ENCRYPTION_WORKLOADS, measure)
+        finally:
+            for proc in reversed(started):
+                self.procs.stop(proc)
+            self.extra_pids = []
+        self.results["m"] = {
+            "title": "encryption at rest on / off, recorded tunnels",
+            "tunnels": dict(ENCRYPTION_SIDES),
+            "cipher": "chachapoly",
+            "workloads": on_off_summary(ENCRYPTION_WORKLOADS, runs),
+        }
+        bad = failed_runs("m", runs)
+        if bad:
+            self.results["m"]["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
+            raise RuntimeError(self.results["m"]["error"])
 
     # ---- (h) recording and replay
 
@@ -1522,9 +1668,10 @@ class Bench:
             "replay": replay,
         }
 
-    def recorder_counters(self) -> dict:
-        """The session-host's recording counters (absent until first counted: 0)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.host_port}/metrics", timeout=5) as response:
+    def recorder_counters(self, host_port: int | None = None) -> dict:
+        """The recording counters of the session-host at `host_port` (the bench's by default;
+        absent until first counted: 0)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{host_port or self.host_port}/metrics", timeout=5) as response:
             text = response.read().decode()
         out = {"stored_bytes": 0.0, "dropped": 0.0, "cut": 0.0}
         names = {
@@ -1538,17 +1685,20 @@ class Bench:
                 out[names[name]] += float(line.split()[-1])
         return out
 
-    def wait_recorder_idle(self, target: Target, quiet: float = 1.0, timeout: float = 60) -> tuple[float, float]:
-        """Waits until the session-host stored no recording for `quiet` seconds, so that records
-        still queued after a run are not published during the next one. Returns the seconds until
-        the last store and the CPU seconds the tunnel's processes used meanwhile."""
+    def wait_recorder_idle(
+        self, target: Target, quiet: float = 1.0, timeout: float = 60, host_port: int | None = None
+    ) -> tuple[float, float]:
+        """Waits until the session-host (at `host_port`, the bench's by default) stored no
+        recording for `quiet` seconds, so that records still queued after a run are not published
+        during the next one. Returns the seconds until the last store and the CPU seconds the
+        tunnel's processes used meanwhile."""
         t0 = time.monotonic()
         cpu0 = cpu_seconds(target.pids)
-        last = self.recorder_counters()
+        last = self.recorder_counters(host_port)
         changed = t0
         while time.monotonic() - changed < quiet and time.monotonic() - t0 < timeout:
             time.sleep(0.05)
-            now = self.recorder_counters()
+            now = self.recorder_counters(host_port)
             if now != last:
                 last, changed = now, time.monotonic()
         return changed - t0, cpu_seconds(target.pids) - cpu0
@@ -1739,10 +1889,35 @@ def foreign_summary(results: dict) -> dict:
     groups += [w["runs"] for w in results.get("i", {}).get("workloads", {}).values()]
     groups += [w["runs"] for w in results.get("i", {}).get("quota", {}).get("workloads", {}).values()]
     groups += [w["runs"] for w in results.get("k", {}).get("workloads", {}).values()]
+    groups += [w["runs"] for w in results.get("m", {}).get("workloads", {}).values()]
     values = [r["foreign_cpu_cores"] for runs in groups for rs in runs.values() for r in rs if "foreign_cpu_cores" in r]
     if not values:
         return {}
     return {"median": statistics.median(values), "max": max(values)}
+
+
+def log_on_off_run(label: str, result: dict, detail: str) -> None:
+    """Logs one run of an on/off workload: `label`, req/s, latency, CPU per request, `detail`,
+    the other load on the machine and the errors, if any."""
+    bad = result.get("errors", 0) + result.get("non_2xx", 0)
+    log(
+        f"{label} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
+        f"  cpu {result.get('cpu_us_per_req', 0):.0f} us/req{detail}"
+        f"  other load {result['foreign_cpu_cores']:.2f} cores"
+        + (f"  ERRORS {bad}" if bad else "")
+    )
+
+
+def failed_runs(workload: str, runs: dict) -> dict[str, str]:
+    """The runs of on/off `workload` (`{key: {side: [result...]}}`) that saw errors or non-2xx
+    answers, by name (`(mb) on round 2`)."""
+    return {
+        f"({workload}{key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
+        for key, w in runs.items()
+        for side, rs in w.items()
+        for n, r in enumerate(rs)
+        if r.get("non_2xx", 0) or r.get("errors", 0)
+    }
 
 
 def on_off_summary(keys, runs: dict) -> dict:
@@ -1859,6 +2034,8 @@ def table(report: dict) -> str:
         out += "\n" + auditor_table(res["j"])
     if "k" in res:
         out += "\n" + ack_table(res["k"])
+    if "m" in res:
+        out += "\n" + encryption_table(res["m"])
     return out.lstrip("\n")
 
 
@@ -2053,27 +2230,33 @@ def on_off_rows(workloads: dict, extra: tuple) -> list[str]:
     return lines
 
 
+def on_off_table(result: dict, heading: str, sides: tuple[str, str], extra: tuple) -> list[str]:
+    """The lines of an on/off table of `result` (a FAILED line first when it has an error; no
+    table without workloads): `heading`, the off and on column titles of `sides`, then
+    `on_off_rows` with `extra`."""
+    lines = [f"\n{heading}: FAILED: {result['error']}"] if "error" in result else []
+    if "workloads" not in result:
+        return lines
+    off, on = sides
+    lines += ["", f"| {heading} | metric | off ({off}) | on ({on}) | on / off |", "|---|---|---|---|---|"]
+    return lines + on_off_rows(result["workloads"], extra)
+
+
 def ack_table(k: dict) -> str:
-    lines = [f"\n(k) acknowledgement cost: FAILED: {k['error']}"] if "error" in k else []
+    ms = k.get("ack_after_ms", {})
+    sides = (
+        f"{k.get('tunnels', {}).get('off')}: ack_after_ms {ms.get('off')}, quick requests unacknowledged",
+        f"{k.get('tunnels', {}).get('on')}: ack_after_ms {ms.get('on')}, every request acknowledged",
+    )
+    extra = (
+        ("tunnel CPU per request, us", "cpu_us_per_req", 1),
+        ("ingress CPU per request, us", "cpu_us_per_req.ingress", 1),
+        ("session-host CPU per request, us", "cpu_us_per_req.session-host", 1),
+        ("NATS messages the session-host sent per request", "nats_msgs_per_req.session-host", 2),
+    )
+    lines = on_off_table(k, "(k) acknowledgement cost", sides, extra)
     if "workloads" not in k:
         return "\n".join(lines)
-    on, off = k["tunnels"]["on"], k["tunnels"]["off"]
-    ms_on, ms_off = k["ack_after_ms"]["on"], k["ack_after_ms"]["off"]
-    lines += [
-        "",
-        f"| (k) acknowledgement | metric | off ({off}: ack_after_ms {ms_off}, quick requests unacknowledged) | "
-        f"on ({on}: ack_after_ms {ms_on}, every request acknowledged) | on / off |",
-        "|---|---|---|---|---|",
-    ]
-    lines += on_off_rows(
-        k["workloads"],
-        (
-            ("tunnel CPU per request, us", "cpu_us_per_req", 1),
-            ("ingress CPU per request, us", "cpu_us_per_req.ingress", 1),
-            ("session-host CPU per request, us", "cpu_us_per_req.session-host", 1),
-            ("NATS messages the session-host sent per request", "nats_msgs_per_req.session-host", 2),
-        ),
-    )
     roles = ["ingress", "nats-server", "session-host", "client", "auditor"]
     lines += ["", "(k) CPU per request by process, us:", "", "| run | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for key, w in k["workloads"].items():
@@ -2081,6 +2264,24 @@ def ack_table(k: dict) -> str:
             med = w["median"][side]
             lines.append(f"| ({key}) ack {side} | " + " | ".join(fmt(med.get(f"cpu_us_per_req.{r}", float("nan")), 1) for r in roles) + " |")
     return "\n".join(lines)
+
+
+def encryption_table(m: dict) -> str:
+    tunnels = m.get("tunnels", {})
+    sides = (
+        f"{tunnels.get('off')}, recorded, plain store",
+        f"{tunnels.get('on')}, recorded, store encrypted with {m.get('cipher')}",
+    )
+    extra = (
+        ("tunnel CPU per request, us", "cpu_us_per_req", 1),
+        ("nats-server CPU per request, us", "cpu_us_per_req.nats-server", 1),
+        ("recorded bytes per request", "recorded_bytes_per_req", 0),
+        ("recorded MB/s (run and drain)", "recorded_mb_per_s", 1),
+        ("nats-server CPU per recorded MB, ms (run and drain)", "nats_cpu_ms_per_recorded_mb", 2),
+        ("recordings dropped per run", "recordings_dropped", 0),
+        ("recorded bodies cut per run", "recording_bodies_cut", 0),
+    )
+    return "\n".join(on_off_table(m, "(m) encryption at rest", sides, extra))
 
 
 def hold(bench: Bench) -> None:
@@ -2103,7 +2304,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
     p.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    p.add_argument("--workloads", default="abcdefghijk", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
+    p.add_argument("--workloads", default="abcdefghijkm", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
     p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
@@ -2197,6 +2398,12 @@ def main() -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 log(f"(k) FAILED: {e}")
                 bench.results.setdefault("k", {"title": "acknowledgement cost"})["error"] = str(e)
+        if "m" in args.workloads and "http-tunnel" in configs:
+            try:
+                bench.run_encryption()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                log(f"(m) FAILED: {e}")
+                bench.results.setdefault("m", {"title": "encryption at rest"})["error"] = str(e)
         # Last: the recordings it leaves in JetStream and its two clients touch no other workload.
         if "h" in args.workloads and "http-tunnel" in configs:
             try:

@@ -7,7 +7,8 @@
 # What it does:
 #   1. finds or installs nats-server >= 2.11 (scripts/ensure-nats-server.sh);
 #   2. builds the release binaries (cargo build --release --locked);
-#   3. starts nats-server (nats/dev.conf, a fresh JetStream store under .run/nats/store), then
+#   3. starts nats-server (nats/dev.conf, a fresh JetStream store under .run/nats/store, encrypted
+#      at rest with JS_KEY: given, or kept in .run/nats/js.key, made on first use), then
 #      tunnel-auditor, tunnel-session-host and tunnel-ingress, and waits for each one's /readyz;
 #   4. starts a demo local service (python3 -m http.server serving a generated page) and
 #      `tunnel http <port> --name demo` in front of it;
@@ -23,6 +24,8 @@
 #   UP_HOST_PORT         session-host (WebSocket)  (default 7070)
 #   UP_AUDITOR_PORT      auditor (ops routes)      (default 7090)
 #   UP_DEADLINE_SECS     how long to wait for each step to become ready (default 60)
+#   JS_KEY               JetStream encryption key (default: the one in .run/nats/js.key, made
+#                        on first use with mode 0600); only nats-server gets it
 #   RUST_LOG             log filter of the services (default info)
 # Logs go to .run/logs/.
 set -euo pipefail
@@ -56,6 +59,7 @@ deadline_secs="${UP_DEADLINE_SECS:-60}"
 run_dir="$root/.run"
 logs="$run_dir/logs"
 store="$run_dir/nats/store"
+js_key_file="$run_dir/nats/js.key"
 demo_dir="$run_dir/demo"
 
 # ---------------------------------------------------------------------------------------------
@@ -229,12 +233,29 @@ nats_url="nats://127.0.0.1:$nats_port"
 # The services' logs go to files: no colour escapes in them.
 export NO_COLOR=1
 
-say "starting nats-server on 127.0.0.1:$nats_port (fresh JetStream store in ${store#"$root"/})"
+# The JetStream store is encrypted at rest (nats/dev.conf: key $JS_KEY). A key given in the
+# environment wins; otherwise the one kept in .run/nats/js.key, made here on first use, readable
+# by this user alone. It reaches nats-server alone, through its environment (never a command
+# line, which `ps` shows).
+js_key="${JS_KEY:-}"
+if [[ -z "$js_key" ]]; then
+    if [[ ! -s "$js_key_file" ]]; then
+        mkdir -p "$(dirname "$js_key_file")"
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$js_key_file") ||
+            fail "could not write a JetStream encryption key to $js_key_file"
+        note "made a JetStream encryption key in ${js_key_file#"$root"/} (mode 0600)"
+    fi
+    chmod 600 "$js_key_file"
+    js_key="$(<"$js_key_file")"
+fi
+unset JS_KEY
+
+say "starting nats-server on 127.0.0.1:$nats_port (fresh JetStream store in ${store#"$root"/}, encrypted at rest)"
 rm -rf "$store"
 mkdir -p "$store"
 # nats/dev.conf sets store_dir to ./.run/nats/store, relative to the working directory (the
 # repository root here); nats-server refuses -sd on top of a configured store_dir.
-start nats-server "$logs/nats.log" \
+JS_KEY="$js_key" start nats-server "$logs/nats.log" \
     "$nats_server" -c "$root/nats/dev.conf" -a 127.0.0.1 -p "$nats_port" -m "$nats_http_port"
 wait_http nats-server "${pids[-1]}" "$logs/nats.log" "http://127.0.0.1:$nats_http_port/healthz"
 

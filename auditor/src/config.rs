@@ -12,6 +12,9 @@ pub struct AuditorConfig {
     pub listen: String,
     /// NATS server URL(s), comma-separated.
     pub nats_url: String,
+    /// TLS to NATS: `nats_ca_file`, and `nats_cert_file` with `nats_key_file` for mutual TLS.
+    #[serde(flatten)]
+    pub nats_tls: tunnel_kit::nats::NatsTls,
     /// Days audit events are kept.
     pub retention_days: u64,
     /// Replicas of the audit stream and of the usage buckets (1 on a single server, 3 on a
@@ -58,6 +61,7 @@ impl Default for AuditorConfig {
         Self {
             listen: "127.0.0.1:7090".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: tunnel_kit::nats::NatsTls::default(),
             retention_days: 30,
             replicas: 1,
             log_format: "text".into(),

@@ -34,6 +34,8 @@ pub enum Access {
     Nats {
         /// The NATS URL.
         url: String,
+        /// TLS to NATS.
+        tls: tunnel_kit::nats::NatsTls,
     },
 }
 
@@ -41,7 +43,9 @@ impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Host { base, .. } => f.debug_struct("Host").field("base", base).field("secret", &"***").finish(),
-            Self::Nats { url } => f.debug_struct("Nats").field("url", &tunnel_kit::config::redact_url(url)).finish(),
+            Self::Nats { url, tls } => {
+                f.debug_struct("Nats").field("url", &tunnel_kit::config::redact_url(url)).field("tls", tls).finish()
+            }
         }
     }
 }
@@ -89,13 +93,18 @@ pub fn host_base(server: &str) -> Result<String, TrailError> {
 }
 
 /// An operator's connection to NATS at `url` as `name` (a user and password in the URL
-/// authenticate, as for the servers), replies under its own `_INBOX.cli.<random>` prefix.
+/// authenticate, as for the servers), over TLS as `tls` says, replies under its own
+/// `_INBOX.cli.<random>` prefix.
 ///
 /// # Errors
-/// When no server answers or the credentials are refused.
-pub async fn operator_nats(url: &str, name: &str) -> Result<async_nats::Client, tunnel_kit::nats::ConnectError> {
+/// When no server answers, the credentials are refused or the TLS settings or handshake fail.
+pub async fn operator_nats(
+    url: &str,
+    tls: &tunnel_kit::nats::NatsTls,
+    name: &str,
+) -> Result<async_nats::Client, tunnel_kit::nats::ConnectError> {
     let inbox = tunnel_schemas::subjects::inbox_prefix("cli", &uuid::Uuid::new_v4().simple().to_string());
-    tunnel_kit::nats::connect(url, name, &inbox).await
+    tunnel_kit::nats::connect_with(url, name, &inbox, tls).await
 }
 
 /// The events of `query`, from the log behind `access`, read for `purpose` (a read of recorded
@@ -109,8 +118,9 @@ pub async fn read(
     purpose: DataAction,
 ) -> Result<BoxStream<'static, Result<TrailEvent, TrailError>>, TrailError> {
     match access {
-        Access::Nats { url } => {
-            let nats = operator_nats(url, "tunnel-cli").await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
+        Access::Nats { url, tls } => {
+            let nats =
+                operator_nats(url, tls, "tunnel-cli").await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             let js = async_nats::jetstream::new(nats);
             if query.source == Source::Exchanges {
                 let action = if query.follow { DataAction::Tail } else { purpose };

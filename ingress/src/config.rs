@@ -11,6 +11,9 @@ pub struct IngressConfig {
     pub listen: String,
     /// NATS server URL(s), comma-separated.
     pub nats_url: String,
+    /// TLS to NATS: `nats_ca_file`, and `nats_cert_file` with `nats_key_file` for mutual TLS.
+    #[serde(flatten)]
+    pub nats_tls: tunnel_kit::nats::NatsTls,
     /// Public domain: requests for `<name>.<domain>` go to tunnel `<name>`.
     pub domain: String,
     /// Scheme sent as `X-Forwarded-Proto` (`https` behind a TLS-terminating load balancer).
@@ -83,6 +86,7 @@ impl Default for IngressConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: tunnel_kit::nats::NatsTls::default(),
             domain: "localhost".into(),
             public_scheme: "http".into(),
             request_timeout_secs: 900,

@@ -1,5 +1,6 @@
 //! Layered configuration: defaults < TOML file (`--config`) < environment (`TUNNEL_…`, and
-//! `NATS_URL`) < command-line flags.
+//! the NATS conventions `NATS_URL`, `NATS_CA_FILE`, `NATS_CERT_FILE`, `NATS_KEY_FILE`) <
+//! command-line flags.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,10 @@ use serde::de::DeserializeOwned;
 
 /// Environment prefix of every setting (`TUNNEL_LISTEN`, `TUNNEL_REQUEST_TIMEOUT_SECS`, …).
 pub const ENV_PREFIX: &str = "TUNNEL_";
+
+/// The NATS conventions read from the environment without the `TUNNEL_` prefix (which wins
+/// over them); each names the key of its lowercase name.
+const NATS_ENV: [&str; 4] = ["NATS_URL", "NATS_CA_FILE", "NATS_CERT_FILE", "NATS_KEY_FILE"];
 
 /// Why the configuration was refused; the message names the bad key.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +63,7 @@ where
         figment = figment.merge(Toml::file_exact(path));
     }
     let config: T = figment
-        .merge(Env::raw().only(&["NATS_URL"]).map(|_| "nats_url".into()))
+        .merge(Env::raw().only(&NATS_ENV).map(|key| key.as_str().to_ascii_lowercase().into()))
         .merge(Env::prefixed(ENV_PREFIX))
         .merge(Serialized::defaults(flags))
         .extract()
@@ -149,6 +154,7 @@ mod tests {
     #[serde(default)]
     struct Sample {
         nats_url: String,
+        nats_ca_file: String,
         listen: String,
         timeout_secs: u64,
         domain: String,
@@ -158,6 +164,7 @@ mod tests {
         fn default() -> Self {
             Self {
                 nats_url: "nats://default".into(),
+                nats_ca_file: String::new(),
                 listen: "127.0.0.1:1".into(),
                 timeout_secs: 30,
                 domain: "d".into(),
@@ -184,12 +191,14 @@ mod tests {
             jail.create_file("c.toml", "listen = \"file:1\"\ntimeout_secs = 5\ndomain = \"from-file\"")?;
             jail.set_env("TUNNEL_TIMEOUT_SECS", "7");
             jail.set_env("NATS_URL", "nats://from-env");
+            jail.set_env("NATS_CA_FILE", "/from-env/ca.pem");
             let flags = Flags { listen: Some("flag:1".into()) };
             let config: Sample = load(Some(Path::new("c.toml")), &flags).map_err(|e| e.to_string())?;
             assert_eq!(config.listen, "flag:1", "flags beat everything");
             assert_eq!(config.timeout_secs, 7, "environment beats the file");
             assert_eq!(config.domain, "from-file", "the file beats defaults");
             assert_eq!(config.nats_url, "nats://from-env", "NATS_URL is honoured");
+            assert_eq!(config.nats_ca_file, "/from-env/ca.pem", "NATS_CA_FILE is honoured");
             jail.set_env("TUNNEL_NATS_URL", "nats://tunnel-env");
             let config: Sample = load(None, &Flags { listen: None }).map_err(|e| e.to_string())?;
             assert_eq!(config.nats_url, "nats://tunnel-env", "TUNNEL_NATS_URL beats NATS_URL");

@@ -11,22 +11,116 @@ pub const RECONNECT_POLL: Duration = Duration::from_millis(20);
 
 /// Why NATS could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to NATS at {url}: {source}")]
-pub struct ConnectError {
-    url: String,
-    #[source]
-    source: async_nats::ConnectError,
+pub enum ConnectError {
+    /// No server answered, refused the credentials, or failed the TLS handshake (an unknown
+    /// CA, a name mismatch, a client certificate the server wants and did not get).
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Unreachable {
+        /// The URL(s), credentials redacted.
+        url: String,
+        /// What async-nats reported.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The TLS settings are incomplete or name files that cannot be read.
+    #[error("cannot connect to NATS at {url}: {problem}")]
+    Settings {
+        /// The URL(s), credentials redacted.
+        url: String,
+        /// Which setting is wrong and why.
+        problem: String,
+    },
+}
+
+/// How a component secures its connection to NATS: the CA its servers' certificates are checked
+/// against, and the client certificate it presents to servers that verify clients
+/// (`tls { verify: true }`). Every service flattens it into its configuration
+/// (`nats_ca_file`, ...; `TUNNEL_NATS_CA_FILE` or `NATS_CA_FILE`), and the operator commands
+/// take it as flags (`--nats-ca-file`, ...).
+///
+/// TLS is required when `nats_ca_file` is set or a URL is `tls://`; without a CA file the
+/// system's trusted roots check the servers. A `nats://` URL to a server that requires TLS
+/// upgrades too, checked the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default)]
+pub struct NatsTls {
+    /// PEM file of the CA that signed the NATS servers' certificates (turns TLS on).
+    #[arg(long, value_name = "FILE", env = "NATS_CA_FILE", default_value_t, hide_default_value = true)]
+    pub nats_ca_file: String,
+    /// PEM client certificate chain, for servers that verify clients (mutual TLS).
+    #[arg(long, value_name = "FILE", env = "NATS_CERT_FILE", default_value_t, hide_default_value = true)]
+    pub nats_cert_file: String,
+    /// PEM private key of `nats_cert_file`.
+    #[arg(long, value_name = "FILE", env = "NATS_KEY_FILE", default_value_t, hide_default_value = true)]
+    pub nats_key_file: String,
+}
+
+impl NatsTls {
+    /// Checks that the certificate and key go together and that every file named is readable.
+    ///
+    /// # Errors
+    /// The problem, naming the setting and the file.
+    pub fn check(&self) -> Result<(), String> {
+        if self.nats_cert_file.is_empty() != self.nats_key_file.is_empty() {
+            return Err("nats_cert_file and nats_key_file go together (mutual TLS needs both)".into());
+        }
+        let files = [
+            ("nats_ca_file", &self.nats_ca_file),
+            ("nats_cert_file", &self.nats_cert_file),
+            ("nats_key_file", &self.nats_key_file),
+        ];
+        for (key, path) in files.into_iter().filter(|(_, path)| !path.is_empty()) {
+            std::fs::File::open(path).map_err(|e| format!("{key} {path}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether TLS is required to reach `servers`: a CA file is given or a URL is `tls://`.
+    fn required(&self, servers: &[&str]) -> bool {
+        !self.nats_ca_file.is_empty() || servers.iter().any(|server| server.starts_with("tls://"))
+    }
+
+    /// `options` with these settings applied.
+    fn apply(&self, mut options: async_nats::ConnectOptions, servers: &[&str]) -> async_nats::ConnectOptions {
+        if !self.nats_ca_file.is_empty() {
+            // Replaces the system's roots: only this CA is trusted.
+            options = options.add_root_certificates(self.nats_ca_file.clone().into());
+        }
+        if !self.nats_cert_file.is_empty() {
+            options =
+                options.add_client_certificate(self.nats_cert_file.clone().into(), self.nats_key_file.clone().into());
+        }
+        options.require_tls(self.required(servers))
+    }
 }
 
 /// Connects to `url` (comma-separated list) as `name`, with replies under `inbox_prefix`, and
-/// logs connection events. A `user:password@` in the first URL authenticates (async-nats does not
-/// read it from the URL by itself).
+/// logs connection events; in the clear unless a URL is `tls://` or the server requires TLS
+/// (see [`connect_with`]).
 ///
 /// # Errors
 /// [`ConnectError`] when no server answers within the connection timeout.
 pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_nats::Client, ConnectError> {
+    connect_with(url, name, inbox_prefix, &NatsTls::default()).await
+}
+
+/// Connects to `url` (comma-separated list) as `name`, with replies under `inbox_prefix`, over
+/// TLS as `tls` says, and logs connection events. A `user:password@` in the first URL
+/// authenticates (async-nats does not read it from the URL by itself).
+///
+/// # Errors
+/// [`ConnectError::Settings`] when the TLS settings are unusable, [`ConnectError::Unreachable`]
+/// when no server answers within the connection timeout, refuses the credentials or fails the
+/// TLS handshake.
+pub async fn connect_with(
+    url: &str,
+    name: &str,
+    inbox_prefix: &str,
+    tls: &NatsTls,
+) -> Result<async_nats::Client, ConnectError> {
     let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let mut options = async_nats::ConnectOptions::new();
+    tls.check().map_err(|problem| ConnectError::Settings { url: crate::config::redact_url(url), problem })?;
+    let mut options = tls.apply(async_nats::ConnectOptions::new(), &servers);
     let first = servers.first().and_then(|server| server.parse::<async_nats::ServerAddr>().ok());
     if let Some((user, password)) = first.as_ref().and_then(|addr| Some((addr.username()?, addr.password()?))) {
         options = options.user_and_password(user.to_owned(), password.to_owned());
@@ -48,7 +142,7 @@ pub async fn connect(url: &str, name: &str, inbox_prefix: &str) -> Result<async_
         })
         .connect(servers)
         .await
-        .map_err(|source| ConnectError { url: crate::config::redact_url(url), source })
+        .map_err(|source| ConnectError::Unreachable { url: crate::config::redact_url(url), source })
 }
 
 /// The `event` label of `nats_events_total`: one of a fixed few.
@@ -180,6 +274,25 @@ impl Reconnects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_is_required_by_a_ca_file_or_a_tls_url() {
+        let none = NatsTls::default();
+        assert!(!none.required(&["nats://h:4222"]));
+        assert!(none.required(&["nats://h:4222", "tls://h2:4222"]));
+        let ca = NatsTls { nats_ca_file: "/ca.pem".into(), ..NatsTls::default() };
+        assert!(ca.required(&["nats://h:4222"]));
+    }
+
+    #[test]
+    fn incomplete_or_unreadable_tls_settings_are_named() {
+        let half = NatsTls { nats_cert_file: "/c.pem".into(), ..NatsTls::default() };
+        assert!(half.check().expect_err("no key").contains("nats_key_file"));
+        let missing = NatsTls { nats_ca_file: "/nonexistent/ca.pem".into(), ..NatsTls::default() };
+        let problem = missing.check().expect_err("unreadable");
+        assert!(problem.contains("nats_ca_file /nonexistent/ca.pem"), "{problem}");
+        assert!(NatsTls::default().check().is_ok());
+    }
 
     #[test]
     fn reconnects_at_once_then_at_most_every_half_second() {

@@ -17,6 +17,8 @@ use crate::telemetry::{self, PrometheusHandle};
 pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate + Debug + Clone {
     /// NATS server URL(s).
     fn nats_url(&self) -> &str;
+    /// How the NATS connection is secured.
+    fn nats_tls(&self) -> &crate::nats::NatsTls;
     /// Listen address.
     fn listen(&self) -> &str;
     /// `text` or `json`.
@@ -29,8 +31,8 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate + Deb
     fn redacted(&self) -> Self;
 }
 
-/// Implements [`ServiceConfig`] for a configuration struct with `nats_url`, `listen` and
-/// `log_format` fields, given the NATS connection name and inbox prefix as expressions of the
+/// Implements [`ServiceConfig`] for a configuration struct with `nats_url`, `nats_tls` (a
+/// flattened [`crate::nats::NatsTls`]), `listen` and `log_format` fields, given the NATS connection name and inbox prefix as expressions of the
 /// configuration:
 ///
 /// ```ignore
@@ -43,6 +45,10 @@ macro_rules! service_config {
         impl $crate::service::ServiceConfig for $type {
             fn nats_url(&self) -> &str {
                 &self.nats_url
+            }
+
+            fn nats_tls(&self) -> &$crate::nats::NatsTls {
+                &self.nats_tls
             }
 
             fn listen(&self) -> &str {
@@ -99,7 +105,9 @@ pub async fn start<C: ServiceConfig, F: Serialize>(
     telemetry::init_tracing(config.log_format());
     tracing::info!(config = ?config.redacted(), "starting {name}");
     let metrics = telemetry::init_metrics();
-    let nats = crate::nats::connect(config.nats_url(), &config.nats_name(), &config.inbox_prefix()).await?;
+    let nats =
+        crate::nats::connect_with(config.nats_url(), &config.nats_name(), &config.inbox_prefix(), config.nats_tls())
+            .await?;
     let listener = TcpListener::bind(config.listen())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen()))?;

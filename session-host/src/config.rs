@@ -29,6 +29,9 @@ pub struct HostConfig {
     pub listen: String,
     /// NATS server URL(s), comma-separated.
     pub nats_url: String,
+    /// TLS to NATS: `nats_ca_file`, and `nats_cert_file` with `nats_key_file` for mutual TLS.
+    #[serde(flatten)]
+    pub nats_tls: tunnel_kit::nats::NatsTls,
     /// Public URL of a tunnel, `{name}` replaced by its name.
     pub public_url: String,
     /// Seconds a lease outlives its last renewal: how long a crashed host or a vanished client
@@ -119,6 +122,7 @@ impl Default for HostConfig {
         Self {
             listen: "127.0.0.1:7070".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: tunnel_kit::nats::NatsTls::default(),
             public_url: "http://{name}.localhost:8080".into(),
             lease_ttl_secs: 30,
             lease_replicas: 1,

@@ -81,6 +81,13 @@ pub struct EnvOptions {
     pub nats_urls: Option<String>,
     /// Replicas of the streams and buckets the components create (3 on a three-node cluster).
     pub replicas: usize,
+    /// Run the environment's own nats-server with JetStream's encryption at rest on, with this
+    /// key (passed in the server's environment, never written in its configuration).
+    pub nats_encryption_key: Option<String>,
+    /// How every component (and `tunnel admin`) secures its connection to NATS: the CA file,
+    /// and a client certificate for servers that verify clients. The server's own `tls {}`
+    /// block goes into `nats_config`.
+    pub nats_tls: tunnel_kit::nats::NatsTls,
 }
 
 /// The password of `user` in an environment with [`EnvOptions::permissions`].
@@ -134,6 +141,8 @@ impl Default for EnvOptions {
             usage_minute_secs: 60,
             nats_urls: None,
             replicas: 1,
+            nats_encryption_key: None,
+            nats_tls: tunnel_kit::nats::NatsTls::default(),
         }
     }
 }
@@ -201,7 +210,7 @@ impl TestEnv {
         let nats = match &options.nats_urls {
             Some(urls) => EnvNats { url: urls.clone(), server: None },
             None => {
-                let server = NatsServer::start_with(&config);
+                let server = NatsServer::start_encrypted(&config, options.nats_encryption_key.as_deref());
                 EnvNats { url: server.url().to_owned(), server: Some(server) }
             }
         };
@@ -219,7 +228,7 @@ impl TestEnv {
             ..ingress_config(&options, nats.url())
         };
         let as_user = |user: &str| nats_url_as(nats.url(), options.permissions.then_some(user));
-        let ingress_nats = connect(&as_user("ingress"), "ing").await;
+        let ingress_nats = connect(&as_user("ingress"), "ing", &options.nats_tls).await;
         let metrics = tunnel_kit::telemetry::init_metrics();
         let (metrics_for_ingress, shutdown_for_ingress) = (metrics.clone(), shutdown.clone());
         services.push(tokio::spawn(async move {
@@ -236,11 +245,12 @@ impl TestEnv {
 
         let auditor_config = tunnel_auditor::AuditorConfig {
             nats_url: nats.url().to_owned(),
+            nats_tls: options.nats_tls.clone(),
             usage_minute_secs: options.usage_minute_secs,
             replicas: options.replicas,
             ..Default::default()
         };
-        let auditor_nats = connect(&as_user("auditor"), "aud").await;
+        let auditor_nats = connect(&as_user("auditor"), "aud", &options.nats_tls).await;
         // The stream exists before the first request, so no audit event finds it missing.
         tunnel_auditor::stream::ensure_stream(&async_nats::jetstream::new(auditor_nats.clone()), &auditor_config)
             .await
@@ -262,7 +272,7 @@ impl TestEnv {
         }
 
         if options.auth.contains("tokens") {
-            let admin = connect(&nats_url_as(nats.url(), options.permissions.then_some("admin")), "admin").await;
+            let admin = connect(&as_user("admin"), "admin", &options.nats_tls).await;
             let js = async_nats::jetstream::new(admin);
             let bucket = async_nats::jetstream::kv::Config {
                 bucket: tunnel_schemas::tokens::TOKENS_BUCKET.into(),
@@ -300,6 +310,7 @@ impl TestEnv {
         let addr = listener.local_addr().expect("host address");
         let config = HostConfig {
             nats_url: self.nats.url().to_owned(),
+            nats_tls: self.options.nats_tls.clone(),
             public_url: format!("http://{{name}}.{DOMAIN}:{}", self.ingress.port()),
             handshake_timeout_secs: self.options.handshake_timeout_secs,
             lease_ttl_secs: self.options.lease_ttl_secs,
@@ -320,7 +331,7 @@ impl TestEnv {
             record_replicas: self.options.replicas,
             ..HostConfig::default()
         };
-        let nats = connect(&self.nats_url_as("session-host"), "host").await;
+        let nats = self.nats_as("session-host", "host").await;
         let shutdown = self.shutdown.child_token();
         let (metrics, stop) = (self.metrics.clone(), shutdown.clone());
         self.services.push(tokio::spawn(async move {
@@ -342,12 +353,19 @@ impl TestEnv {
         let public_url = format!("http://{{name}}.{DOMAIN}:{}", self.ingress.port());
         let node_id = format!("host-process-{}", addr.port());
         let numbers = [self.options.lease_ttl_secs, self.options.handshake_timeout_secs].map(|n| n.to_string());
-        let mut all = vec![
+        let tls = &self.options.nats_tls;
+        let tls_files = [
+            ("nats_ca_file", tls.nats_ca_file.as_str()),
+            ("nats_cert_file", tls.nats_cert_file.as_str()),
+            ("nats_key_file", tls.nats_key_file.as_str()),
+        ];
+        let mut all: Vec<(&str, &str)> = tls_files.into_iter().filter(|(_, file)| !file.is_empty()).collect();
+        all.extend_from_slice(&[
             ("node_id", node_id.as_str()),
             ("auth", self.options.auth),
             ("lease_ttl_secs", numbers[0].as_str()),
             ("handshake_timeout_secs", numbers[1].as_str()),
-        ];
+        ]);
         all.extend_from_slice(settings);
         let args = ["--nats", &nats_url, "--listen", &listen, "--public-url", &public_url];
         let process = ServiceProcess::start("tunnel-session-host", &args, &all);
@@ -370,7 +388,7 @@ impl TestEnv {
         let addr = listener.local_addr().expect("ingress address");
         let config =
             IngressConfig { node_id: format!("ing-{}", addr.port()), ..ingress_config(&self.options, self.nats.url()) };
-        let nats = connect(&self.nats_url_as("ingress"), "ing").await;
+        let nats = self.nats_as("ingress", "ing").await;
         let shutdown = self.shutdown.child_token();
         let (metrics, stop) = (self.metrics.clone(), shutdown.clone());
         self.services.push(tokio::spawn(async move {
@@ -414,14 +432,40 @@ impl TestEnv {
         nats_url_as(self.nats.url(), self.options.permissions.then_some(user))
     }
 
-    /// Runs `tunnel admin --nats <admin URL> <args>` to its end, as the operator; its last JSON
-    /// line.
+    /// A connection to the environment's NATS as `user` (with [`EnvOptions::permissions`]) over
+    /// the environment's TLS settings, replies under `_INBOX.<component>.<random>`.
+    ///
+    /// # Panics
+    /// When it cannot connect.
+    pub async fn nats_as(&self, user: &str, component: &str) -> async_nats::Client {
+        connect(&self.nats_url_as(user), component, &self.options.nats_tls).await
+    }
+
+    /// The `--nats-ca-file`, `--nats-cert-file`, `--nats-key-file` flags of the environment's TLS
+    /// settings, for the operator commands (`tunnel admin`, `usage`, `trail --nats`).
+    pub fn nats_tls_flags(&self) -> Vec<String> {
+        let tls = &self.options.nats_tls;
+        [
+            ("--nats-ca-file", &tls.nats_ca_file),
+            ("--nats-cert-file", &tls.nats_cert_file),
+            ("--nats-key-file", &tls.nats_key_file),
+        ]
+        .into_iter()
+        .filter(|(_, file)| !file.is_empty())
+        .flat_map(|(flag, file)| [flag.to_owned(), file.clone()])
+        .collect()
+    }
+
+    /// Runs `tunnel admin --nats <admin URL> <args>` to its end, as the operator (over the
+    /// environment's TLS settings); its last JSON line.
     ///
     /// # Panics
     /// When it fails or prints no JSON.
     pub async fn admin(&self, args: &[&str]) -> serde_json::Value {
         let nats = self.nats_url_as("admin");
-        let args = [&["admin", "--nats", nats.as_str()][..], args].concat();
+        let tls = self.nats_tls_flags();
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let args = [&["admin", "--nats", nats.as_str()][..], &tls, args].concat();
         let (code, stdout, stderr) = crate::run_tunnel(std::path::Path::new("/nonexistent"), &args).await;
         assert_eq!(code, Some(0), "tunnel {args:?}: {stdout}{stderr}");
         serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
@@ -670,6 +714,7 @@ fn tls_setting(
 fn ingress_config(options: &EnvOptions, nats_url: &str) -> IngressConfig {
     IngressConfig {
         nats_url: nats_url.to_owned(),
+        nats_tls: options.nats_tls.clone(),
         domain: DOMAIN.into(),
         request_timeout_secs: options.request_timeout_secs,
         max_body_bytes: options.max_body_bytes,
@@ -691,16 +736,17 @@ async fn free_addr() -> SocketAddr {
     listener.local_addr().expect("address")
 }
 
+/// `url` (`nats://` or `tls://`) with the credentials of `user`, when there is one.
 fn nats_url_as(url: &str, user: Option<&str>) -> String {
     match user {
-        Some(user) => url.replacen("nats://", &format!("nats://{user}:{}@", password_of(user)), 1),
+        Some(user) => url.replacen("://", &format!("://{user}:{}@", password_of(user)), 1),
         None => url.to_owned(),
     }
 }
 
-async fn connect(url: &str, component: &str) -> async_nats::Client {
+async fn connect(url: &str, component: &str, tls: &tunnel_kit::nats::NatsTls) -> async_nats::Client {
     let inbox = tunnel_schemas::subjects::inbox_prefix(component, &uuid::Uuid::new_v4().simple().to_string());
-    tunnel_kit::nats::connect(url, component, &inbox).await.expect("nats connects")
+    tunnel_kit::nats::connect_with(url, component, &inbox, tls).await.unwrap_or_else(|e| panic!("nats connects: {e}"))
 }
 
 fn init_tracing() {

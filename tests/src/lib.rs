@@ -32,7 +32,7 @@ pub use auditor::AuditorProcess;
 pub use cli::Cli;
 pub use cluster::NatsCluster;
 pub use env::{EnvNats, EnvOptions, HostProcess, TestEnv, Tunnel, password_of};
-pub use nats::NatsServer;
+pub use nats::{JS_KEY_VAR, NatsServer};
 pub use process::ServiceProcess;
 pub use proxy::CutProxy;
 pub use tls::TestCertificates;
@@ -66,6 +66,9 @@ pub async fn run_tunnel(state_dir: &std::path::Path, args: &[&str]) -> (Option<i
         .env("TUNNEL_CONFIG", state_dir.join("config.toml"))
         .env_remove("TUNNEL_SECRET")
         .env_remove("TUNNEL_NATS_URL")
+        .env_remove("NATS_CA_FILE")
+        .env_remove("NATS_CERT_FILE")
+        .env_remove("NATS_KEY_FILE")
         .kill_on_drop(true)
         .output();
     let output = within(DEADLINE, "tunnel to finish", output).await.expect("tunnel runs");

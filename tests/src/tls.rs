@@ -1,4 +1,5 @@
-//! Certificates made at test time: a fresh CA and a server certificate it signed, as PEM files.
+//! Certificates made at test time: a fresh CA, and a server and a client certificate it signed,
+//! as PEM files.
 
 use std::path::PathBuf;
 
@@ -10,13 +11,18 @@ pub struct TestCertificates {
     pub cert_file: PathBuf,
     /// The server's private key.
     pub key_file: PathBuf,
+    /// A client certificate (for servers that verify clients, mutual TLS).
+    pub client_cert_file: PathBuf,
+    /// The client certificate's private key.
+    pub client_key_file: PathBuf,
     /// The CA certificate, PEM.
     pub ca_pem: String,
     _dir: tempfile::TempDir,
 }
 
 impl TestCertificates {
-    /// Issues a certificate for `names` (DNS names, wildcards allowed) from a fresh CA.
+    /// Issues a certificate for `names` (DNS names, wildcards allowed, IP addresses) and a
+    /// client certificate from a fresh CA.
     ///
     /// # Panics
     /// When generation or writing fails.
@@ -29,13 +35,25 @@ impl TestCertificates {
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let cert = rcgen::CertificateParams::new(names).expect("params").signed_by(&key, &issuer).expect("cert");
+        let client_key = rcgen::KeyPair::generate().expect("client key");
+        let mut client_params = rcgen::CertificateParams::new(vec!["client.test".to_owned()]).expect("params");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &issuer).expect("client cert");
         let dir = tempfile::tempdir().expect("dir");
-        let (ca_file, cert_file, key_file) =
-            (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&ca_file, ca.pem()).expect("ca written");
-        std::fs::write(&cert_file, cert.pem()).expect("cert written");
-        std::fs::write(&key_file, key.serialize_pem()).expect("key written");
-        Self { ca_file, cert_file, key_file, ca_pem: ca.pem(), _dir: dir }
+        let file = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("pem written");
+            path
+        };
+        Self {
+            ca_file: file("ca.pem", ca.pem()),
+            cert_file: file("cert.pem", cert.pem()),
+            key_file: file("key.pem", key.serialize_pem()),
+            client_cert_file: file("client.pem", client.pem()),
+            client_key_file: file("client-key.pem", client_key.serialize_pem()),
+            ca_pem: ca.pem(),
+            _dir: dir,
+        }
     }
 
     /// A client configuration trusting this CA alone.

@@ -22,6 +22,9 @@ pub struct AdminArgs {
     /// NATS URL with the operator's credentials (`nats://admin:password@host:4222`).
     #[arg(long, value_name = "NATS_URL", env = "TUNNEL_NATS_URL", hide_env_values = true)]
     nats: String,
+    /// TLS to NATS.
+    #[command(flatten)]
+    nats_tls: tunnel_kit::nats::NatsTls,
     /// Replicas of the buckets when they are created (3 on a cluster).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
@@ -124,8 +127,9 @@ pub async fn run(args: AdminArgs, json: bool) -> ExitCode {
 }
 
 async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
-    let nats =
-        crate::trail::operator_nats(&args.nats, "tunnel-admin").await.map_err(|e| ("unavailable", e.to_string()))?;
+    let nats = crate::trail::operator_nats(&args.nats, &args.nats_tls, "tunnel-admin")
+        .await
+        .map_err(|e| ("unavailable", e.to_string()))?;
     let js = jetstream::new(nats.clone());
     match args.command {
         AdminCommand::Erase(erase) => return super::erase::admin(&js, &args.nats, erase, json).await,

@@ -36,6 +36,9 @@ pub struct LogArgs {
     /// Read the log straight from NATS instead (operators; any tunnel, no secret).
     #[arg(long, value_name = "NATS_URL", env = "TUNNEL_NATS_URL")]
     pub nats: Option<String>,
+    /// TLS to NATS, with `--nats`.
+    #[command(flatten)]
+    pub nats_tls: tunnel_kit::nats::NatsTls,
 }
 
 /// What to select.
@@ -107,7 +110,7 @@ impl LogArgs {
             .ok_or("no tunnel name given and none opened from this machine")?;
         let url = saved.as_ref().map(|s| s.url.clone());
         if let Some(nats) = &self.nats {
-            return Ok(Resolved { name, access: Access::Nats { url: nats.clone() }, url });
+            return Ok(Resolved { name, access: Access::Nats { url: nats.clone(), tls: self.nats_tls.clone() }, url });
         }
         let server = self.server.clone().or_else(|| saved.as_ref().map(|s| s.server.clone()));
         let secret = self.secret.clone().or_else(|| saved.as_ref().map(|s| s.secret.clone()));

@@ -38,6 +38,9 @@ pub struct UsageArgs {
     /// NATS URL with the operator's credentials.
     #[arg(long, value_name = "NATS_URL", env = "TUNNEL_NATS_URL", hide_env_values = true)]
     nats: String,
+    /// TLS to NATS.
+    #[command(flatten)]
+    nats_tls: tunnel_kit::nats::NatsTls,
 }
 
 fn parse_period(name: &str) -> Result<Period, String> {
@@ -67,8 +70,9 @@ async fn usage(args: UsageArgs, json: bool) -> Result<(), Refusal> {
         Period::Minute => since,
         period => period.start(since, 60_000),
     };
-    let nats =
-        crate::trail::operator_nats(&args.nats, "tunnel-usage").await.map_err(|e| ("unavailable", e.to_string()))?;
+    let nats = crate::trail::operator_nats(&args.nats, &args.nats_tls, "tunnel-usage")
+        .await
+        .map_err(|e| ("unavailable", e.to_string()))?;
     let js = jetstream::new(nats);
     let pattern = scope.as_ref().map_or_else(|| "*.*".to_owned(), tunnel_schemas::usage::Scope::key);
     let mut rows = counters(&js, &format!("{pattern}.{}.*", args.period.as_str())).await?;
