@@ -12,6 +12,7 @@ pub mod config;
 pub mod events;
 pub mod exchange;
 pub mod forward;
+pub mod inspector;
 pub mod replay;
 pub mod session;
 pub mod state;
@@ -52,6 +53,8 @@ pub struct Options {
     pub policy: tunnel_schemas::policy::PublicPolicy,
     /// Serve the name together with the other clients of the same account that say so.
     pub shared: bool,
+    /// The local inspector capturing this tunnel's exchanges; none with `--no-inspect`.
+    pub inspector: Option<inspector::Handle>,
 }
 
 impl std::fmt::Debug for Options {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for Options {
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("policy", &self.policy)
             .field("shared", &self.shared)
+            .field("inspector", &self.inspector)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +112,7 @@ pub async fn run(
     if !valid {
         return Err(ClientError::InvalidServer(options.server));
     }
-    let forwarder = Arc::new(Forwarder::new(options.target.clone()));
+    let forwarder = Arc::new(Forwarder::new(options.target.clone()).inspected(options.inspector.clone()));
     let mut resume: Option<Resume> = None;
     let mut backoff = Backoff::default();
     loop {
@@ -127,8 +131,12 @@ pub async fn run(
                         name: welcome.name.clone(),
                         target: options.target.to_string(),
                         recording: welcome.recording,
+                        inspector: options.inspector.as_ref().map(inspector::Handle::url),
                     }
                 };
+                if let Some(inspector) = &options.inspector {
+                    inspector.online(&welcome.name, &options.server, &welcome.resume_secret, welcome.recording);
+                }
                 if let Some(dir) = &options.state_dir {
                     let saved = state::SavedTunnel {
                         name: welcome.name.clone(),

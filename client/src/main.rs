@@ -76,6 +76,8 @@ struct HttpArgs {
     shared: bool,
     #[command(flatten)]
     policy: commands::policy::PolicyArgs,
+    #[command(flatten)]
+    inspect: commands::inspect::InspectArgs,
     /// Print one JSON object per line even on a terminal (the default when stdout is not one).
     #[arg(long)]
     json: bool,
@@ -131,6 +133,8 @@ async fn main() -> std::process::ExitCode {
         Ok(policy) => policy,
         Err(e) => return commands::fail(json, "invalid_policy", &e.to_string()),
     };
+    let shutdown = tunnel_kit::shutdown::on_signal();
+    let inspector = args.inspect.start(&shutdown).await.map(|inspector| inspector.handle(target.clone()));
     let options = Options {
         server: args.server.or(settings.server).unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
         target,
@@ -140,8 +144,8 @@ async fn main() -> std::process::ExitCode {
         token: args.token.or(settings.token),
         policy,
         shared: args.shared,
+        inspector,
     };
-    let shutdown = tunnel_kit::shutdown::on_signal();
     let (events, mut received) = mpsc::channel(1024);
     let printer = tokio::spawn(async move {
         let mut lines = String::new();

@@ -488,6 +488,7 @@ impl TestEnv {
             token: self.client_token.clone(),
             policy: PublicPolicy::default(),
             shared: false,
+            inspector: None,
         }
     }
 
@@ -576,6 +577,7 @@ impl Tunnel {
             token: None,
             policy: PublicPolicy::default(),
             shared: false,
+            inspector: None,
         };
         Self::spawn_with(options)
     }

@@ -91,6 +91,7 @@ async fn tokens_admit_their_names_only_and_a_revocation_closes_sessions_within_t
         token: Some(token.to_owned()),
         policy: PublicPolicy::default(),
         shared: false,
+        inspector: None,
     });
     let mut elsewhere = elsewhere;
     assert!(matches!(elsewhere.next_event().await, Some(tunnel_client::Event::Ready { .. })));

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod export;
+pub mod inspect;
 pub mod policy;
 pub mod quota;
 pub mod replay;
