@@ -17,6 +17,7 @@
 //! [`CutProxy`] cuts connections on demand.
 
 mod auditor;
+pub mod cdp;
 mod cli;
 mod cluster;
 mod env;

@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tunnel_tests::cdp::Browser;
 use tunnel_tests::{DEADLINE, TestEnv, binary, within};
 
 /// A local service whose answers change when `changed` is set: the "new version" a replay
@@ -51,7 +52,7 @@ impl Service {
             "/seen" => {
                 let json = json!({
                     "method": method, "path": uri.to_string(), "x_test": test_header,
-                    "body": String::from_utf8_lossy(&body),
+                    "body": String::from_utf8_lossy(&body), "version": if changed { 2 } else { 1 },
                 });
                 ([("content-type", "application/json")], json.to_string()).into_response()
             }
@@ -317,7 +318,10 @@ async fn replays_compare_with_the_original_and_take_changes() {
     assert_eq!(status, 200, "{sent}");
     let seen: Value =
         serde_json::from_str(sent["exchange"]["exchange"]["response"]["body"].as_str().expect("text")).expect("json");
-    assert_eq!(seen, json!({ "method": "PUT", "path": "/seen?v=2", "x_test": "yes", "body": "new body" }));
+    assert_eq!(
+        seen,
+        json!({ "method": "PUT", "path": "/seen?v=2", "x_test": "yes", "body": "new body", "version": 2 })
+    );
     let replays = inspector.rows_until("source=replay", "four replays", |rows| rows.len() == 4).await;
     assert!(replays.iter().all(|row| row["replay_of"] == id.as_str()));
     let (status, error) = inspector.replay(json!({ "id": id, "changes": { "path": "no-slash" } })).await;
@@ -362,4 +366,75 @@ async fn a_taken_port_moves_the_inspector_and_the_tunnel_runs() {
     let ready: Value = serde_json::from_str(&line).expect("json");
     assert_eq!(ready["event"], "ready");
     assert!(ready.get("inspector").is_none(), "no inspector field without an inspector: {ready}");
+}
+
+/// Where the page test puts its screenshots: `$INSPECTOR_SCREENSHOTS` (the committed ones are
+/// made with `INSPECTOR_SCREENSHOTS=docs/img`), else a temporary directory.
+fn screenshot_dir() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+    match std::env::var_os("INSPECTOR_SCREENSHOTS") {
+        Some(dir) => {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+            std::fs::create_dir_all(&dir).expect("screenshot dir");
+            (dir, None)
+        }
+        None => {
+            let temporary = tempfile::tempdir().expect("temporary dir");
+            (temporary.path().to_owned(), Some(temporary))
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_page_shows_requests_live_and_replays_them_with_a_diff() {
+    let env = TestEnv::start().await;
+    let service = Service::default();
+    let port = service.start().await;
+    let inspector = Inspected::start(&env, port, "insp-page", &[]).await;
+    let (shots, _temporary) = screenshot_dir();
+    let mut browser = Browser::launch().await;
+    browser.navigate(&inspector.base).await;
+    browser.wait_for("the live feed", "document.getElementById('live').textContent === 'live'").await;
+
+    send(&env, Method::GET, "insp-page", "/item?color=blue", "").await;
+    let posted = env
+        .request(Method::POST, "insp-page", "/seen?order=42")
+        .header("content-type", "application/json")
+        .body(r#"{"hello":"world","items":[1,2,3]}"#)
+        .send();
+    within(DEADLINE, "a response", posted).await.expect("response");
+    browser.wait_for("two rows, live", "document.querySelectorAll('tr.row').length === 2").await;
+    let first = browser.eval("document.querySelector('tr.row td.path').textContent").await;
+    assert_eq!(first, "/seen?order=42", "newest first");
+    browser.screenshot(&shots.join("inspector-list.png")).await;
+
+    browser.click("tr.row").await;
+    let body = browser.wait_for("the request body", "document.getElementById('req-body').textContent").await;
+    assert!(body.as_str().is_some_and(|b| b.contains("\"hello\": \"world\"")), "pretty-printed JSON: {body}");
+    browser
+        .wait_for("the response body", "document.getElementById('resp-body').textContent.includes('\"version\": 1')")
+        .await;
+    browser.screenshot(&shots.join("inspector-detail.png")).await;
+    let original = browser.eval("document.querySelector('tr.row.selected').dataset.id").await;
+    let original = original.as_str().expect("id").to_owned();
+
+    browser.click("#replay").await;
+    browser.wait_for("the replay's row", "document.querySelectorAll('tr.row').length === 3").await;
+    browser.wait_for("an empty diff", "document.querySelector('#diff').dataset.matches === 'true'").await;
+    browser.screenshot(&shots.join("inspector-replay-same.png")).await;
+
+    service.changed.store(true, Ordering::SeqCst);
+    browser.click(&format!("tr.row[data-id='{original}']")).await;
+    browser
+        .wait_for("the original again", "!document.getElementById('diff') && document.getElementById('replay')")
+        .await;
+    browser.click("#replay").await;
+    browser.wait_for("the second replay's row", "document.querySelectorAll('tr.row').length === 4").await;
+    let diff = browser.wait_for("a diff", "document.querySelector('#diff[data-matches=false]').textContent").await;
+    assert!(diff.as_str().is_some_and(|d| d.contains("$.version: 1 → 2")), "{diff}");
+    browser.screenshot(&shots.join("inspector-replay-diff.png")).await;
+
+    let replays = inspector.rows_until("source=replay", "two replays", |rows| rows.len() == 2).await;
+    assert!(replays.iter().all(|row| row["replay_of"] == original.as_str()), "linked to the original");
+    browser.eval("document.getElementById('f-status').value = '4xx'; document.getElementById('f-status').dispatchEvent(new Event('input'));").await;
+    browser.wait_for("the filter", "document.querySelectorAll('tr.row').length === 0").await;
 }
