@@ -11,7 +11,7 @@ use tunnel_schemas::http::{Header, RequestHead};
 use tunnel_schemas::record::{ExchangeRecord, RecordedMessage, RecordedResponse};
 
 use super::ring::{Entry, Sources};
-use super::{Shared, TunnelSlot, now_ms};
+use super::{Shared, TunnelSlot, new_record};
 
 /// A capped copy of a body: the first `cap` bytes, and the size of the whole.
 #[derive(Debug, Clone, Default)]
@@ -74,21 +74,7 @@ impl Capture {
             size: 0,
             cut: false,
         };
-        let record = ExchangeRecord {
-            v: tunnel_schemas::PROTOCOL_VERSION,
-            request_id: request_id.to_owned(),
-            tunnel: slot.name(),
-            owner: String::new(),
-            at_ms: now_ms(),
-            head_us: 0,
-            duration_us: 0,
-            request,
-            response: None,
-            error: None,
-            upgraded: false,
-            masked: Vec::new(),
-            replay_of: None,
-        };
+        let record = new_record(request_id, slot.name(), request);
         let cap = shared.body_cap;
         Self {
             shared,

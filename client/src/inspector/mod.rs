@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tunnel_schemas::http::RequestHead;
-use tunnel_schemas::record::ExchangeRecord;
+use tunnel_schemas::record::{ExchangeRecord, RecordedMessage};
 
 pub use capture::{Capture, Tap};
 pub use ring::{Entry, Ring, Sources};
@@ -265,6 +265,26 @@ impl Handle {
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
     tunnel_trail::filter::now_ms()
+}
+
+/// A record of the exchange `request_id` of `tunnel` with `request`, arrived now, nothing else
+/// known yet.
+pub(crate) fn new_record(request_id: &str, tunnel: String, request: RecordedMessage) -> ExchangeRecord {
+    ExchangeRecord {
+        v: tunnel_schemas::PROTOCOL_VERSION,
+        request_id: request_id.to_owned(),
+        tunnel,
+        owner: String::new(),
+        at_ms: now_ms(),
+        head_us: 0,
+        duration_us: 0,
+        request,
+        response: None,
+        error: None,
+        upgraded: false,
+        masked: Vec::new(),
+        replay_of: None,
+    }
 }
 
 /// `record` with its bodies cut to `cap` bytes (marked cut when they were longer).

@@ -151,21 +151,7 @@ mod tests {
             size: body as u64,
             cut: false,
         };
-        let record = ExchangeRecord {
-            v: 1,
-            request_id: id.into(),
-            tunnel: "t".into(),
-            owner: String::new(),
-            at_ms: 0,
-            head_us: 0,
-            duration_us: 0,
-            request,
-            response: None,
-            error: None,
-            upgraded: false,
-            masked: Vec::new(),
-            replay_of: None,
-        };
+        let record = super::super::new_record(id, "t".into(), request);
         Entry { seq: 0, record, sources: Sources::default(), open: false, comparison: None }
     }
 
