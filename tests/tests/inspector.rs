@@ -438,3 +438,24 @@ async fn the_page_shows_requests_live_and_replays_them_with_a_diff() {
     browser.eval("document.getElementById('f-status').value = '4xx'; document.getElementById('f-status').dispatchEvent(new Event('input'));").await;
     browser.wait_for("the filter", "document.querySelectorAll('tr.row').length === 0").await;
 }
+
+#[tokio::test]
+async fn a_websocket_keeps_its_heads_only_and_is_not_replayed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let env = TestEnv::start().await;
+    let upstream = tunnel_tests::Upstream::start().await;
+    let inspector = Inspected::start(&env, upstream.port(), "insp-ws", &[]).await;
+    let url = format!("ws://{}/t/insp-ws/ws", env.ingress_addr());
+    let (mut socket, _) =
+        within(DEADLINE, "the upgrade", tokio_tungstenite::connect_async(url)).await.expect("upgraded");
+    socket.send(Message::Text("hello".into())).await.expect("send");
+    let echoed = within(DEADLINE, "the echo", socket.next()).await.expect("open").expect("message");
+    assert_eq!(echoed, Message::Text("hello".into()), "the socket works with the inspector on");
+    let id = inspector.id_of("/ws").await;
+    let detail = inspector.closed(&id).await;
+    assert_eq!((detail["upgraded"].as_bool(), detail["status"].as_u64()), (Some(true), Some(101)));
+    assert_eq!(detail["exchange"]["response"]["size"], 0, "no frames kept");
+    let (status, error) = inspector.replay(json!({ "id": id })).await;
+    assert_eq!((status, error["error"].as_str()), (400, Some("not_replayable")));
+}
