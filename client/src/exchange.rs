@@ -154,6 +154,9 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
         capture.responded(head.status, &head.headers, upgraded);
     }
     let response_tap = capture.as_ref().map(Capture::response_tap);
+    if let Some(tap) = &response_tap {
+        tap.expect(hyper::body::Body::size_hint(&body).lower());
+    }
     if upgraded {
         // Only the heads of an upgraded exchange are kept.
         if let Some(mut capture) = capture.take() {
@@ -188,18 +191,25 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
             Ok(collected) => {
                 pump.finish();
                 let bytes = collected.to_bytes();
-                if let Some(tap) = &response_tap {
+                if let (Some(tap), Some(capture)) = (&response_tap, capture.as_mut()) {
                     tap.push(&bytes);
+                    capture.finish();
                 }
                 reply(&out, stream, &response_event(head, bytes, true), true).await;
             }
             Err(e) => {
                 let failure = Failure::new(ErrorCode::UpstreamUnreachable, format!("response body failed: {e}"));
+                if let Some(capture) = capture.as_mut() {
+                    capture.failed(failure.code);
+                }
                 pump.finish();
                 reply(&out, stream, &TunnelReply::Failure(failure), true).await;
             }
         }
         return;
+    }
+    if let Some(capture) = capture.as_mut() {
+        capture.streaming();
     }
     reply(&out, stream, &response_event(head, Bytes::new(), false), false).await;
     let chunks = body.into_data_stream().map(|chunk| chunk.map_err(io::Error::other));

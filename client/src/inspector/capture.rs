@@ -29,6 +29,14 @@ impl Tap {
         Self(Arc::new(Mutex::new(Teed { kept: BytesMut::new(), size: 0, cap })))
     }
 
+    /// Makes room at once for a body of about `size` bytes (up to the cap), so that a body of a
+    /// known length is copied once, with no reallocation.
+    pub fn expect(&self, size: u64) {
+        let mut teed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let want = usize::try_from(size).unwrap_or(usize::MAX).min(teed.cap).saturating_sub(teed.kept.len());
+        teed.kept.reserve(want);
+    }
+
     /// Copies what fits of `chunk` and counts all of it.
     pub fn push(&self, chunk: &[u8]) {
         let mut teed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -39,10 +47,15 @@ impl Tap {
         }
     }
 
-    /// The kept bytes, the whole size and whether bytes were cut.
-    fn taken(&self) -> (Bytes, u64, bool) {
-        let teed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept = Bytes::copy_from_slice(&teed.kept);
+    /// Takes the kept bytes (the tap is empty afterwards), with the whole size and whether bytes
+    /// were cut.
+    fn take(&self) -> (Bytes, u64, bool) {
+        let mut teed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = std::mem::take(&mut teed.kept);
+        // Kept as is when it fills its buffer (a known length): the ring then holds no more than
+        // it counts; otherwise copied to its exact size.
+        let kept =
+            if kept.capacity() - kept.len() <= kept.len() / 8 { kept.freeze() } else { Bytes::copy_from_slice(&kept) };
         let cut = teed.size > kept.len() as u64;
         (kept, teed.size, cut)
     }
@@ -98,22 +111,22 @@ impl Capture {
         self.response_body.clone()
     }
 
-    /// The response head has arrived: the row appears in the list, still open.
+    /// The response head has arrived.
     pub fn responded(&mut self, status: u16, headers: &[Header], upgraded: bool) {
-        let Some(mut record) = self.record.take() else { return };
+        let Some(record) = self.record.as_mut() else { return };
         record.head_us = micros(self.started);
         record.upgraded = upgraded;
         record.response =
             Some(RecordedResponse { status, headers: headers.to_vec(), body: Bytes::new(), size: 0, cut: false });
+    }
+
+    /// The response body streams: the row appears in the list now, open until
+    /// [`Capture::finish`]. (An exchange that ends at once is listed once, when it ends.)
+    pub fn streaming(&mut self) {
+        let Some(mut record) = self.record.take() else { return };
         self.fill(&mut record);
-        let entry = Entry {
-            seq: 0,
-            record,
-            sources: Sources { client: true, ..Sources::default() },
-            open: true,
-            comparison: None,
-        };
-        self.shared.insert(entry);
+        let sources = Sources { client: true, ..Sources::default() };
+        self.shared.insert(Entry { seq: 0, record, sources, open: true, comparison: None });
         self.listed = true;
     }
 
@@ -130,16 +143,16 @@ impl Capture {
         let (request_body, response_body) = (self.request_body.clone(), self.response_body.clone());
         let duration_us = micros(self.started);
         let complete = move |record: &mut ExchangeRecord| {
-            let (body, size, cut) = request_body.taken();
+            let (body, size, cut) = request_body.take();
             (record.request.body, record.request.size, record.request.cut) = (body, size, cut);
             if let Some(response) = record.response.as_mut() {
-                let (body, size, cut) = response_body.taken();
+                let (body, size, cut) = response_body.take();
                 (response.body, response.size, response.cut) = (body, size, cut);
             }
             record.duration_us = duration_us;
         };
         if let Some(mut record) = self.record.take() {
-            // Never listed: a failure before any response.
+            // Not listed yet: an exchange that ended at once, or failed.
             complete(&mut record);
             self.fill(&mut record);
             let sources = Sources { client: true, ..Sources::default() };
@@ -162,7 +175,8 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         if self.record.is_some() || self.listed {
-            if let Some(record) = self.record.as_mut() {
+            // No response yet: the public client gave up waiting.
+            if let Some(record) = self.record.as_mut().filter(|record| record.response.is_none()) {
                 record.error.get_or_insert(ErrorCode::Cancelled);
             }
             self.finish();

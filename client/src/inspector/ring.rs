@@ -10,7 +10,7 @@ use tunnel_trail::compare::Comparison;
 
 /// Body bytes the whole ring may hold; beyond it the oldest exchanges go even when the count
 /// allows more (10,000 exchanges with 1 MiB bodies each way would otherwise take 20 GiB).
-pub const MAX_RING_BODY_BYTES: usize = 256 << 20;
+pub const MAX_RING_BODY_BYTES: usize = 128 << 20;
 
 /// Who saw an exchange.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
