@@ -55,6 +55,14 @@ Workloads:
      host (nats-server /connz). Checks first that each host's start-up log shows its setting;
      fails if any run saw a non-2xx answer, or if "on" did not send about one message per
      request more than "off". Runs after (j), before (h).
+  l  inspector cost: (a), (b) and (c) through two more tunnel clients on the bench's
+     session-host in alternating runs, one with its local inspector on (--inspect-capacity
+     10000, every exchange teed into its ring, bodies up to 1 MiB), one with --no-inspect: req/s
+     on / off, p50/p99, client CPU per request. Before the runs, on fresh clients: each client's
+     RSS and CPU over --inspect-idle-window (60) idle seconds, then its RSS after --inspect-fill
+     (10,000) small sequential requests (the "on" ring then holds them all, checked through its
+     API). Checks that only the "on" client reports an inspector; fails on any non-2xx answer.
+     Runs after (k), before (h).
   m  encryption at rest: (b) and (a) through two recorded tunnels (--record), each on a stack of
      its own (a fresh nats-server, a session-host, an ingress with audit off, a client): one
      nats-server with JetStream's encryption at rest on (cipher chachapoly, key from $JS_KEY, as
@@ -161,6 +169,14 @@ ACK_SIDES = {"on": (0, "bench-ack-on"), "off": (250, "bench-ack-off")}
 # stack.
 ENCRYPTION_WORKLOADS = ("b", "a")
 ENCRYPTION_SIDES = {"on": "bench-enc-on", "off": "bench-enc-off"}
+
+# (l): the load workloads measured with the client's inspector on and off, in this order, and
+# per side the tunnel and its client's flags ("on" keeps every exchange of the fill in its ring).
+INSPECT_WORKLOADS = ("b", "a", "c")
+INSPECT_SIDES = {
+    "on": ("bench-insp-on", ["--inspect-addr", "127.0.0.1:0", "--inspect-capacity", "10000"]),
+    "off": ("bench-insp-off", ["--no-inspect"]),
+}
 
 # The environment of every session-host the bench starts for load. RECORDINGS must fit this
 # nats-server's max_file_store (4GB), or JetStream refuses the stream ("insufficient storage
@@ -285,6 +301,28 @@ def http_status(url: str, host: str | None = None, timeout: float = 1.0, headers
         return e.code
     except (OSError, ValueError):
         return None
+
+
+def send_sequential(target, path: str, count: int) -> int:
+    """Sends `count` GETs of `path` to `target` one after the other on one keep-alive
+    connection; returns how many did not answer 2xx."""
+    import http.client
+
+    host_port = target.base.split("://", 1)[1]
+    conn = http.client.HTTPConnection(host_port, timeout=10)
+    errors = 0
+    for _ in range(count):
+        try:
+            conn.request("GET", path, headers={"Host": target.host} if target.host else {})
+            response = conn.getresponse()
+            response.read()
+            errors += not 200 <= response.status < 300
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection(host_port, timeout=10)
+    conn.close()
+    return errors
 
 
 def wait_until(what: str, check, timeout: float = 30.0, proc: subprocess.Popen | None = None):
@@ -659,7 +697,7 @@ class Bench:
         )
 
     def start_side_client(
-        self, name: str, host_port: int | None = None, roles: dict | None = None
+        self, name: str, host_port: int | None = None, roles: dict | None = None, extra: list[str] | None = None
     ) -> tuple[subprocess.Popen, Target]:
         """A tunnel client for `name` (log `tunnel-client-<name>`, its state in the run's
         directory) on the session-host at `host_port`, waited for until a request through the
@@ -667,7 +705,7 @@ class Bench:
         ones with this client and `roles` instead."""
         log_name = f"tunnel-client-{name}"
         state_env = {"TUNNEL_STATE_DIR": str(self.workdir / "tunnel-state")}
-        proc = self.start_tunnel_client(name, log_name, None, state_env, host_port)
+        proc = self.start_tunnel_client(name, log_name, extra, state_env, host_port)
         wait_until(
             f"tunnel client {name}",
             lambda: first_line_matching(self.procs.log_of(log_name), r'"event":"ready"'),
@@ -1579,6 +1617,101 @@ class Bench:
             self.results["m"]["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
             raise RuntimeError(self.results["m"]["error"])
 
+    # ---- (l) the client's inspector
+
+    def run_inspector_cost(self) -> None:
+        """(b), (a) and (c) through a client with its inspector on and one with it off, in
+        alternating runs; before them, each fresh client's idle RSS and CPU, and its RSS after
+        --inspect-fill small requests."""
+        started: list[subprocess.Popen] = []
+        targets: dict[str, Target] = {}
+        pids: dict[str, int] = {}
+        result: dict = {"title": "inspector cost: the client's inspector on / off", "tunnels": {}}
+        try:
+            for side, (tunnel, extra) in INSPECT_SIDES.items():
+                proc, target = self.start_side_client(tunnel, extra=extra)
+                started.append(proc)
+                targets[side], pids[side] = target, proc.pid
+                result["tunnels"][side] = f"{tunnel} ({' '.join(extra)})"
+            self.extra_pids = [p.pid for p in started]
+            ready = {
+                side: json.loads(first_line_matching(self.procs.log_of(f"tunnel-client-{tunnel}"), r'"event":"ready"') or "{}")
+                for side, (tunnel, _) in INSPECT_SIDES.items()
+            }
+            if "inspector" not in ready["on"] or "inspector" in ready["off"]:
+                raise RuntimeError(f"(l) expected an inspector on the 'on' client only: {ready}")
+            inspector = ready["on"]["inspector"]
+            log(f"(l) {INSPECT_SIDES['on'][0]} inspector at {inspector}, {INSPECT_SIDES['off'][0]} without")
+
+            window = self.args.inspect_idle_window
+            rss0 = {side: rss_kib(pid) for side, pid in pids.items()}
+            cpu0 = {side: cpu_seconds([pid]) for side, pid in pids.items()}
+            time.sleep(window)  # measuring idleness: nothing to wait for but time
+            cpu1 = {side: cpu_seconds([pid]) for side, pid in pids.items()}
+            result["idle"] = {
+                side: {
+                    "rss_kib": rss0[side],
+                    "rss_kib_after": rss_kib(pids[side]),
+                    "cpu_s": cpu1[side] - cpu0[side],
+                    "cpu_pct": (cpu1[side] - cpu0[side]) * 100 / window,
+                }
+                for side in pids
+            }
+            result["idle_window_s"] = window
+            log("(l) idle: " + ", ".join(f"{s} {v['rss_kib']} KiB, {v['cpu_s']:.3f} s CPU in {window:.0f} s" for s, v in result["idle"].items()))
+
+            fill = {}
+            for side, target in targets.items():
+                before = rss_kib(pids[side])
+                errors = send_sequential(target, "/small", self.args.inspect_fill)
+                fill[side] = {"rss_kib_before": before, "rss_kib_after": rss_kib(pids[side]), "errors": errors}
+                log(f"(l) fill {side}: {self.args.inspect_fill} requests, RSS {before} -> {fill[side]['rss_kib_after']} KiB")
+            with urllib.request.urlopen(f"{inspector}/api/requests?path=/small", timeout=30) as response:
+                held = len(json.load(response)["requests"])
+            fill["on"]["held"] = held
+            result["fill"] = fill
+            result["fill_requests"] = self.args.inspect_fill
+            if held < self.args.inspect_fill or any(f["errors"] for f in fill.values()):
+                raise RuntimeError(f"(l) the inspector holds {held} of {self.args.inspect_fill} exchanges, errors {fill}")
+
+            for key in INSPECT_WORKLOADS:
+                _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                for side in ("on", "off"):
+                    self.load(targets[side], path, conns, threads, headers, 1)
+            runs = {key: {"on": [], "off": []} for key in INSPECT_WORKLOADS}
+            for r in range(self.args.rounds):
+                order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                for key in INSPECT_WORKLOADS:
+                    _, path, conns, threads, headers = LOAD_WORKLOADS[key]
+                    for side in order:
+                        run = self.load(targets[side], path, conns, threads, headers, self.args.duration)
+                        runs[key][side].append(run)
+                        bad = run.get("errors", 0) + run.get("non_2xx", 0)
+                        log(
+                            f"round {r + 1}/{self.args.rounds} (l{key}) inspector {side:3} "
+                            f"{run['rps']:>9.0f} req/s  p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms"
+                            f"  client cpu {run.get('cpu_us_per_req.client', 0):.1f} us/req"
+                            f"  other load {run['foreign_cpu_cores']:.2f} cores"
+                            + (f"  ERRORS {bad}" if bad else "")
+                        )
+            result["workloads"] = on_off_summary(INSPECT_WORKLOADS, runs)
+            result["rss_kib_after_runs"] = {side: rss_kib(pid) for side, pid in pids.items()}
+        finally:
+            for proc in reversed(started):
+                self.procs.stop(proc)
+            self.extra_pids = []
+            self.results["l"] = result
+        bad = {
+            f"(l{key}) {side} round {n + 1}": f"{r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} errors"
+            for key, w in runs.items()
+            for side, rs in w.items()
+            for n, r in enumerate(rs)
+            if r.get("non_2xx", 0) or r.get("errors", 0)
+        }
+        if bad:
+            result["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
+            raise RuntimeError(result["error"])
+
     # ---- (h) recording and replay
 
     def run_recording(self) -> None:
@@ -2036,6 +2169,8 @@ def table(report: dict) -> str:
         out += "\n" + ack_table(res["k"])
     if "m" in res:
         out += "\n" + encryption_table(res["m"])
+    if "l" in res:
+        out += "\n" + inspector_table(res["l"])
     return out.lstrip("\n")
 
 
@@ -2284,6 +2419,29 @@ def encryption_table(m: dict) -> str:
     return "\n".join(on_off_table(m, "(m) encryption at rest", sides, extra))
 
 
+def inspector_table(l: dict) -> str:
+    lines = [f"\n(l) inspector cost: FAILED: {l['error']}"] if "error" in l else []
+    if "idle" in l:
+        lines += ["", "| (l) client | off | on (inspector) |", "|---|---|---|"]
+        idle, fill = l["idle"], l.get("fill", {})
+        lines.append(f"| RSS fresh, KiB | {idle['off']['rss_kib']:,} | {idle['on']['rss_kib']:,} |")
+        lines.append(
+            f"| CPU idle over {l['idle_window_s']:.0f} s, s (% of a core) | {idle['off']['cpu_s']:.3f} ({idle['off']['cpu_pct']:.3f} %) | "
+            f"{idle['on']['cpu_s']:.3f} ({idle['on']['cpu_pct']:.3f} %) |"
+        )
+        if fill:
+            n = l["fill_requests"]
+            lines.append(f"| RSS before / after {n:,} small requests, KiB | {fill['off']['rss_kib_before']:,} / {fill['off']['rss_kib_after']:,} | "
+                         f"{fill['on']['rss_kib_before']:,} / {fill['on']['rss_kib_after']:,} ({fill['on'].get('held', 0):,} in the ring) |")
+    if "workloads" in l:
+        lines += ["", "| (l) inspector | metric | off (--no-inspect) | on (inspector, ring 10,000) | on / off |", "|---|---|---|---|---|"]
+        lines += on_off_rows(l["workloads"], (("client CPU per request, us", "cpu_us_per_req.client", 1),))
+        if "rss_kib_after_runs" in l:
+            r = l["rss_kib_after_runs"]
+            lines.append(f"\nClient RSS after the runs: off {r['off']:,} KiB, on {r['on']:,} KiB.")
+    return "\n".join(lines)
+
+
 def hold(bench: Bench) -> None:
     """Keeps the configurations up for manual runs and profiling until SIGINT or SIGTERM."""
     info = {
@@ -2304,7 +2462,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
     p.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    p.add_argument("--workloads", default="abcdefghijkm", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
+    p.add_argument("--workloads", default="abcdefghijklm", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
     p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
@@ -2320,6 +2478,8 @@ def main() -> int:
     p.add_argument("--replay-rounds", type=int, default=2, help="replays at each concurrency in (h), medians")
     p.add_argument("--audit-records", type=int, default=200_000, help="audit records published per round of (j)")
     p.add_argument("--audit-batch", type=int, default=256, help="records per AuditBatch message in (j)")
+    p.add_argument("--inspect-idle-window", type=float, default=60, help="idle seconds over which (l) reads the clients' CPU")
+    p.add_argument("--inspect-fill", type=int, default=10_000, help="small requests sent through each client of (l) before reading RSS")
     p.add_argument("--upstream-threads", type=int, default=2)
     p.add_argument("--loadgen", choices=["wrk", "oha"], default="wrk")
     p.add_argument("--wrk", default="wrk")
@@ -2398,6 +2558,12 @@ def main() -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 log(f"(k) FAILED: {e}")
                 bench.results.setdefault("k", {"title": "acknowledgement cost"})["error"] = str(e)
+        if "l" in args.workloads and "http-tunnel" in configs:
+            try:
+                bench.run_inspector_cost()
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
+                log(f"(l) FAILED: {e}")
+                bench.results.setdefault("l", {"title": "inspector cost"})["error"] = str(e)
         if "m" in args.workloads and "http-tunnel" in configs:
             try:
                 bench.run_encryption()
@@ -2431,6 +2597,8 @@ def main() -> int:
                 "replay_rounds": args.replay_rounds,
                 "audit_records": args.audit_records,
                 "audit_batch": args.audit_batch,
+                "inspect_idle_window_s": args.inspect_idle_window,
+                "inspect_fill": args.inspect_fill,
             },
             "results": bench.results,
             "load_average_before": load_before,

@@ -18,6 +18,9 @@ pub enum Event {
         target: String,
         /// Whether the server records the tunnel's exchanges.
         recording: bool,
+        /// The local inspector's page, when it runs.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        inspector: Option<String>,
     },
     /// A request was answered (by the local service or with a tunnel error).
     Request {
@@ -127,10 +130,11 @@ impl Event {
     /// The event as one line of human-readable text.
     pub fn human(&self) -> String {
         match self {
-            Self::Ready { url, target, recording, .. } => {
+            Self::Ready { url, target, recording, inspector, .. } => {
                 let recording =
                     if *recording { "\nRecording   on (tunnel trail --recorded, tunnel replay)" } else { "" };
-                format!("Forwarding  {url} -> {target}{recording}\n(Ctrl-C to stop)")
+                let inspector = inspector.as_ref().map(|page| format!("\nInspector   {page}")).unwrap_or_default();
+                format!("Forwarding  {url} -> {target}{recording}{inspector}\n(Ctrl-C to stop)")
             }
             Self::Request { method, target, status, error, duration_ms, .. } => {
                 let error = error.as_deref().map(|code| format!("  [{code}]")).unwrap_or_default();

@@ -21,6 +21,7 @@ use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode};
 
 use crate::events::Event;
 use crate::forward::{Forwarder, LocalBody};
+use crate::inspector::Capture;
 
 /// Room left in a relayed message for framing and headers.
 const HEADROOM_BYTES: usize = 4 << 10;
@@ -89,12 +90,25 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
         .with_chunk(chunk);
     let TunnelRequest { request_id, head, body, end, upgrade, .. } = request;
     let (method, target) = (head.method.clone(), head.target.clone());
+    // The inspector's copy is teed off as bytes pass; it never holds them back.
+    let mut capture = forwarder.inspector().map(|inspector| inspector.capture(&request_id, &head));
+    let tap = capture.as_ref().map(Capture::request_tap);
     let body = if upgrade || end {
+        if let Some(tap) = &tap {
+            tap.push(&body);
+        }
         LocalBody::whole(body)
     } else {
         let (sink, rest) = tunnel_kit::pump::body_channel(body, BODY_QUEUE);
         pump.deliver_to(sink);
-        LocalBody::streamed(rest)
+        match tap {
+            Some(tap) => LocalBody::streamed(rest.inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    tap.push(chunk);
+                }
+            })),
+            None => LocalBody::streamed(rest),
+        }
     };
     let span = tracing::debug_span!("request", request_id = %request_id);
     let local = tracing::Instrument::instrument(forwarder.send(head, body), span);
@@ -119,6 +133,9 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
     let response = match response {
         Ok(response) => response,
         Err(failure) => {
+            if let Some(capture) = capture.as_mut() {
+                capture.failed(failure.code);
+            }
             pump.finish();
             return reply(&out, stream, &TunnelReply::Failure(failure), true).await;
         }
@@ -132,7 +149,19 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
             .map(|(name, value)| Header(name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
             .collect(),
     };
-    if upgrade && parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+    let upgraded = upgrade && parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if let Some(capture) = capture.as_mut() {
+        capture.responded(head.status, &head.headers, upgraded);
+    }
+    let response_tap = capture.as_ref().map(Capture::response_tap);
+    if let Some(tap) = &response_tap {
+        tap.expect(hyper::body::Body::size_hint(&body).lower());
+    }
+    if upgraded {
+        // Only the heads of an upgraded exchange are kept.
+        if let Some(mut capture) = capture.take() {
+            capture.finish();
+        }
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             let failure = Failure::new(ErrorCode::UpstreamBadResponse, "local 101 without an upgradable connection");
             pump.finish();
@@ -161,19 +190,44 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
         match body.collect().await {
             Ok(collected) => {
                 pump.finish();
-                reply(&out, stream, &response_event(head, collected.to_bytes(), true), true).await;
+                let bytes = collected.to_bytes();
+                if let (Some(tap), Some(capture)) = (&response_tap, capture.as_mut()) {
+                    tap.push(&bytes);
+                    capture.finish();
+                }
+                reply(&out, stream, &response_event(head, bytes, true), true).await;
             }
             Err(e) => {
                 let failure = Failure::new(ErrorCode::UpstreamUnreachable, format!("response body failed: {e}"));
+                if let Some(capture) = capture.as_mut() {
+                    capture.failed(failure.code);
+                }
                 pump.finish();
                 reply(&out, stream, &TunnelReply::Failure(failure), true).await;
             }
         }
         return;
     }
+    if let Some(capture) = capture.as_mut() {
+        capture.streaming();
+    }
     reply(&out, stream, &response_event(head, Bytes::new(), false), false).await;
-    pump.send_from(Box::pin(body.into_data_stream().map(|chunk| chunk.map_err(io::Error::other))), None);
+    let chunks = body.into_data_stream().map(|chunk| chunk.map_err(io::Error::other));
+    match response_tap {
+        Some(tap) => pump.send_from(
+            Box::pin(chunks.inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    tap.push(chunk);
+                }
+            })),
+            None,
+        ),
+        None => pump.send_from(Box::pin(chunks), None),
+    }
     pump.run().await;
+    if let Some(mut capture) = capture {
+        capture.finish();
+    }
 }
 
 fn response_event(head: ResponseHead, body: Bytes, end: bool) -> TunnelReply {

@@ -86,6 +86,8 @@ pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, BoxBody<Bytes, io::Error>>,
     target: Target,
     host_header: HostHeader,
+    /// Where exchanges are captured for the local inspector, when it runs.
+    inspector: Option<crate::inspector::Handle>,
 }
 
 /// A connector for `http://` and `https://` URLs; servers are checked against the roots of
@@ -107,13 +109,24 @@ impl Forwarder {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .http1_max_headers(MAX_RESPONSE_HEADERS)
             .build(connector());
-        Self { client, target, host_header: HostHeader::Preserve }
+        Self { client, target, host_header: HostHeader::Preserve, inspector: None }
     }
 
     /// This forwarder, giving the local service `host_header`.
     #[must_use]
     pub fn with_host_header(self, host_header: HostHeader) -> Self {
         Self { host_header, ..self }
+    }
+
+    /// The same forwarder, its exchanges captured by `inspector`.
+    #[must_use]
+    pub fn inspected(self, inspector: Option<crate::inspector::Handle>) -> Self {
+        Self { inspector, ..self }
+    }
+
+    /// The inspector capturing this forwarder's exchanges.
+    pub fn inspector(&self) -> Option<&crate::inspector::Handle> {
+        self.inspector.as_ref()
     }
 
     /// Sends a request with `head` and `body` to the local service and returns its response

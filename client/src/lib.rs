@@ -12,6 +12,7 @@ pub mod config;
 pub mod events;
 pub mod exchange;
 pub mod forward;
+pub mod inspector;
 pub mod plan;
 pub mod private_file;
 pub mod replay;
@@ -64,6 +65,8 @@ pub struct Options {
     /// Where the tunnel's sessions count their traffic, for a live view ([`stats`]); nothing is
     /// counted when absent.
     pub stats: Option<Arc<stats::Stats>>,
+    /// The local inspector capturing this tunnel's exchanges; none with `--no-inspect`.
+    pub inspector: Option<inspector::Handle>,
 }
 
 impl std::fmt::Debug for Options {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for Options {
             .field("policy", &self.policy)
             .field("shared", &self.shared)
             .field("host_header", &self.host_header)
+            .field("inspector", &self.inspector)
             .finish_non_exhaustive()
     }
 }
@@ -148,7 +152,11 @@ pub async fn run(
     if !valid {
         return Err(ClientError::InvalidServer(options.server));
     }
-    let forwarder = Arc::new(Forwarder::new(options.target.clone()).with_host_header(options.host_header.clone()));
+    let forwarder = Arc::new(
+        Forwarder::new(options.target.clone())
+            .with_host_header(options.host_header.clone())
+            .inspected(options.inspector.clone()),
+    );
     let mut resume: Option<Resume> = None;
     let mut backoff = Backoff::default();
     loop {
@@ -167,8 +175,12 @@ pub async fn run(
                         name: welcome.name.clone(),
                         target: options.target.to_string(),
                         recording: welcome.recording,
+                        inspector: options.inspector.as_ref().map(inspector::Handle::url),
                     }
                 };
+                if let Some(inspector) = &options.inspector {
+                    inspector.online(&welcome.name, &options.server, &welcome.resume_secret, welcome.recording);
+                }
                 if let Some(dir) = &options.state_dir {
                     let saved = state::SavedTunnel {
                         name: welcome.name.clone(),

@@ -92,6 +92,8 @@ struct ClientArgs {
     /// TUNNEL_NO_TUI=1 and TERM=dumb).
     #[arg(long, conflicts_with = "json")]
     plain: bool,
+    #[command(flatten)]
+    inspect: commands::inspect::InspectArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -222,8 +224,14 @@ async fn main() -> std::process::ExitCode {
             eprintln!("warning: {problem}; visitors get a 502 page naming it until it answers");
         }
     }
-    let several = tunnels.len() > 1;
     let shutdown = tunnel_kit::shutdown::on_signal();
+    // One inspector for every tunnel of the client; each tunnel's exchanges carry its name.
+    if let Some(inspector) = client.inspect.start(&shutdown).await {
+        for options in &mut tunnels {
+            options.inspector = Some(inspector.handle(options.target.clone(), options.host_header.clone()));
+        }
+    }
+    let several = tunnels.len() > 1;
     let mut running = Vec::with_capacity(tunnels.len());
     let mut sources = Vec::with_capacity(tunnels.len());
     for (index, options) in tunnels.into_iter().enumerate() {

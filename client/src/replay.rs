@@ -212,7 +212,11 @@ async fn replay_one(forwarder: &Forwarder, record: ExchangeRecord, options: &Rep
 }
 
 /// The head to send for `record`, and the masked headers left out for want of a value.
-fn request_head(record: &ExchangeRecord, request_id: &str, options: &ReplayOptions) -> (RequestHead, Vec<String>) {
+pub(crate) fn request_head(
+    record: &ExchangeRecord,
+    request_id: &str,
+    options: &ReplayOptions,
+) -> (RequestHead, Vec<String>) {
     let overridden = |name: &str| options.headers.iter().any(|Header(n, _)| n.eq_ignore_ascii_case(name));
     let mut unfilled: Vec<String> = Vec::new();
     let mut headers: Vec<Header> = Vec::with_capacity(record.request.headers.len() + 4);
@@ -238,7 +242,7 @@ fn request_head(record: &ExchangeRecord, request_id: &str, options: &ReplayOptio
 }
 
 /// Reads a response, keeping up to `keep` body bytes and counting the rest.
-async fn read_response(
+pub(crate) async fn read_response(
     response: http::Response<hyper::body::Incoming>,
     keep: usize,
 ) -> Result<RecordedResponse, hyper::Error> {

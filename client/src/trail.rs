@@ -123,7 +123,7 @@ pub async fn read(
                 operator_nats(url, tls, "tunnel-cli").await.map_err(|e| TrailError::Unreachable(e.to_string()))?;
             let js = async_nats::jetstream::new(nats);
             if query.source == Source::Exchanges {
-                let action = if query.follow { DataAction::Tail } else { purpose };
+                let action = if query.follow && purpose == DataAction::Query { DataAction::Tail } else { purpose };
                 put_on_record(&js, &operator_event(url, &query.tunnel, action, query.filter.describe(), None))
                     .await
                     .map_err(|e| TrailError::Unreachable(e.to_string()))?;

@@ -122,7 +122,7 @@ async fn open(
         let event = DataEvent {
             v: PROTOCOL_VERSION,
             tunnel: name.to_string(),
-            action: if follow { DataAction::Tail } else { purpose },
+            action: if follow && purpose == DataAction::Query { DataAction::Tail } else { purpose },
             actor: format!("owner:{}", &owner_key(secret)[..12]),
             remote_addr: Some(peer.ip().to_string()),
             selector: filter.describe(),

@@ -555,6 +555,7 @@ impl TestEnv {
             shared: false,
             host_header: tunnel_client::forward::HostHeader::Preserve,
             stats: None,
+            inspector: None,
         }
     }
 
@@ -645,6 +646,7 @@ impl Tunnel {
             shared: false,
             host_header: tunnel_client::forward::HostHeader::Preserve,
             stats: None,
+            inspector: None,
         };
         Self::spawn_with(options)
     }

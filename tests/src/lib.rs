@@ -17,6 +17,7 @@
 //! [`CutProxy`] cuts connections on demand.
 
 mod auditor;
+pub mod cdp;
 mod cli;
 mod cluster;
 mod env;
@@ -52,6 +53,23 @@ pub async fn within<T>(deadline: Duration, what: &str, future: impl std::future:
         Ok(value) => value,
         Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
     }
+}
+
+/// Serves every request with `answer` on a random port of 127.0.0.1, for the life of the test's
+/// runtime: a local service written as one function. Returns the port.
+///
+/// # Panics
+/// When no port can be bound.
+pub async fn serve_fn<F, R>(answer: F) -> u16
+where
+    F: Fn(axum::extract::Request) -> R + Clone + Send + Sync + 'static,
+    R: std::future::Future<Output = axum::response::Response> + Send + 'static,
+{
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| answer(request));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
 }
 
 /// Runs the `tunnel` binary with `args` to its end, with `state_dir` as its state directory and

@@ -29,14 +29,14 @@ struct Service {
 impl Service {
     async fn start(&self) -> u16 {
         let service = self.clone();
-        let app = axum::Router::new().fallback(move |headers: HeaderMap, request: axum::extract::Request| {
+        tunnel_tests::serve_fn(move |request: axum::extract::Request| {
             let service = service.clone();
-            async move { service.answer(&headers, request).await }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        port
+            async move {
+                let headers = request.headers().clone();
+                service.answer(&headers, request).await
+            }
+        })
+        .await
     }
 
     async fn answer(&self, headers: &HeaderMap, request: axum::extract::Request) -> axum::response::Response {

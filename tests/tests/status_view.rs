@@ -163,13 +163,10 @@ async fn the_status_view_shows_the_tunnel_live_and_gives_the_terminal_back() {
     }
 
     pane.tmux(&["send-keys", "-t", "view", "C-c"]);
-    // The typed command holds the words too: wait for the line the shell prints, with a status.
+    // The typed command holds the words too, followed by `$?`: wait for them followed by a number.
     let exited = |s: &str| {
-        s.lines().any(|line| {
-            line.trim_start()
-                .strip_prefix("tunnel exited with status ")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
+        s.match_indices("tunnel exited with status ")
+            .any(|(at, phrase)| s[at + phrase.len()..].starts_with(|c: char| c.is_ascii_digit()))
     };
     let screen = pane.wait_for("the client to exit", exited).await;
     assert!(screen.contains("tunnel exited with status 0"), "a clean exit:\n{screen}");

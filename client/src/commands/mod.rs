@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod erase;
 pub mod export;
+pub mod inspect;
 pub mod policy;
 pub mod quota;
 pub mod replay;

@@ -93,6 +93,9 @@ fn tunnel_block(state: &TunnelState, several: bool, now: Instant) -> Vec<Line<'s
     let url = state.url.clone().unwrap_or_else(|| "…".to_owned());
     let recording = if state.recording { "  (recording)" } else { "" };
     lines.push(row("Forwarding", vec![url.into(), format!(" -> {}{recording}", state.target).into()]));
+    if let Some(page) = &state.inspector {
+        lines.push(row("Inspector", vec![page.clone().into()]));
+    }
     let (p50, p90) = state.percentiles().map_or(("-".to_owned(), "-".to_owned()), |p| (millis(p.p50), millis(p.p90)));
     let counters = format!("{:<10}{:<8}{:<12}{:<12}{:<11}{}", "requests", "open", "in", "out", "p50", "p90");
     lines.push(row("Traffic", vec![Span::styled(counters, Style::new().add_modifier(Modifier::DIM))]));
@@ -255,6 +258,7 @@ mod tests {
             name: "demo".into(),
             target: "http://localhost:3000".into(),
             recording: false,
+            inspector: Some("http://127.0.0.1:4040".into()),
         };
         model.on_event(0, &ready, Instant::now());
         let sample = Sample {
@@ -272,9 +276,16 @@ mod tests {
     #[test]
     fn shows_the_tunnel_and_its_counters() {
         let screen = text(&screen(&online(), 120, 40)).join("\n");
-        for needle in
-            ["online", "host7", "1.25 ms", "http://demo.tunnel.test:8080 -> http://localhost:3000", "2.0 KiB", "100 B"]
-        {
+        for needle in [
+            "online",
+            "host7",
+            "1.25 ms",
+            "http://demo.tunnel.test:8080 -> http://localhost:3000",
+            "Inspector",
+            "http://127.0.0.1:4040",
+            "2.0 KiB",
+            "100 B",
+        ] {
             assert!(screen.contains(needle), "{needle} in\n{screen}");
         }
     }

@@ -47,6 +47,8 @@ pub struct TunnelState {
     pub target: String,
     /// Whether the server records the exchanges.
     pub recording: bool,
+    /// The local inspector's page, when it runs.
+    pub inspector: Option<String>,
     /// The connection to the session-host.
     pub connection: Connection,
     /// The counters, as last sampled.
@@ -135,6 +137,7 @@ impl Model {
                 url: None,
                 target: target.into(),
                 recording: false,
+                inspector: None,
                 connection: Connection::Connecting,
                 sample: Sample::default(),
                 durations: VecDeque::new(),
@@ -151,7 +154,8 @@ impl Model {
         let Some(state) = self.tunnels.get_mut(tunnel) else { return false };
         self.dirty = true;
         match event {
-            Event::Ready { url, name, target, recording } => {
+            Event::Ready { url, name, target, recording, inspector } => {
+                state.inspector.clone_from(inspector);
                 state.url = Some(url.clone());
                 state.name = Some(name.clone());
                 target.clone_into(&mut state.target);
@@ -308,6 +312,7 @@ mod tests {
             name: "demo".into(),
             target: "http://localhost:3000".into(),
             recording: false,
+            inspector: None,
         }
     }
 
