@@ -116,10 +116,15 @@ tar --numeric-owner --owner=0 --group=0 --sort=name -C "$rootfs" --exclude=./hom
 tar --numeric-owner --owner=10001 --group=10001 -C "$rootfs" -rf "$rootfs.tar" ./home/tunnel
 trap 'rm -rf "$rootfs" "$rootfs.tar"' EXIT
 
+old="$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 glibc="$(ldd --version 2>/dev/null | head -n1 | grep -o '[0-9][0-9.]*$' || echo unknown)"
 docker import \
     --change 'USER 10001:10001' \
     --change 'ENV PATH=/usr/local/bin:/usr/bin' \
     --message "http-tunnel runtime base: glibc $glibc libraries, CA certificates, user tunnel (10001)" \
     "$rootfs.tar" "$image" >/dev/null
+# The image this one replaces (--force), unless images built on it still use it.
+if [[ -n "$old" && "$old" != "$(docker image inspect --format '{{.Id}}' "$image")" ]]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+fi
 log "made $image ($(docker image inspect --format '{{.Size}}' "$image" | awk '{printf "%.1f MB", $1 / 1e6}'))"
