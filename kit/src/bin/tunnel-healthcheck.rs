@@ -71,8 +71,9 @@ fn check(url: &str) -> Result<u16, String> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    // One write: a server that answers after its first read sees the whole request.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::with_capacity(MAX_HEAD);
     stream.take(MAX_HEAD as u64).read_to_end(&mut head).map_err(|e| e.to_string())?;
     status_of(&head).ok_or_else(|| "the answer is not HTTP".to_owned())
@@ -97,8 +98,16 @@ mod tests {
         let addr = listener.local_addr().expect("local address");
         std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
+            // The whole request head is read before answering: closing with unread bytes would
+            // reset the connection under the answer.
+            let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = conn.write_all(answer.as_bytes());
         });
         format!("http://{addr}/readyz")
