@@ -298,7 +298,28 @@ impl TestEnv {
             redirect,
         };
         env.add_host().await;
+        env.ingress_ready().await;
         env
+    }
+
+    /// Waits until the ingress says it is ready (it has read the tunnels' policies; before that
+    /// it answers 503). Over TLS the ingress is not probed here.
+    async fn ingress_ready(&self) {
+        if self.options.tls.is_some() {
+            return;
+        }
+        self.wait_ready(self.ingress, "the ingress to be ready").await;
+    }
+
+    /// Polls `/readyz` at `addr` until it succeeds, at most [`DEADLINE`].
+    async fn wait_ready(&self, addr: SocketAddr, what: &str) {
+        let ready = format!("http://{addr}/readyz");
+        within(DEADLINE, what, async {
+            while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 
     /// Starts one more session-host on the same NATS and returns its address.
@@ -369,17 +390,12 @@ impl TestEnv {
         all.extend_from_slice(settings);
         let args = ["--nats", &nats_url, "--listen", &listen, "--public-url", &public_url];
         let process = ServiceProcess::start("tunnel-session-host", &args, &all);
-        let ready = format!("http://{addr}/readyz");
-        within(DEADLINE, "the session-host process to be ready", async {
-            while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        self.wait_ready(addr, "the session-host process to be ready").await;
         HostProcess { process, addr }
     }
 
-    /// Starts one more ingress (plain HTTP) on the same NATS and returns its address.
+    /// Starts one more ingress (plain HTTP) on the same NATS, waits until it is ready and
+    /// returns its address.
     ///
     /// # Panics
     /// When it cannot bind.
@@ -395,6 +411,7 @@ impl TestEnv {
             tunnel_ingress::run(listener, nats, config, metrics, stop).await.expect("ingress runs");
         }));
         self.ingresses.push((addr, shutdown));
+        self.wait_ready(addr, "the added ingress to be ready").await;
         addr
     }
 

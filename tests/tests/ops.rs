@@ -44,12 +44,6 @@ async fn a_stopping_ingress_turns_unready_first_and_finishes_what_it_serves() {
     let leaving = env.add_ingress().await;
     let mut upstream = Upstream::start().await;
     let _tunnel = env.tunnel(upstream.port(), Some("steady")).await;
-    within(DEADLINE, "the new ingress ready", async {
-        while get(leaving, "/readyz").await.status != 200 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
 
     let in_flight = async { env.get_via(leaving, "steady", "/delay/2500").await.status() };
     let stopping = async {
