@@ -71,6 +71,12 @@ Workloads:
      the encrypted server's log says "Encryption: ChaCha20-Poly1305" and the plain one's does
      not, and that both recorded; fails if any run saw a non-2xx answer. Runs after (k), before
      (h); alone: bench/run.sh --workloads m --configs http-tunnel.
+  n  traces: (a) and (c) through two more stacks on the bench's NATS (a session-host, an ingress
+     and a tunnel client each), in alternating runs: one exporting a span per request from all
+     three (TUNNEL_OTLP_ENDPOINT, --otlp-endpoint) to an OTLP/HTTP sink in this harness, one with
+     traces off: req/s on / off, p50/p99, CPU per request of the ingress, the session-host and the
+     client. Checks that the sink received exports from the "on" side; fails on any non-2xx
+     answer. Runs after (m), before (h).
 
 NATS and MessagePack are spoken by the small client below (class Nats, msgpack()), so the
 harness needs no Python package beyond the standard library.
@@ -81,6 +87,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import http.server
 import json
 import os
 import platform
@@ -169,6 +176,9 @@ ACK_SIDES = {"on": (0, "bench-ack-on"), "off": (250, "bench-ack-off")}
 # stack.
 ENCRYPTION_WORKLOADS = ("b", "a")
 ENCRYPTION_SIDES = {"on": "bench-enc-on", "off": "bench-enc-off"}
+# (n): the load workloads through a traced and an untraced stack, and their tunnels.
+TRACE_WORKLOADS = ("a", "c")
+TRACE_SIDES = {"on": "bench-trace-on", "off": "bench-trace-off"}
 
 # (l): the load workloads measured with the client's inspector on and off, in this order, and
 # per side the tunnel and its client's flags ("on" keeps every exchange of the fill in its ring).
@@ -578,6 +588,35 @@ def publish_audit(nats: Nats, batches: list[tuple[str, bytes, int]], prefix: str
 
 # --------------------------------------------------------------------------------------------
 # the systems under test
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that answers every export 200 and counts them and their bytes."""
+
+    def __init__(self):
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the name http.server calls)
+                size = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(size)
+                sink.posts += 1
+                sink.bytes += size
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.posts = 0
+        self.bytes = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 class Target:
@@ -1452,9 +1491,8 @@ class Bench:
                 name = nats_names[side]
                 result["nats_msgs_per_req.session-host"] = (after.get(name, 0) - before.get(name, 0)) / done
                 return result, (
-                    f" (ingress {result.get('cpu_us_per_req.ingress', 0):.1f},"
-                    f" session-host {result.get('cpu_us_per_req.session-host', 0):.1f})"
-                    f"  host sent {result['nats_msgs_per_req.session-host']:.2f} NATS msgs/req"
+                    roles_cpu(result, ("ingress", "session-host"))
+                    + f"  host sent {result['nats_msgs_per_req.session-host']:.2f} NATS msgs/req"
                 )
 
             runs = self.alternate("k", "ack", ACK_WORKLOADS, measure)
@@ -1616,6 +1654,69 @@ class Bench:
         if bad:
             self.results["m"]["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
             raise RuntimeError(self.results["m"]["error"])
+
+    # ---- (n) traces
+
+    def run_traces(self) -> None:
+        """(a) and (c) through a stack whose ingress, session-host and client export spans to an
+        OTLP sink, and one without traces, in alternating runs."""
+        started: list[subprocess.Popen] = []
+        targets: dict[str, Target] = {}
+        sink = OtlpSink()
+        try:
+            for side, name in TRACE_SIDES.items():
+                traced = {"TUNNEL_OTLP_ENDPOINT": sink.url} if side == "on" else {}
+                ingress_port = free_port()
+                host, host_port = self.start_service(
+                    f"tunnel-session-host-{name}",
+                    "tunnel-session-host",
+                    ["--public-url", f"http://{{name}}.localhost:{ingress_port}"],
+                    env={**HOST_ENV, "TUNNEL_NODE_ID": name, **traced},
+                )
+                started.append(host)
+                ingress = self.start_ingress(f"tunnel-ingress-{name}", ingress_port, {"TUNNEL_NODE_ID": name, **traced})
+                started.append(ingress)
+                flags = ["--otlp-endpoint", sink.url] if side == "on" else []
+                client = self.start_tunnel_client(name, f"tunnel-client-{name}", ["--no-inspect", *flags], None, host_port)
+                started.append(client)
+                host_header = f"{name}.localhost:{ingress_port}"
+                wait_until(
+                    f"first request through {name}",
+                    lambda: http_status(f"http://127.0.0.1:{ingress_port}/small", host_header) == 200,
+                    30,
+                    client,
+                )
+                roles = {"ingress": ingress.pid, "session-host": host.pid, "client": client.pid, "nats-server": self.nats.pid}
+                targets[side] = Target("http-tunnel", f"http://127.0.0.1:{ingress_port}", host_header, roles)
+            self.extra_pids = [p.pid for p in started]
+            for key in TRACE_WORKLOADS:
+                for side in ("on", "off"):
+                    self.load_workload(targets[side], key, 1)
+            wait_until("spans at the OTLP sink", lambda: sink.posts > 0, 30)
+            log(f"(n) warm-up done; the sink has {sink.posts} exports ({sink.bytes / 1e3:.0f} kB)")
+
+            def measure(key: str, side: str) -> tuple[dict, str]:
+                posts, size = sink.posts, sink.bytes
+                result = self.load_workload(targets[side], key)
+                result["otlp_kb_per_s"] = (sink.bytes - size) / 1e3 / self.args.duration
+                return result, roles_cpu(result, ("ingress", "session-host", "client")) + f"  exports {sink.posts - posts}"
+
+            runs = self.alternate("n", "traces", TRACE_WORKLOADS, measure)
+        finally:
+            for proc in reversed(started):
+                self.procs.stop(proc)
+            self.extra_pids = []
+            sink.close()
+        self.results["n"] = {
+            "title": "traces on / off",
+            "tunnels": dict(TRACE_SIDES),
+            "otlp_exports": sink.posts,
+            "workloads": on_off_summary(TRACE_WORKLOADS, runs),
+        }
+        bad = failed_runs("n", runs)
+        if bad:
+            self.results["n"]["error"] = "; ".join(f"{k}: {v}" for k, v in bad.items())
+            raise RuntimeError(self.results["n"]["error"])
 
     # ---- (l) the client's inspector
 
@@ -2041,6 +2142,11 @@ def log_on_off_run(label: str, result: dict, detail: str) -> None:
     )
 
 
+def roles_cpu(result: dict, roles: tuple[str, ...]) -> str:
+    """` (ingress 12.3, session-host 4.5)`: the CPU per request, in us, of each of `roles`."""
+    return " (" + ", ".join(f"{role} {result.get(f'cpu_us_per_req.{role}', 0):.1f}" for role in roles) + ")"
+
+
 def failed_runs(workload: str, runs: dict) -> dict[str, str]:
     """The runs of on/off `workload` (`{key: {side: [result...]}}`) that saw errors or non-2xx
     answers, by name (`(mb) on round 2`)."""
@@ -2171,6 +2277,8 @@ def table(report: dict) -> str:
         out += "\n" + encryption_table(res["m"])
     if "l" in res:
         out += "\n" + inspector_table(res["l"])
+    if "n" in res:
+        out += "\n" + traces_table(res["n"])
     return out.lstrip("\n")
 
 
@@ -2419,6 +2527,19 @@ def encryption_table(m: dict) -> str:
     return "\n".join(on_off_table(m, "(m) encryption at rest", sides, extra))
 
 
+def traces_table(n: dict) -> str:
+    tunnels = n.get("tunnels", {})
+    sides = (f"{tunnels.get('off')}, traces off", f"{tunnels.get('on')}, a span per stage exported over OTLP")
+    extra = (
+        ("tunnel CPU per request, us", "cpu_us_per_req", 1),
+        ("ingress CPU per request, us", "cpu_us_per_req.ingress", 1),
+        ("session-host CPU per request, us", "cpu_us_per_req.session-host", 1),
+        ("client CPU per request, us", "cpu_us_per_req.client", 1),
+        ("OTLP kB/s sent", "otlp_kb_per_s", 1),
+    )
+    return "\n".join(on_off_table(n, "(n) traces", sides, extra))
+
+
 def inspector_table(l: dict) -> str:
     lines = [f"\n(l) inspector cost: FAILED: {l['error']}"] if "error" in l else []
     if "idle" in l:
@@ -2462,7 +2583,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every load workload (A B A B)")
     p.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    p.add_argument("--workloads", default="abcdefghijklm", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
+    p.add_argument("--workloads", default="abcdefghijklmn", help="which workloads to run, e.g. 'ac' (commas are ignored: 'i,j')")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--idle-counts", default="1,1000,10000", help="idle session counts for (e)")
     p.add_argument("--idle-settle", type=float, default=3, help="seconds to wait before reading RSS in (e)")
@@ -2570,6 +2691,12 @@ def main() -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 log(f"(m) FAILED: {e}")
                 bench.results.setdefault("m", {"title": "encryption at rest"})["error"] = str(e)
+        if "n" in args.workloads and "http-tunnel" in configs:
+            try:
+                bench.run_traces()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                log(f"(n) FAILED: {e}")
+                bench.results.setdefault("n", {"title": "traces"})["error"] = str(e)
         # Last: the recordings it leaves in JetStream and its two clients touch no other workload.
         if "h" in args.workloads and "http-tunnel" in configs:
             try:

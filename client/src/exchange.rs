@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tunnel_kit::pump::{Completes, Ended, FrameOut, Pump};
+use tunnel_kit::traces::{SpanKind, pass_on, traceparent_in};
 use tunnel_schemas::events::{Failure, TunnelReply, TunnelRequest, TunnelResponse};
 use tunnel_schemas::frames::{ClientFrame, StreamId};
 use tunnel_schemas::http::{Header, ResponseHead};
@@ -68,8 +69,9 @@ pub struct Link {
     pub max_reply: usize,
 }
 
-/// Runs the exchange of the encoded `request` to its end.
-pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
+/// Runs the exchange of the encoded `request` to its end; `trace` is the session-host's span of
+/// it, when the host traces.
+pub async fn run((request, trace): (Bytes, Option<String>), link: Link, forwarder: Arc<Forwarder>) {
     let started = Instant::now();
     let Link { stream, frames, out, events, max_reply } = link;
     let request = match tunnel_schemas::decode_shared::<TunnelRequest>(&request, MAX_FRAME_BYTES) {
@@ -88,7 +90,13 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
     let mut pump = Pump::new(WsOut { stream, out: out.clone() }, frames, Completes::OnOutgoing)
         .tolerating_sink_loss()
         .with_chunk(chunk);
-    let TunnelRequest { request_id, head, body, end, upgrade, .. } = request;
+    let TunnelRequest { request_id, mut head, body, end, upgrade, .. } = request;
+    // The local service sees this client's span as the parent, in place of the host's.
+    let parent = trace.as_deref().or_else(|| traceparent_in(&head.headers));
+    let mut trace = forwarder.traces().span("client forward", SpanKind::Client, parent);
+    pass_on(&trace, &mut head.headers);
+    trace.set("http.request.method", head.method.clone());
+    trace.set("request.id", request_id.clone());
     let (method, target) = (head.method.clone(), head.target.clone());
     // The inspector's copy is teed off as bytes pass; it never holds them back.
     let mut capture = forwarder.inspector().map(|inspector| inspector.capture(&request_id, &head));
@@ -124,8 +132,12 @@ pub async fn run(request: Bytes, link: Link, forwarder: Arc<Forwarder>) {
     };
     let (status, error) = match &response {
         Ok(response) => (response.status().as_u16(), None),
-        Err(failure) => (failure.code.http_status(), Some(failure.code.as_str().to_owned())),
+        Err(failure) => {
+            trace.fail(failure.code.as_str());
+            (failure.code.http_status(), Some(failure.code.as_str().to_owned()))
+        }
     };
+    trace.set("http.response.status_code", i64::from(status));
     let event =
         Event::Request { request_id, method, target, status, error, duration_ms: Event::millis(started.elapsed()) };
     // Request events are best effort: a reader that falls behind loses some, never slows the tunnel.

@@ -88,6 +88,8 @@ pub struct Forwarder {
     host_header: HostHeader,
     /// Where exchanges are captured for the local inspector, when it runs.
     inspector: Option<crate::inspector::Handle>,
+    /// Where the spans of forwarded requests go.
+    traces: tunnel_kit::traces::Traces,
 }
 
 /// A connector for `http://` and `https://` URLs; servers are checked against the roots of
@@ -109,7 +111,7 @@ impl Forwarder {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .http1_max_headers(MAX_RESPONSE_HEADERS)
             .build(connector());
-        Self { client, target, host_header: HostHeader::Preserve, inspector: None }
+        Self { client, target, host_header: HostHeader::Preserve, inspector: None, traces: Default::default() }
     }
 
     /// This forwarder, giving the local service `host_header`.
@@ -122,6 +124,17 @@ impl Forwarder {
     #[must_use]
     pub fn inspected(self, inspector: Option<crate::inspector::Handle>) -> Self {
         Self { inspector, ..self }
+    }
+
+    /// The same forwarder, a span of each request it forwards in `traces`.
+    #[must_use]
+    pub fn traced(self, traces: tunnel_kit::traces::Traces) -> Self {
+        Self { traces, ..self }
+    }
+
+    /// Where the spans of forwarded requests go.
+    pub fn traces(&self) -> &tunnel_kit::traces::Traces {
+        &self.traces
     }
 
     /// The inspector capturing this forwarder's exchanges.

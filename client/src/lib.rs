@@ -67,6 +67,8 @@ pub struct Options {
     pub stats: Option<Arc<stats::Stats>>,
     /// The local inspector capturing this tunnel's exchanges; none with `--no-inspect`.
     pub inspector: Option<inspector::Handle>,
+    /// Where the spans of forwarded requests go (off by default).
+    pub traces: tunnel_kit::traces::Traces,
 }
 
 impl std::fmt::Debug for Options {
@@ -155,7 +157,8 @@ pub async fn run(
     let forwarder = Arc::new(
         Forwarder::new(options.target.clone())
             .with_host_header(options.host_header.clone())
-            .inspected(options.inspector.clone()),
+            .inspected(options.inspector.clone())
+            .traced(options.traces.clone()),
     );
     let mut resume: Option<Resume> = None;
     let mut backoff = Backoff::default();

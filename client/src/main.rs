@@ -94,6 +94,10 @@ struct ClientArgs {
     plain: bool,
     #[command(flatten)]
     inspect: commands::inspect::InspectArgs,
+    /// Send a span of every forwarded request to this OTLP/HTTP collector
+    /// (http://localhost:4318), joined to the server's trace of the request.
+    #[arg(long, value_name = "URL", env = "TUNNEL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +235,20 @@ async fn main() -> std::process::ExitCode {
             options.inspector = Some(inspector.handle(options.target.clone(), options.host_header.clone()));
         }
     }
+    let trace_settings = tunnel_kit::traces::TraceSettings {
+        otlp_endpoint: client.otlp_endpoint.unwrap_or_default(),
+        ..Default::default()
+    };
+    let traces =
+        match trace_settings.check().map_err(|e| e.to_string()).and_then(|()| {
+            tunnel_kit::traces::Traces::start("tunnel-client", &trace_settings).map_err(|e| e.to_string())
+        }) {
+            Ok(traces) => traces,
+            Err(e) => return commands::fail(json, "invalid_arguments", &e),
+        };
+    for options in &mut tunnels {
+        options.traces = traces.clone();
+    }
     let several = tunnels.len() > 1;
     let mut running = Vec::with_capacity(tunnels.len());
     let mut sources = Vec::with_capacity(tunnels.len());
@@ -252,6 +270,7 @@ async fn main() -> std::process::ExitCode {
     };
     let result = tunnel_client::run_all(running, shutdown).await;
     let _ = printer.await;
+    traces.shutdown().await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // Each refusal was reported as its tunnel's event.

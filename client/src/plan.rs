@@ -93,6 +93,7 @@ pub fn options(spec: TunnelSpec, key: Option<&str>, common: &Common) -> Result<O
         host_header: spec.host_header.as_deref().map(str::parse).transpose()?.unwrap_or(HostHeader::Preserve),
         stats: None,
         inspector: None,
+        traces: Default::default(),
     })
 }
 

@@ -310,7 +310,7 @@ impl Connection {
             Some(Err(e)) => return Some(SessionEnd::Lost(e.to_string())),
         };
         match tunnel_schemas::decode_shared::<HostFrame>(&bytes, MAX_FRAME_BYTES) {
-            Ok(HostFrame::Request { stream, request }) => {
+            Ok(HostFrame::Request { stream, request, trace }) => {
                 let (route, frames) = mpsc::channel(STREAM_QUEUE);
                 self.routes.insert(stream, route);
                 let link = Link {
@@ -323,7 +323,7 @@ impl Connection {
                 let forwarder = self.forwarder.clone();
                 let open = self.stats.as_ref().map(Stats::request_started);
                 self.exchanges.spawn(async move {
-                    exchange::run(request, link, forwarder).await;
+                    exchange::run((request, trace), link, forwarder).await;
                     drop(open);
                     stream
                 });

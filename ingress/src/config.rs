@@ -14,6 +14,9 @@ pub struct IngressConfig {
     /// TLS to NATS: `nats_ca_file`, and `nats_cert_file` with `nats_key_file` for mutual TLS.
     #[serde(flatten)]
     pub nats_tls: tunnel_kit::nats::NatsTls,
+    /// Traces: `otlp_endpoint` (empty: off) and `trace_sample_ratio`.
+    #[serde(flatten)]
+    pub traces: tunnel_kit::traces::TraceSettings,
     /// Public domain: requests for `<name>.<domain>` go to tunnel `<name>`.
     pub domain: String,
     /// Scheme sent as `X-Forwarded-Proto` (`https` behind a TLS-terminating load balancer).
@@ -87,6 +90,7 @@ impl Default for IngressConfig {
             listen: "127.0.0.1:8080".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_tls: tunnel_kit::nats::NatsTls::default(),
+            traces: tunnel_kit::traces::TraceSettings::default(),
             domain: "localhost".into(),
             public_scheme: "http".into(),
             request_timeout_secs: 900,
@@ -129,6 +133,7 @@ impl Validate for IngressConfig {
         config::check_range("header_read_timeout_secs", self.header_read_timeout_secs, 1..=300)?;
         config::check_range("max_connections", self.max_connections, 1..=10_000_000)?;
         config::check_log_format(&self.log_format)?;
+        self.traces.check()?;
         crate::client_addr::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| ConfigError::invalid("trusted_proxies", e))?;
         if !self.redirect_listen.is_empty() {

@@ -52,6 +52,9 @@ pub enum IngressError {
     /// The redirect listener cannot be bound.
     #[error("cannot listen on {0}: {1}")]
     Redirect(String, std::io::Error),
+    /// The trace exporter cannot be built.
+    #[error(transparent)]
+    Traces(#[from] tunnel_kit::traces::TraceError),
 }
 
 /// Serves public requests on `listener` (HTTPS when the configuration names a certificate)
@@ -82,6 +85,7 @@ pub async fn run(
             options,
         )))
     };
+    let traces = tunnel_kit::traces::Traces::start("ingress", &config.traces)?;
     let policies = policies::PolicyBook::start(&nats);
     tunnel_kit::telemetry::register_counters(&[
         "ingress_audit_dropped_total",
@@ -119,13 +123,14 @@ pub async fn run(
     let streams = streams::StreamHub::start(&nats, &config.inbox_prefix(), host_timeout).await?;
     let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
     let max_connections = config.max_connections;
-    let proxy = proxy::Proxy::new(nats, config, ops, streams, policies);
+    let proxy = proxy::Proxy::new(nats, config, ops, streams, policies, traces.clone());
     let app = Router::new().fallback(proxy::handle).with_state(proxy);
     let options = tunnel_kit::serve::ServeOptions { tls, header_read_timeout, max_connections, ..Default::default() };
     tunnel_kit::serve::serve(listener, app, stop_accepting, options).await;
     if let Some(redirect) = redirect {
         let _ = redirect.await;
     }
+    traces.shutdown().await;
     Ok(())
 }
 

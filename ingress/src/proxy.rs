@@ -41,6 +41,7 @@ use crate::resume::Leases;
 use crate::routing::{Route, route};
 use crate::streams::StreamHub;
 use tunnel_kit::pump::{Ended, Summary};
+use tunnel_kit::traces::{SpanKind, StageSpan, TRACEPARENT, Traces};
 
 /// Shared state of the public handler.
 #[derive(Clone)]
@@ -69,13 +70,19 @@ struct Inner {
     /// The tunnels' leases, read when a tunnel has no responder.
     leases: Leases,
     metrics: RequestMetrics,
+    /// This node's spans, one per public request.
+    traces: Traces,
 }
 
 /// The per-request metrics, registered once: looking a labelled metric up by name costs more
 /// than the increment.
 struct RequestMetrics {
     ok: metrics::Counter,
+    /// Arrival to the response head.
     seconds: metrics::Histogram,
+    /// Publishing to NATS to the response head: the session-host, the client and the local
+    /// service (the rest of `seconds` is this node's own).
+    tunnel_seconds: metrics::Histogram,
 }
 
 impl RequestMetrics {
@@ -83,6 +90,7 @@ impl RequestMetrics {
         Self {
             ok: metrics::counter!("ingress_requests_total", "result" => "ok"),
             seconds: metrics::histogram!("ingress_request_seconds"),
+            tunnel_seconds: metrics::histogram!("ingress_tunnel_seconds"),
         }
     }
 
@@ -148,13 +156,15 @@ impl Outcome {
 
 impl Proxy {
     /// A proxy sending tunnel requests over `nats`, receiving stream frames through `streams`,
-    /// admitting them by `policies`; requests naming no tunnel go to `ops`.
+    /// admitting them by `policies`, with a span each in `traces`; requests naming no tunnel go
+    /// to `ops`.
     pub fn new(
         nats: async_nats::Client,
         config: IngressConfig,
         ops: Router,
         streams: Arc<StreamHub>,
         policies: Arc<PolicyBook>,
+        traces: Traces,
     ) -> Self {
         let timeout = Duration::from_secs(config.request_timeout_secs);
         let audit = AuditSink::start(nats.clone());
@@ -182,6 +192,7 @@ impl Proxy {
             trusted,
             leases,
             metrics,
+            traces,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -212,6 +223,11 @@ pub async fn handle(
     let client = proxy.inner.trusted.client(peer.ip(), &parts.headers);
     let client_ip = client.to_string();
     let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
+    let parent = parts.headers.get(TRACEPARENT).and_then(|value| value.to_str().ok());
+    let mut trace = proxy.inner.traces.span("ingress request", SpanKind::Server, parent);
+    trace.set("http.request.method", parts.method.to_string());
+    trace.set("tunnel.name", route.name.to_string());
+    trace.set("request.id", request_id.clone());
     let json = wants_json(&parts.headers);
     let account = proxy.inner.policies.account(route.name.as_str());
     let checked = Checked { client, account: account.as_deref(), at_ms: arrived_ms };
@@ -219,14 +235,18 @@ pub async fn handle(
     let mut outcome = match admitted {
         Ok(admitted) => {
             let peer_ip = peer.ip().to_canonical().to_string();
-            let request = Admission { client, peer_ip: &peer_ip, request_id: &request_id, admitted };
+            let request = Admission { client, peer_ip: &peer_ip, request_id: &request_id, admitted, trace: &trace };
             proxy.forward(&parts, body, on_upgrade, route.clone(), request).instrument(span).await
         }
         Err(Refusal::RetryAfter(code, secs)) => Outcome::too_many(code, secs, &request_id, json),
         Err(Refusal::Code(code)) => Outcome::refused(code, route.name.as_str(), &request_id, json),
     };
     proxy.inner.metrics.record(outcome.error, started.elapsed());
-    if proxy.inner.config.audit {
+    trace.set("http.response.status_code", i64::from(outcome.response.status().as_u16()));
+    if let Some(code) = outcome.error {
+        trace.fail(code.as_str());
+    }
+    let audit = proxy.inner.config.audit.then(|| {
         let record = audit::RequestAudit {
             v: PROTOCOL_VERSION,
             request_id,
@@ -249,22 +269,35 @@ pub async fn handle(
             head_in: request_head_bytes(&parts),
             head_out: response_head_bytes(&outcome.response),
         };
-        let subject = subjects::audit(&route.name, audit::KIND_REQUEST);
-        match outcome.streaming.take() {
-            None => proxy.inner.audit.record(subject, record),
-            Some(streaming) => {
-                let sink = proxy.inner.audit.clone();
-                tokio::spawn(async move {
-                    let mut record = record;
-                    if let Ok(summary) = streaming.await {
+        (subjects::audit(&route.name, audit::KIND_REQUEST), record)
+    });
+    match outcome.streaming.take() {
+        Some(streaming) if audit.is_some() || proxy.inner.traces.enabled() => {
+            // The audit record and the span end with the body.
+            let sink = proxy.inner.audit.clone();
+            tokio::spawn(async move {
+                let summary = streaming.await.ok();
+                let reset = summary.as_ref().and_then(|summary| match summary.ended {
+                    Ended::Reset(code) => Some(code),
+                    Ended::Complete => None,
+                });
+                if let Some(code) = reset {
+                    trace.fail(code.as_str());
+                }
+                drop(trace);
+                if let Some((subject, mut record)) = audit {
+                    if let Some(summary) = summary {
                         record.bytes_in += summary.sent;
                         record.bytes_out += summary.received;
-                        if let Ended::Reset(code) = summary.ended {
-                            record.error = Some(code);
-                        }
+                        record.error = reset.or(record.error);
                     }
                     sink.record(subject, record);
-                });
+                }
+            });
+        }
+        _ => {
+            if let Some((subject, record)) = audit {
+                proxy.inner.audit.record(subject, record);
             }
         }
     }
@@ -298,6 +331,8 @@ struct Admission<'a> {
     request_id: &'a str,
     /// What the policies decided, and the bucket revision they were read at.
     admitted: (Admitted, u64),
+    /// The request's span here, the parent of the next stage's.
+    trace: &'a StageSpan,
 }
 
 impl Proxy {
@@ -333,7 +368,7 @@ impl Proxy {
         route: Route,
         admission: Admission<'_>,
     ) -> Outcome {
-        let Admission { client, peer_ip, request_id, admitted: (admitted, policy_revision) } = admission;
+        let Admission { client, peer_ip, request_id, admitted: (admitted, policy_revision), trace } = admission;
         let json = wants_json(&parts.headers);
         let fail = |code: ErrorCode, bytes_in: u64| Outcome::failed(code, request_id, json, bytes_in);
         let config = &self.inner.config;
@@ -371,6 +406,7 @@ impl Proxy {
         let forwarded =
             Forwarded { client_ip: peer_ip, proto: &config.public_scheme, host: host_of(parts), request_id };
         let mut headers = request_headers(&parts.headers, &forwarded);
+        tunnel_kit::traces::pass_on(trace, &mut headers);
         if admitted.consumed_authorization {
             strip_authorization(&mut headers);
         }
@@ -386,10 +422,12 @@ impl Proxy {
             end,
             upgrade: upgrade.is_some(),
         };
+        let sent = Instant::now();
         let reply = match self.deliver(&route.name, (request_id, policy_revision), &event, &mut exchange).await {
             Ok(reply) => reply,
             Err(code) => return fail(code, bytes_in + exchange.bytes_sent()),
         };
+        self.inner.metrics.tunnel_seconds.record(sent.elapsed().as_secs_f64());
         // The session's policy was newer than this ingress's: wait for it, check the request
         // against it, and send it again (a whole body only; a streaming one has gone).
         let pending = reply.as_ref().err().and_then(tunnel_schemas::policy::pending_revision);
@@ -553,6 +591,9 @@ impl Proxy {
         headers.insert(POLICY_REVISION_HEADER, policy_revision.to_string().as_str());
         if !event.end {
             headers.insert(UPLOAD_HEADER, "1");
+        }
+        if let Some(traceparent) = tunnel_kit::traces::traceparent_in(&event.head.headers) {
+            headers.insert(TRACEPARENT, traceparent);
         }
         let request = async_nats::Request::new()
             .headers(headers)

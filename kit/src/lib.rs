@@ -17,6 +17,7 @@
 //! - [`serve`]: the HTTP accept loop with hyper's limits and graceful drain;
 //! - [`service`]: the start and stop script of every server's `main`;
 //! - [`tls`]: the servers' TLS configuration from PEM files;
+//! - [`traces`]: spans per stage of a request, W3C trace context, OTLP export;
 //! - [`sink`]: the batching WebSocket writer of the tunnel client.
 
 pub mod alloc;
@@ -36,3 +37,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;

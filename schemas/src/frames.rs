@@ -119,6 +119,10 @@ pub enum HostFrame {
         /// The encoded request event.
         #[serde(deserialize_with = "crate::shared::body")]
         request: Bytes,
+        /// The host's span of the request (a W3C `traceparent`), when the host traces: the
+        /// parent of the client's, in place of the one in the request head.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     /// A stream frame of `stream` from ingress (request body, credit for the response body, …).
     Stream {

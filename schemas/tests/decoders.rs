@@ -184,7 +184,8 @@ fn host_frame() -> impl Strategy<Value = HostFrame> {
         welcome.prop_map(HostFrame::Welcome),
         failure().prop_map(HostFrame::Refused),
         Just(HostFrame::GoAway),
-        (any::<u32>(), body()).prop_map(|(stream, request)| HostFrame::Request { stream, request }),
+        (any::<u32>(), body(), proptest::option::of("[0-9a-f-]{0,55}"))
+            .prop_map(|(stream, request, trace)| HostFrame::Request { stream, request, trace }),
         (any::<u32>(), stream_frame()).prop_map(|(stream, frame)| HostFrame::Stream { stream, frame }),
     ]
 }
@@ -491,7 +492,11 @@ fn write_corpus() {
     write("host_frame", "welcome", encode(&HostFrame::Welcome(welcome)));
     write("host_frame", "refused", encode(&HostFrame::Refused(Failure::new(ErrorCode::NameInUse, "taken"))));
     write("host_frame", "goaway", encode(&HostFrame::GoAway));
-    write("host_frame", "request", encode(&HostFrame::Request { stream: 1, request: Bytes::from_static(b"\x80") }));
+    write(
+        "host_frame",
+        "request",
+        encode(&HostFrame::Request { stream: 1, request: Bytes::from_static(b"\x80"), trace: None }),
+    );
     write("stream_frame", "data", encode(&data));
     write("stream_frame", "credit", encode(&StreamFrame::Credit { bytes: 65536 }));
     write("stream_frame", "reset", encode(&StreamFrame::Reset { code: ErrorCode::Cancelled }));

@@ -98,8 +98,12 @@ fn host_frames() {
         "81a75265667573656482a4636f6465ab6e616d655f696e5f757365a664657461696ca574616b656e",
     );
     pin(
-        &HostFrame::Request { stream: 7, request: Bytes::from_static(b"\x80") },
+        &HostFrame::Request { stream: 7, request: Bytes::from_static(b"\x80"), trace: None },
         "81a75265717565737482a673747265616d07a772657175657374c40180",
+    );
+    pin(
+        &HostFrame::Request { stream: 7, request: Bytes::from_static(b"\x80"), trace: Some("00-1-2-01".into()) },
+        "81a75265717565737483a673747265616d07a772657175657374c40180a57472616365a930302d312d322d3031",
     );
     pin(&HostFrame::GoAway, "a6476f41776179");
 }
@@ -240,7 +244,7 @@ fn shared_decoding_borrows_bodies_from_the_message() {
     let inside = message.as_ptr() as usize..message.as_ptr() as usize + message.len();
     assert!(inside.contains(&(bytes.as_ptr() as usize)), "the chunk was copied");
 
-    let request = HostFrame::Request { stream: 1, request: Bytes::from_static(b"encoded event") };
+    let request = HostFrame::Request { stream: 1, request: Bytes::from_static(b"encoded event"), trace: None };
     let message = Bytes::from(encode(&request));
     assert_eq!(decode_shared::<HostFrame>(&message, MAX_FRAME_BYTES).expect("decodes"), request);
     // Outside a shared decode, bodies are copied as before.

@@ -32,6 +32,9 @@ pub struct HostConfig {
     /// TLS to NATS: `nats_ca_file`, and `nats_cert_file` with `nats_key_file` for mutual TLS.
     #[serde(flatten)]
     pub nats_tls: tunnel_kit::nats::NatsTls,
+    /// Traces: `otlp_endpoint` (empty: off) and `trace_sample_ratio`.
+    #[serde(flatten)]
+    pub traces: tunnel_kit::traces::TraceSettings,
     /// Public URL of a tunnel, `{name}` replaced by its name.
     pub public_url: String,
     /// Seconds a lease outlives its last renewal: how long a crashed host or a vanished client
@@ -123,6 +126,7 @@ impl Default for HostConfig {
             listen: "127.0.0.1:7070".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_tls: tunnel_kit::nats::NatsTls::default(),
+            traces: tunnel_kit::traces::TraceSettings::default(),
             public_url: "http://{name}.localhost:8080".into(),
             lease_ttl_secs: 30,
             lease_replicas: 1,
@@ -160,6 +164,7 @@ impl Default for HostConfig {
 impl Validate for HostConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         config::check_socket_addr("listen", &self.listen)?;
+        self.traces.check()?;
         config::check_range("lease_ttl_secs", self.lease_ttl_secs, 3..=3600)?;
         config::check_range("handshake_timeout_secs", self.handshake_timeout_secs, 1..=300)?;
         config::check_range("header_read_timeout_secs", self.header_read_timeout_secs, 1..=300)?;

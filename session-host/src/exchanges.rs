@@ -18,6 +18,8 @@ use tunnel_schemas::frames::{HostFrame, StreamId};
 use tunnel_schemas::stream::{IDLE_TIMEOUT, PING_INTERVAL, Probe, ProbeAnswer, StreamFrame};
 use tunnel_schemas::{ErrorCode, MAX_FRAME_BYTES, encode, subjects};
 
+use tunnel_kit::traces::StageSpan;
+
 use crate::recording::{Capture, SessionRecording};
 
 /// One request relayed to the client and not finished.
@@ -29,12 +31,16 @@ struct Exchange {
     /// This host's subject for the stream, the reply subject of everything sent to ingress.
     host: Subject,
     last_heard: Instant,
+    /// When the request was relayed to the client.
+    opened: Instant,
     /// Last frame or reply sent to ingress; the arrival time until then.
     last_sent: Instant,
     /// Something was sent to ingress, which tells it this host took the request.
     acked: bool,
     /// The exchange as recorded so far, on a recorded tunnel.
     capture: Option<Box<Capture>>,
+    /// This host's span of the exchange, ended with it.
+    trace: StageSpan,
 }
 
 /// What an ingress message on one of the session's stream subjects calls for.
@@ -56,6 +62,8 @@ pub struct Exchanges {
     max_reply_bytes: u64,
     /// Set when the session's exchanges are recorded.
     recording: Option<SessionRecording>,
+    /// Relaying a request to the client to its reply: the client and the local service.
+    client_seconds: metrics::Histogram,
 }
 
 impl Exchanges {
@@ -66,7 +74,8 @@ impl Exchanges {
         max_reply_bytes: u64,
         recording: Option<SessionRecording>,
     ) -> Self {
-        Self { nats, prefix, open: HashMap::new(), max_reply_bytes, recording }
+        let client_seconds = metrics::histogram!("host_client_seconds");
+        Self { nats, prefix, open: HashMap::new(), max_reply_bytes, recording, client_seconds }
     }
 
     /// Number of open exchanges.
@@ -79,8 +88,14 @@ impl Exchanges {
         self.open.is_empty()
     }
 
-    /// Registers the request `payload` relayed on `stream`, arrived now.
-    pub fn open(&mut self, stream: StreamId, reply: Subject, ingress: Option<Subject>, payload: &Bytes) {
+    /// Registers the request `payload` relayed on `stream`, arrived now, traced by `trace`.
+    pub fn open(
+        &mut self,
+        stream: StreamId,
+        (reply, ingress): (Subject, Option<Subject>),
+        payload: &Bytes,
+        trace: StageSpan,
+    ) {
         let now = Instant::now();
         let host = self.subject(stream);
         let capture = self
@@ -88,8 +103,17 @@ impl Exchanges {
             .as_ref()
             .and_then(|recording| recording.capture(payload, tunnel_schemas::now_ms()))
             .map(Box::new);
-        let exchange =
-            Exchange { reply: Some(reply), ingress, host, last_heard: now, last_sent: now, acked: false, capture };
+        let exchange = Exchange {
+            reply: Some(reply),
+            ingress,
+            host,
+            last_heard: now,
+            opened: now,
+            last_sent: now,
+            acked: false,
+            capture,
+            trace,
+        };
         self.open.insert(stream, exchange);
     }
 
@@ -115,6 +139,7 @@ impl Exchanges {
         };
         exchange.last_sent = Instant::now();
         exchange.acked = true;
+        self.client_seconds.record(exchange.opened.elapsed().as_secs_f64());
         if let Some(capture) = &mut exchange.capture {
             match tunnel_schemas::decode_shared::<TunnelReply>(&reply, usize::MAX) {
                 Ok(TunnelReply::Response(response)) => capture.response(&response.head, &response.body),
@@ -261,6 +286,7 @@ impl Exchanges {
             if let Some(capture) = &mut exchange.capture {
                 capture.fail(code);
             }
+            exchange.trace.fail(code.as_str());
             if exchange.reply.is_none() {
                 self.relay_to_ingress(stream, StreamFrame::Reset { code }).await;
             }

@@ -30,6 +30,8 @@ pub struct Hub {
     pub access_log: AccessLog,
     /// The owners' public-side policies, enforced by the ingresses.
     pub policies: Policies,
+    /// This host's spans, one per relayed request.
+    pub traces: tunnel_kit::traces::Traces,
 }
 
 /// Room left in a NATS message for the headers of a reply.

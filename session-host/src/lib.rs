@@ -60,6 +60,9 @@ pub enum HostError {
     /// The policy bucket could not be opened.
     #[error("cannot open the policy bucket: {0}")]
     Policies(String),
+    /// The trace exporter cannot be built.
+    #[error(transparent)]
+    Traces(#[from] tunnel_kit::traces::TraceError),
     /// NATS refused the host-wide subscriptions.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -78,6 +81,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), HostError> {
     let tls = tunnel_kit::tls::from_settings(&config.tls_cert_file, &config.tls_key_file)?;
+    let traces = tunnel_kit::traces::Traces::start("session-host", &config.traces)?;
     let registry = registry::Registry::default();
     // Subscribed before the lease bucket is opened: the server has the subscriptions once
     // JetStream answers on the same connection.
@@ -119,6 +123,7 @@ pub async fn run(
         auth,
         access_log,
         policies,
+        traces: traces.clone(),
     });
     let sessions = TaskTracker::new();
     let access =
@@ -137,6 +142,7 @@ pub async fn run(
     dispatch.stop().await;
     revocations.abort();
     notices.abort();
+    traces.shutdown().await;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use tunnel_schemas::tokens::Token;
 use tunnel_schemas::{DecodeError, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, encode, subjects};
 
 use tunnel_kit::service::ServiceConfig;
+use tunnel_kit::traces::{SpanKind, TRACEPARENT};
 
 use crate::access_log::Who;
 use crate::admission::Pending;
@@ -521,13 +522,20 @@ impl Session {
             tracing::debug!(stream, request_id, "relaying request");
         }
         let ingress = headers.and_then(|h| h.get(STREAM_HEADER)).map(|v| Subject::from(v.as_str()));
-        self.exchanges.open(stream, reply, ingress, &message.payload);
+        let parent = headers.and_then(|h| h.get(TRACEPARENT)).map(async_nats::HeaderValue::as_str);
+        let mut trace = self.hub.traces.span("session-host relay", SpanKind::Server, parent);
+        let trace_parent = trace.traceparent();
+        if trace_parent.is_some() {
+            trace.set("tunnel.name", self.lease.name.to_string());
+            trace.set("session.id", self.id.clone());
+        }
+        self.exchanges.open(stream, (reply, ingress), &message.payload, trace);
         if self.hub.config.ack_after_ms == 0 || headers.is_some_and(|h| h.get(UPLOAD_HEADER).is_some()) {
             // Ingress waits to learn this host's stream subject before it sends the body; and
             // the ping acknowledges the request.
             self.exchanges.relay_to_ingress(stream, StreamFrame::Ping).await;
         }
-        self.send(HostFrame::Request { stream, request: message.payload }).await
+        self.send(HostFrame::Request { stream, request: message.payload, trace: trace_parent }).await
     }
 
     async fn on_frame(&mut self, frame: ClientFrame, release: &mut bool) -> Result<(), Failure> {

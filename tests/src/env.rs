@@ -88,6 +88,8 @@ pub struct EnvOptions {
     /// and a client certificate for servers that verify clients. The server's own `tls {}`
     /// block goes into `nats_config`.
     pub nats_tls: tunnel_kit::nats::NatsTls,
+    /// Ingress and session-hosts export their spans to this OTLP/HTTP endpoint (empty: off).
+    pub otlp_endpoint: String,
 }
 
 /// The password of `user` in an environment with [`EnvOptions::permissions`].
@@ -143,6 +145,7 @@ impl Default for EnvOptions {
             replicas: 1,
             nats_encryption_key: None,
             nats_tls: tunnel_kit::nats::NatsTls::default(),
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -350,6 +353,7 @@ impl TestEnv {
             max_inflight_per_session: self.options.max_inflight_per_session,
             lease_replicas: self.options.replicas,
             record_replicas: self.options.replicas,
+            traces: trace_settings(&self.options),
             ..HostConfig::default()
         };
         let nats = self.nats_as("session-host", "host").await;
@@ -573,6 +577,7 @@ impl TestEnv {
             host_header: tunnel_client::forward::HostHeader::Preserve,
             stats: None,
             inspector: None,
+            traces: Default::default(),
         }
     }
 
@@ -664,6 +669,7 @@ impl Tunnel {
             host_header: tunnel_client::forward::HostHeader::Preserve,
             stats: None,
             inspector: None,
+            traces: Default::default(),
         };
         Self::spawn_with(options)
     }
@@ -746,7 +752,15 @@ fn ingress_config(options: &EnvOptions, nats_url: &str) -> IngressConfig {
         audit_truncate_addresses: options.audit_truncate_addresses,
         header_read_timeout_secs: options.header_read_timeout_secs,
         unready_before_stop_secs: options.unready_before_stop_secs,
+        traces: trace_settings(options),
         ..IngressConfig::default()
+    }
+}
+
+fn trace_settings(options: &EnvOptions) -> tunnel_kit::traces::TraceSettings {
+    tunnel_kit::traces::TraceSettings {
+        otlp_endpoint: options.otlp_endpoint.clone(),
+        ..tunnel_kit::traces::TraceSettings::default()
     }
 }
 
