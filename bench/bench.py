@@ -75,7 +75,8 @@ Workloads:
      and a tunnel client each), in alternating runs: one exporting a span per request from all
      three (TUNNEL_OTLP_ENDPOINT, --otlp-endpoint) to an OTLP/HTTP sink in this harness, one with
      traces off: req/s on / off, p50/p99, CPU per request of the ingress, the session-host and the
-     client. Checks that the sink received exports from the "on" side; fails on any non-2xx
+     client (--trace-sample-ratio: the share of traces the "on" ingress keeps, 1 by default;
+     the others follow its decision). Checks that the sink received exports from the "on" side; fails on any non-2xx
      answer. Runs after (m), before (h).
 
 NATS and MessagePack are spoken by the small client below (class Nats, msgpack()), so the
@@ -1665,7 +1666,8 @@ class Bench:
         sink = OtlpSink()
         try:
             for side, name in TRACE_SIDES.items():
-                traced = {"TUNNEL_OTLP_ENDPOINT": sink.url} if side == "on" else {}
+                ratio = str(self.args.trace_sample_ratio)
+                traced = {"TUNNEL_OTLP_ENDPOINT": sink.url, "TUNNEL_TRACE_SAMPLE_RATIO": ratio} if side == "on" else {}
                 ingress_port = free_port()
                 host, host_port = self.start_service(
                     f"tunnel-session-host-{name}",
@@ -2601,6 +2603,7 @@ def main() -> int:
     p.add_argument("--audit-batch", type=int, default=256, help="records per AuditBatch message in (j)")
     p.add_argument("--inspect-idle-window", type=float, default=60, help="idle seconds over which (l) reads the clients' CPU")
     p.add_argument("--inspect-fill", type=int, default=10_000, help="small requests sent through each client of (l) before reading RSS")
+    p.add_argument("--trace-sample-ratio", type=float, default=1.0, help="trace_sample_ratio of the traced ingress and session-host of (n)")
     p.add_argument("--upstream-threads", type=int, default=2)
     p.add_argument("--loadgen", choices=["wrk", "oha"], default="wrk")
     p.add_argument("--wrk", default="wrk")
@@ -2725,6 +2728,7 @@ def main() -> int:
                 "audit_records": args.audit_records,
                 "audit_batch": args.audit_batch,
                 "inspect_idle_window_s": args.inspect_idle_window,
+                "trace_sample_ratio": args.trace_sample_ratio,
                 "inspect_fill": args.inspect_fill,
             },
             "results": bench.results,

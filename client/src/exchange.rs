@@ -95,8 +95,10 @@ pub async fn run((request, trace): (Bytes, Option<String>), link: Link, forwarde
     let parent = trace.as_deref().or_else(|| traceparent_in(&head.headers));
     let mut trace = forwarder.traces().span("client forward", SpanKind::Client, parent);
     pass_on(&trace, &mut head.headers);
-    trace.set("http.request.method", head.method.clone());
-    trace.set("request.id", request_id.clone());
+    if trace.recording() {
+        trace.set("http.request.method", head.method.clone());
+        trace.set("request.id", request_id.clone());
+    }
     let (method, target) = (head.method.clone(), head.target.clone());
     // The inspector's copy is teed off as bytes pass; it never holds them back.
     let mut capture = forwarder.inspector().map(|inspector| inspector.capture(&request_id, &head));

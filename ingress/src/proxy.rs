@@ -225,9 +225,11 @@ pub async fn handle(
     let span = tracing::debug_span!("request", tunnel = %route.name, request_id = %request_id);
     let parent = parts.headers.get(TRACEPARENT).and_then(|value| value.to_str().ok());
     let mut trace = proxy.inner.traces.span("ingress request", SpanKind::Server, parent);
-    trace.set("http.request.method", parts.method.to_string());
-    trace.set("tunnel.name", route.name.to_string());
-    trace.set("request.id", request_id.clone());
+    if trace.recording() {
+        trace.set("http.request.method", parts.method.to_string());
+        trace.set("tunnel.name", route.name.to_string());
+        trace.set("request.id", request_id.clone());
+    }
     let json = wants_json(&parts.headers);
     let account = proxy.inner.policies.account(route.name.as_str());
     let checked = Checked { client, account: account.as_deref(), at_ms: arrived_ms };

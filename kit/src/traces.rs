@@ -9,13 +9,12 @@
 //!
 //! Off (no endpoint) costs nothing: no provider, no thread, [`StageSpan`]s are empty.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
 pub use opentelemetry::trace::SpanKind;
-use opentelemetry::trace::{Span as _, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -158,11 +157,16 @@ impl StageSpan {
     /// This span's `traceparent`, for the next stage; `None` when traces are off.
     #[must_use]
     pub fn traceparent(&self) -> Option<String> {
-        let span = self.span.as_ref()?;
-        let context = Context::new().with_remote_span_context(span.span_context().clone());
-        let mut carrier = HashMap::new();
-        TraceContextPropagator::new().inject_context(&context, &mut carrier);
-        carrier.remove(TRACEPARENT)
+        let context = self.span.as_ref()?.span_context();
+        // Version 00: trace id, span id, and the sampled flag alone (W3C Trace Context).
+        let flags = context.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED;
+        Some(format!("00-{:032x}-{:016x}-{:02x}", context.trace_id(), context.span_id(), flags))
+    }
+
+    /// Whether this span records (traces on and the trace sampled): attributes worth building.
+    #[must_use]
+    pub fn recording(&self) -> bool {
+        self.span.as_ref().is_some_and(|span| span.is_recording())
     }
 
     /// Sets an attribute (a bounded value: ids, names, codes, sizes).
@@ -201,8 +205,20 @@ pub fn pass_on(span: &StageSpan, headers: &mut Vec<Header>) {
 
 /// The context a `traceparent` value names (empty when it does not parse).
 fn context_of(traceparent: &str) -> Context {
-    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
-    TraceContextPropagator::new().extract(&carrier)
+    TraceContextPropagator::new().extract(&OneHeader(traceparent))
+}
+
+/// A carrier holding a `traceparent` value alone, for the propagator to parse.
+struct OneHeader<'a>(&'a str);
+
+impl opentelemetry::propagation::Extractor for OneHeader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT).then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
 }
 
 #[cfg(test)]

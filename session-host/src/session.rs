@@ -525,7 +525,7 @@ impl Session {
         let parent = headers.and_then(|h| h.get(TRACEPARENT)).map(async_nats::HeaderValue::as_str);
         let mut trace = self.hub.traces.span("session-host relay", SpanKind::Server, parent);
         let trace_parent = trace.traceparent();
-        if trace_parent.is_some() {
+        if trace.recording() {
             trace.set("tunnel.name", self.lease.name.to_string());
             trace.set("session.id", self.id.clone());
         }
