@@ -29,6 +29,7 @@ mod proxy;
 pub mod raw;
 mod tls;
 mod upstream;
+mod versioned;
 
 pub use auditor::AuditorProcess;
 pub use cli::Cli;
@@ -40,6 +41,7 @@ pub use process::ServiceProcess;
 pub use proxy::CutProxy;
 pub use tls::TestCertificates;
 pub use upstream::{Recorded, Upstream, pattern, sha256_hex};
+pub use versioned::Versioned;
 
 use std::time::Duration;
 

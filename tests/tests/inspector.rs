@@ -4,8 +4,6 @@
 //! in a headless Chromium.
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::response::IntoResponse;
@@ -14,52 +12,29 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tunnel_tests::cdp::Browser;
-use tunnel_tests::{DEADLINE, TestEnv, binary, within};
+use tunnel_tests::{DEADLINE, TestEnv, Versioned, binary, within};
 
-/// A local service whose answers change when `changed` is set: the "new version" a replay
-/// compares against the original.
-#[derive(Clone, Default)]
-struct Service {
-    changed: Arc<AtomicBool>,
-    ids: Arc<AtomicU64>,
-}
-
-impl Service {
-    async fn start(&self) -> u16 {
-        let service = self.clone();
-        tunnel_tests::serve_fn(move |request| {
-            let service = service.clone();
-            async move { service.answer(request).await }
-        })
-        .await
-    }
-
-    async fn answer(&self, request: axum::extract::Request) -> axum::response::Response {
-        let changed = self.changed.load(Ordering::SeqCst);
-        let (method, uri) = (request.method().to_string(), request.uri().clone());
-        let test_header = request.headers().get("x-test").map(|v| v.to_str().unwrap_or_default().to_owned());
-        let body = axum::body::to_bytes(request.into_body(), 16 << 20).await.unwrap_or_default();
-        match uri.path() {
-            "/item" => {
-                let id = self.ids.fetch_add(1, Ordering::SeqCst);
-                let price = if changed { 12 } else { 10 };
-                let json = json!({ "id": id, "name": "widget", "price": price });
-                ([("content-type", "application/json")], json.to_string()).into_response()
-            }
-            "/seen" => {
-                let json = json!({
-                    "method": method, "path": uri.to_string(), "x_test": test_header,
-                    "body": String::from_utf8_lossy(&body), "version": if changed { 2 } else { 1 },
-                });
-                ([("content-type", "application/json")], json.to_string()).into_response()
-            }
-            "/big" => {
-                let size: usize = uri.query().and_then(|q| q.parse().ok()).unwrap_or(0);
-                vec![b'b'; size].into_response()
-            }
-            "/missing" => (axum::http::StatusCode::NOT_FOUND, "no such thing").into_response(),
-            _ => body.into_response(),
+/// The local service: `/item` (see [`Versioned::item`]), `/seen` (what it was sent, and its
+/// version), `/big?N` (N bytes), `/missing` (404), anything else echoed.
+async fn answer(service: Versioned, request: axum::extract::Request) -> axum::response::Response {
+    let (method, uri) = (request.method().to_string(), request.uri().clone());
+    let test_header = request.headers().get("x-test").map(|v| v.to_str().unwrap_or_default().to_owned());
+    let body = axum::body::to_bytes(request.into_body(), 16 << 20).await.unwrap_or_default();
+    match uri.path() {
+        "/item" => service.item(),
+        "/seen" => {
+            let json = json!({
+                "method": method, "path": uri.to_string(), "x_test": test_header,
+                "body": String::from_utf8_lossy(&body), "version": if service.changed() { 2 } else { 1 },
+            });
+            ([("content-type", "application/json")], json.to_string()).into_response()
         }
+        "/big" => {
+            let size: usize = uri.query().and_then(|q| q.parse().ok()).unwrap_or(0);
+            vec![b'b'; size].into_response()
+        }
+        "/missing" => (axum::http::StatusCode::NOT_FOUND, "no such thing").into_response(),
+        _ => body.into_response(),
     }
 }
 
@@ -177,7 +152,7 @@ fn ids(rows: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn lists_exchanges_with_filters_bodies_and_typed_errors() {
     let env = TestEnv::start().await;
-    let port = Service::default().start().await;
+    let port = Versioned::default().start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-list", &[]).await;
     assert!(inspector.ready["url"].is_string(), "the ready event keeps its fields: {}", inspector.ready);
     send(&env, Method::GET, "insp-list", "/item?x=1", "").await;
@@ -221,7 +196,7 @@ async fn lists_exchanges_with_filters_bodies_and_typed_errors() {
 #[tokio::test]
 async fn the_ring_keeps_the_newest_exchanges_only() {
     let env = TestEnv::start().await;
-    let port = Service::default().start().await;
+    let port = Versioned::default().start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-ring", &["--inspect-capacity", "5"]).await;
     send(&env, Method::GET, "insp-ring", "/n/0", "").await;
     let first_id = inspector.id_of("/n/0").await;
@@ -238,7 +213,7 @@ async fn the_ring_keeps_the_newest_exchanges_only() {
 #[tokio::test]
 async fn bodies_are_kept_up_to_the_cap_and_marked_cut() {
     let env = TestEnv::start().await;
-    let port = Service::default().start().await;
+    let port = Versioned::default().start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-cap", &["--inspect-body-cap", "1000"]).await;
     let upload = "u".repeat(5000);
     let request = env.request(Method::POST, "insp-cap", "/echo").body(upload.clone()).send();
@@ -264,7 +239,7 @@ async fn bodies_are_kept_up_to_the_cap_and_marked_cut() {
 #[tokio::test]
 async fn the_guard_refuses_other_hosts_and_origins() {
     let env = TestEnv::start().await;
-    let port = Service::default().start().await;
+    let port = Versioned::default().start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-guard", &[]).await;
     let at = |host: String| inspector.http.get(format!("{}/api/requests", inspector.base)).header("host", host).send();
     let rebound = at(format!("evil.example:{}", inspector.port())).await.expect("answer");
@@ -288,8 +263,8 @@ async fn the_guard_refuses_other_hosts_and_origins() {
 #[tokio::test]
 async fn replays_compare_with_the_original_and_take_changes() {
     let env = TestEnv::start().await;
-    let service = Service::default();
-    let port = service.start().await;
+    let service = Versioned::default();
+    let port = service.start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-replay", &[]).await;
     assert_eq!(env.get("insp-replay", "/item").await.status(), 200);
     let id = inspector.id_of("/item").await;
@@ -303,7 +278,7 @@ async fn replays_compare_with_the_original_and_take_changes() {
     let (_, differs) = inspector.replay(json!({ "id": id })).await;
     assert_eq!(differs["comparison"]["mismatches"][0]["paths"][0]["path"], "$.id", "{differs}");
 
-    service.changed.store(true, Ordering::SeqCst);
+    service.change();
     let (_, changed) = inspector.replay(json!({ "id": id, "ignore_json_paths": ["$.id"] })).await;
     let paths = &changed["comparison"]["mismatches"][0]["paths"];
     assert_eq!(paths, &json!([{ "path": "$.price", "recorded": 10, "replayed": 12 }]), "{changed}");
@@ -328,7 +303,7 @@ async fn replays_compare_with_the_original_and_take_changes() {
 #[tokio::test]
 async fn recorded_exchanges_of_the_server_are_merged_in() {
     let env = TestEnv::start().await;
-    let port = Service::default().start().await;
+    let port = Versioned::default().start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-rec", &["--record"]).await;
     assert_eq!(inspector.ready["recording"], true);
     assert_eq!(env.get("insp-rec", "/item").await.status(), 200);
@@ -352,7 +327,7 @@ async fn recorded_exchanges_of_the_server_are_merged_in() {
 #[tokio::test]
 async fn a_taken_port_moves_the_inspector_and_the_tunnel_runs() {
     let env = TestEnv::start().await;
-    let port = Service::default().start().await;
+    let port = Versioned::default().start(answer).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_port = taken.local_addr().expect("address").port();
     let addr = format!("127.0.0.1:{taken_port}");
@@ -393,8 +368,8 @@ fn screenshot_dir() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
 #[tokio::test]
 async fn the_page_shows_requests_live_and_replays_them_with_a_diff() {
     let env = TestEnv::start().await;
-    let service = Service::default();
-    let port = service.start().await;
+    let service = Versioned::default();
+    let port = service.start(answer).await;
     let inspector = Inspected::start(&env, port, "insp-page", &[]).await;
     let (shots, _temporary) = screenshot_dir();
     let mut browser = Browser::launch().await;
@@ -428,7 +403,7 @@ async fn the_page_shows_requests_live_and_replays_them_with_a_diff() {
     browser.wait_for("an empty diff", "document.querySelector('#diff').dataset.matches === 'true'").await;
     browser.screenshot(&shots.join("inspector-replay-same.png")).await;
 
-    service.changed.store(true, Ordering::SeqCst);
+    service.change();
     browser.click(&format!("tr.row[data-id='{original}']")).await;
     browser
         .wait_for("the original again", "!document.getElementById('diff') && document.getElementById('replay')")

@@ -4,68 +4,42 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, binary, run_tunnel as tunnel, within};
+use tunnel_tests::{DEADLINE, EnvOptions, TestEnv, Tunnel, Versioned, binary, run_tunnel as tunnel, within};
 
-/// A local service whose answers change when `changed` is set: the "new version" a replay
-/// compares against the recording.
-#[derive(Clone, Default)]
-struct Service {
-    changed: Arc<AtomicBool>,
-    ids: Arc<AtomicU64>,
-}
-
-impl Service {
-    async fn start(&self) -> u16 {
-        let service = self.clone();
-        tunnel_tests::serve_fn(move |request: axum::extract::Request| {
-            let service = service.clone();
-            async move {
-                let headers = request.headers().clone();
-                service.answer(&headers, request).await
-            }
-        })
-        .await
-    }
-
-    async fn answer(&self, headers: &HeaderMap, request: axum::extract::Request) -> axum::response::Response {
-        let changed = self.changed.load(Ordering::SeqCst);
-        let path = request.uri().path().to_owned();
-        let body = axum::body::to_bytes(request.into_body(), 16 << 20).await.unwrap_or_default();
-        match path.as_str() {
-            "/item" => {
-                let id = self.ids.fetch_add(1, Ordering::SeqCst);
-                let price = if changed { 12 } else { 10 };
-                let json = serde_json::json!({ "id": id, "name": "widget", "price": price });
-                ([("content-type", "application/json")], json.to_string()).into_response()
-            }
-            "/bin" => {
-                let mut response = body.into_response();
-                let out = response.headers_mut();
-                out.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe raw").expect("obs-text"));
-                out.append("set-cookie", HeaderValue::from_static("a=1"));
-                out.append("set-cookie", HeaderValue::from_static("b=2"));
-                let auth = headers.get("authorization").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
-                out.insert("x-saw-auth", HeaderValue::from_static(if auth.is_empty() { "no" } else { "yes" }));
-                response
-            }
-            "/text" => {
-                let second = if changed { "line 2" } else { "line two" };
-                format!("line one\n{second}\nline three\n").into_response()
-            }
-            _ => body.into_response(),
+/// The local service: `/item` (see [`Versioned::item`]), `/bin` (the body back with a non-UTF-8
+/// header, two cookies and whether it saw an `Authorization`), `/text` (three lines, the second
+/// changed in the new version), anything else echoed.
+async fn answer(service: Versioned, request: axum::extract::Request) -> axum::response::Response {
+    let headers = request.headers().clone();
+    let path = request.uri().path().to_owned();
+    let body = axum::body::to_bytes(request.into_body(), 16 << 20).await.unwrap_or_default();
+    match path.as_str() {
+        "/item" => service.item(),
+        "/bin" => {
+            let mut response = body.into_response();
+            let out = response.headers_mut();
+            out.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe raw").expect("obs-text"));
+            out.append("set-cookie", HeaderValue::from_static("a=1"));
+            out.append("set-cookie", HeaderValue::from_static("b=2"));
+            let auth = headers.get("authorization").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+            out.insert("x-saw-auth", HeaderValue::from_static(if auth.is_empty() { "no" } else { "yes" }));
+            response
         }
+        "/text" => {
+            let second = if service.changed() { "line 2" } else { "line two" };
+            format!("line one\n{second}\nline three\n").into_response()
+        }
+        _ => body.into_response(),
     }
 }
 
@@ -115,11 +89,11 @@ fn now_ms() -> String {
     tunnel_trail::filter::now_ms().to_string()
 }
 
-/// A system with one recorded tunnel `name` to a [`Service`], its state in a temporary
+/// A system with one recorded tunnel `name` to the local service of [`answer`], its state in a temporary
 /// directory, and a live tail of its recorded exchanges from now on.
 struct Scene {
     env: TestEnv,
-    service: Service,
+    service: Versioned,
     port: u16,
     state: tempfile::TempDir,
     _tunnel: Tunnel,
@@ -130,8 +104,8 @@ struct Scene {
 impl Scene {
     async fn start(name: &str, options: EnvOptions) -> Self {
         let env = TestEnv::start_with(options).await;
-        let service = Service::default();
-        let port = service.start().await;
+        let service = Versioned::default();
+        let port = service.start(answer).await;
         let state = tempfile::tempdir().expect("state dir");
         let tunnel = env.recorded_tunnel(port, name, state.path()).await;
         let since = now_ms();
@@ -210,7 +184,7 @@ async fn recorded_exchanges_replay_through_the_tunnel_and_compare() {
         assert_ne!(replayed["request_id"], original["request_id"]);
     }
 
-    scene.service.changed.store(true, Ordering::SeqCst);
+    scene.service.change();
     let (code, stdout, _) = replay(&["--limit", "3"]).await;
     assert_eq!(code, Some(1), "a changed service fails the comparison: {stdout}");
     let results = json_lines(&stdout);
@@ -297,8 +271,8 @@ async fn masked_headers_stay_masked_in_the_stream() {
 #[tokio::test]
 async fn tail_sees_new_events_within_a_second_and_resumes_with_since() {
     let env = TestEnv::start().await;
-    let service = Service::default();
-    let port = service.start().await;
+    let service = Versioned::default();
+    let port = service.start(answer).await;
     let state = tempfile::tempdir().expect("state dir");
     let _tunnel = env.recorded_tunnel(port, "tail-demo", state.path()).await;
     // Requests only (--method): the session's own access events are left out.
@@ -332,8 +306,8 @@ async fn tail_sees_new_events_within_a_second_and_resumes_with_since() {
 #[tokio::test]
 async fn a_client_reads_only_its_own_tunnels_trail() {
     let env = TestEnv::start().await;
-    let service = Service::default();
-    let port = service.start().await;
+    let service = Versioned::default();
+    let port = service.start(answer).await;
     let (mine, theirs) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
     let _a = env.recorded_tunnel(port, "own-a", mine.path()).await;
     let _b = env.recorded_tunnel(port, "own-b", theirs.path()).await;
@@ -441,8 +415,8 @@ async fn an_upgraded_exchange_records_its_handshake_and_byte_counts() {
 #[tokio::test]
 async fn replay_keeps_the_recorded_pace_at_speed_one() {
     use tunnel_schemas::record::{ExchangeRecord, RecordedMessage};
-    let service = Service::default();
-    let port = service.start().await;
+    let service = Versioned::default();
+    let port = service.start(answer).await;
     let record = |i: u64| ExchangeRecord {
         v: 1,
         request_id: format!("paced-{i}"),

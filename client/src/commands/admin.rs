@@ -35,6 +35,21 @@ pub struct AdminArgs {
 /// What to administer.
 #[derive(Debug, clap::Subcommand)]
 enum AdminCommand {
+    /// The commands on the admission buckets.
+    #[command(flatten)]
+    Buckets(BucketCommand),
+    /// The system as NATS sees it: servers, streams and consumers with their lag, the running
+    /// ingresses, session-hosts (with their sessions) and auditors, the leased tunnels.
+    Status,
+    /// Erases recorded exchanges (a deletion request): by tunnel, account, request id or time;
+    /// the erasure is itself put on record in the audit log.
+    Erase(super::erase::EraseArgs),
+}
+
+/// The commands that read and write the admission buckets (opened, and created when missing,
+/// before any of them runs).
+#[derive(Debug, clap::Subcommand)]
+enum BucketCommand {
     /// Accounts.
     #[command(subcommand)]
     Account(AccountCommand),
@@ -50,12 +65,6 @@ enum AdminCommand {
     /// Quotas: limits of requests and bytes per tunnel or account, in force within 2 s.
     #[command(subcommand)]
     Quota(super::quota::QuotaCommand),
-    /// The system as NATS sees it: servers, streams and consumers with their lag, the running
-    /// ingresses, session-hosts (with their sessions) and auditors, the leased tunnels.
-    Status,
-    /// Erases recorded exchanges (a deletion request): by tunnel, account, request id or time;
-    /// the erasure is itself put on record in the audit log.
-    Erase(super::erase::EraseArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -131,16 +140,16 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
         .await
         .map_err(|e| ("unavailable", e.to_string()))?;
     let js = jetstream::new(nats.clone());
-    match args.command {
+    let command = match args.command {
         AdminCommand::Erase(erase) => return super::erase::admin(&js, &args.nats, erase, json).await,
         AdminCommand::Status => return super::status::show(&nats, &js, json).await,
-        _ => {}
-    }
+        AdminCommand::Buckets(command) => command,
+    };
     let accounts = bucket(&js, ACCOUNTS_BUCKET, args.replicas).await?;
     let tokens = bucket(&js, TOKENS_BUCKET, args.replicas).await?;
     let reservations = bucket(&js, RESERVATIONS_BUCKET, args.replicas).await?;
-    match args.command {
-        AdminCommand::Account(AccountCommand::Create { name }) => {
+    match command {
+        BucketCommand::Account(AccountCommand::Create { name }) => {
             if !valid_account(&name) {
                 return Err(("invalid_arguments", format!("account {name:?}: use 1-63 of a-z 0-9 - _")));
             }
@@ -155,12 +164,12 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
                 &format!("account {name} created"),
             );
         }
-        AdminCommand::Account(AccountCommand::List) => {
+        BucketCommand::Account(AccountCommand::List) => {
             for name in keys(&accounts, "a.").await? {
                 print(json, &serde_json::json!({ "account": name }), &name);
             }
         }
-        AdminCommand::Account(AccountCommand::Delete { name }) => {
+        BucketCommand::Account(AccountCommand::Delete { name }) => {
             let revoked = token_records(&tokens).await?.into_iter().filter(|(_, record)| record.account == name);
             let mut count = 0;
             for (id, _) in revoked {
@@ -175,7 +184,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
                 &text,
             );
         }
-        AdminCommand::Token(TokenCommand::Create { account, names }) => {
+        BucketCommand::Token(TokenCommand::Create { account, names }) => {
             if accounts.get(account_key(&account)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
                 return Err((
                     "unknown_account",
@@ -198,7 +207,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
             let text = format!("token {} for {account} (shown once; keep it secret):\n{revealed}", token.id);
             print(json, &value, &text);
         }
-        AdminCommand::Token(TokenCommand::List { account }) => {
+        BucketCommand::Token(TokenCommand::List { account }) => {
             for (id, record) in token_records(&tokens).await? {
                 if account.as_ref().is_some_and(|account| *account != record.account) {
                     continue;
@@ -208,7 +217,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
                 print(json, &value, &format!("{id}  {:<20} {names}", record.account));
             }
         }
-        AdminCommand::Name(NameCommand::Reserve { name, account }) => {
+        BucketCommand::Name(NameCommand::Reserve { name, account }) => {
             let name = TunnelName::parse(&name).map_err(|e| ("invalid_arguments", e.to_string()))?;
             if accounts.get(account_key(&account)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
                 return Err(("unknown_account", format!("no account {account}")));
@@ -221,7 +230,7 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
             let value = serde_json::json!({ "event": "name_reserved", "name": name.as_str(), "account": account });
             print(json, &value, &format!("{name} reserved for {account}"));
         }
-        AdminCommand::Name(NameCommand::List) => {
+        BucketCommand::Name(NameCommand::List) => {
             for name in keys(&reservations, "r.").await? {
                 let bytes =
                     reservations.get(reservation_key(&name)).await.map_err(|e| ("unavailable", e.to_string()))?;
@@ -233,21 +242,20 @@ async fn admin(args: AdminArgs, json: bool) -> Result<(), Refusal> {
                 print(json, &value, &format!("{name}  {}", record.account));
             }
         }
-        AdminCommand::Name(NameCommand::Release { name }) => {
+        BucketCommand::Name(NameCommand::Release { name }) => {
             reservations.delete(reservation_key(&name)).await.map_err(|e| ("unavailable", e.to_string()))?;
             print(json, &serde_json::json!({ "event": "name_released", "name": name }), &format!("{name} released"));
         }
-        AdminCommand::Policy(command) => {
+        BucketCommand::Policy(command) => {
             let policies = bucket(&js, POLICIES_BUCKET, args.replicas).await?;
             super::policy::admin(&policies, command, json).await?;
         }
-        AdminCommand::Erase(_) | AdminCommand::Status => unreachable!("handled before the buckets are opened"),
-        AdminCommand::Quota(command) => {
+        BucketCommand::Quota(command) => {
             let quotas = bucket(&js, QUOTAS_BUCKET, args.replicas).await?;
             let states = bucket(&js, QUOTA_STATE_BUCKET, args.replicas).await?;
             super::quota::admin(&quotas, &states, command, json).await?;
         }
-        AdminCommand::Token(TokenCommand::Revoke { id }) => {
+        BucketCommand::Token(TokenCommand::Revoke { id }) => {
             if tokens.get(token_key(&id)).await.map_err(|e| ("unavailable", e.to_string()))?.is_none() {
                 return Err(("unknown_token", format!("no token {id}")));
             }
