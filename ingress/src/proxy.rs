@@ -274,7 +274,7 @@ pub async fn handle(
         (subjects::audit(&route.name, audit::KIND_REQUEST), record)
     });
     match outcome.streaming.take() {
-        Some(streaming) if audit.is_some() || proxy.inner.traces.enabled() => {
+        Some(streaming) if audit.is_some() || trace.recording() => {
             // The audit record and the span end with the body.
             let sink = proxy.inner.audit.clone();
             tokio::spawn(async move {
